@@ -1,0 +1,453 @@
+"""Typed, frozen experiment configuration.
+
+Every knob of a run lives in one :class:`ExperimentConfig`, built from nested frozen dataclasses. A config is
+loaded from YAML (with ``include:`` composition) and command-line overrides, type-checked field by field, and
+validated once (:meth:`ExperimentConfig.validate`) before anything starts. Unknown keys, wrong types and
+inconsistent pairs of fields fail with a :class:`ConfigError` that names the key and the file.
+
+Usage::
+
+    cfg = load_config("configs/minihack_room.yaml", ["learner.lr=3e-4", "runtime.mode=local"])
+    cfg.learner.lr        # 0.0003
+
+The dataclass defaults *are* the quickstart run (MiniHack-Room-5x5, small model, local Ray), so
+``ExperimentConfig()`` is a complete, runnable config.
+
+This module imports nothing from distrl.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid. The message names the key and, when known, the file."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Config sections
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnvConfig:
+    name: str = "MiniHack-Room-5x5-v0"
+    """Environment id. Prefixes pick the family: MiniHack-*, ALE/*, habitat:*, MiniWorld-*, fake:*."""
+    num_envs: int = 16
+    """Env slots per env actor (the actor's vectorisation width B)."""
+    vectorization: Literal["inline", "subprocess"] = "inline"
+    """How an actor steps its envs: in its own process or in worker subprocesses."""
+    num_workers: int = 2
+    """Worker subprocesses per actor when vectorization == 'subprocess'."""
+    observation_keys: tuple[str, ...] = ()
+    """Observation keys to keep (env-family default when empty)."""
+    max_episode_steps: int = 0
+    """Truncate episodes after this many steps (0 = the env's own limit)."""
+    seed: int = 0
+    frame_skip: int = 4
+    """Atari: frames per agent step (max-pooled over the last two)."""
+    frame_stack: int = 4
+    """Atari: frames stacked into one observation."""
+    sticky_action_prob: float = 0.25
+    """Atari: ALE v5 repeat_action_probability."""
+    noop_max: int = 30
+    """Atari: random no-ops at reset."""
+    terminal_on_life_loss: bool = False
+    """Atari: end the *learning* episode on a life loss (reported returns stay full-game)."""
+    image_size: int = 84
+    """Pixel envs (Atari, MiniWorld, Habitat): square observation side."""
+    crop_size: int = 9
+    """MiniHack: egocentric crop side."""
+    reward_free: bool = False
+    """Zero the extrinsic reward (reward-free exploration, e.g. Habitat E3B)."""
+    habitat_config: str = ""
+    """Habitat: path to a habitat-lab task config (only used by the real adapter)."""
+    fake_episode_len: int = 5
+    """fake:* envs: episode length."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    encoder: Literal["auto", "nethack", "nature_cnn", "impala_cnn", "rgbd", "mlp"] = "auto"
+    """Observation encoder; 'auto' picks from the env family."""
+    core: Literal["lstm", "identity", "hcam"] = "lstm"
+    hidden_size: int = 256
+    """Width of the encoder output and of the core."""
+    glyph_embedding_dim: int = 32
+    """NetHack encoder: glyph embedding width."""
+    num_core_layers: int = 1
+    separate_intrinsic_value: bool = False
+    """Add a second value head for intrinsic rewards."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class SequenceConfig:
+    length: int = 40
+    """T: steps per sequence the learner trains on (after burn-in)."""
+    burn_in: int = 0
+    """Steps before T that only warm the core state (no gradient)."""
+    period: int = 40
+    """Steps between the starts of consecutive sequences (period < burn_in + length means overlap)."""
+
+    @property
+    def total(self) -> int:
+        """Steps stored per sequence: burn_in + length."""
+        return self.burn_in + self.length
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReplayConfig:
+    num_shards: int = 1
+    capacity: int = 4096
+    """Max sequences per shard (FIFO eviction)."""
+    alpha: float = 0.6
+    """Priority exponent (0 = uniform)."""
+    beta_start: float = 0.4
+    beta_end: float = 1.0
+    beta_steps: int = 10_000
+    """Learner updates over which beta anneals linearly from beta_start to beta_end."""
+    priority_eta: float = 0.9
+    """Sequence priority = eta * max|td| + (1 - eta) * mean|td| (R2D2)."""
+    epsilon: float = 1e-6
+    min_size: int = 32
+    """Sequences a shard must hold before it may be sampled."""
+    samples_per_insert: float = 4.0
+    """Rate limit: sampled / inserted sequences (0 disables)."""
+    samples_per_insert_tolerance: float = 0.5
+    """Allowed relative deviation from samples_per_insert before callers are held back."""
+    max_inflight_inserts: int = 4
+    """Per actor: inserts sent but not yet acknowledged."""
+    checkpoint_every_s: float = 0.0
+    """Seconds between shard checkpoints (0 = only at the end of a run)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class LearnerConfig:
+    batch_size: int = 32
+    """Sequences per learner update (per learner)."""
+    online_fraction: float = 0.5
+    """Share of each batch taken from fresh, not yet trained-on sequences."""
+    lr: float = 6e-4
+    optimizer: Literal["rmsprop", "adam"] = "adam"
+    rmsprop_alpha: float = 0.99
+    eps: float = 1e-5
+    grad_clip: float = 40.0
+    discount: float = 0.99
+    entropy_cost: float = 0.01
+    baseline_cost: float = 0.5
+    clip_rho: float = 1.0
+    clip_c: float = 1.0
+    clip_pg_rho: float = 1.0
+    reward_clip: float = 1.0
+    """Clip combined rewards to [-reward_clip, reward_clip] (0 disables)."""
+    kl_trust_region: float = 0.0
+    """Mask replayed steps whose KL(mu || pi) exceeds this many nats (0 disables)."""
+    max_policy_lag: int = 100
+    """Drop fresh sequences whose policy is more than this many learner updates old."""
+    publish_every: int = 1
+    """Publish weights to actors every N learner updates."""
+    num_learners: int = 1
+    """Data-parallel learners (gradient all-reduce)."""
+    device: str = "auto"
+    """'auto' = cuda when available, else cpu."""
+    checkpoint_every: int = 500
+    """Learner updates between checkpoints (0 = only at the end)."""
+    threads: int = 1
+    """torch intra-op threads on a CPU learner."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ActorConfig:
+    num_actors: int = 1
+    weight_sync_every: int = 1
+    """Check the weight store for a newer version every N sequence emissions."""
+    device: str = "cpu"
+    threads: int = 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class BonusConfig:
+    episodic: Literal["none", "e3b", "count"] = "none"
+    glob: Literal["none", "rnd", "noveld", "count"] = "none"
+    combine: Literal["mult", "add"] = "mult"
+    coef: float = 1.0
+    global_coef: float = 1.0
+    """beta for combine == 'add'."""
+    normalize: Literal["int", "none"] = "int"
+    ridge: float = 0.1
+
+
+@dataclass(frozen=True, kw_only=True)
+class RuntimeConfig:
+    mode: Literal["ray", "local"] = "ray"
+    """'ray' = Ray actors (local cluster or RAY_ADDRESS); 'local' = everything in this process."""
+    address: str = ""
+    """Ray address to join ('' = RAY_ADDRESS or a fresh local cluster)."""
+    num_cpus: int = 0
+    """CPUs for a fresh local Ray cluster (0 = all)."""
+    total_env_steps: int = 200_000
+    max_wall_time_s: float = 0.0
+    """Stop after this many seconds (0 = no limit)."""
+    run_dir: str = "runs"
+    run_name: str = ""
+    """Run directory name under run_dir ('' = generated)."""
+    seed: int = 0
+    actor_restarts: int = 3
+    """Times the runtime restarts a dead env actor before failing the run."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoggingConfig:
+    wandb: Literal["offline", "online", "disabled", "auto"] = "auto"
+    """'auto' = online when WANDB_API_KEY is set, else offline."""
+    wandb_project: str = "distrl"
+    wandb_entity: str = ""
+    tensorboard: bool = False
+    log_every_s: float = 5.0
+    progress: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExperimentConfig:
+    env: EnvConfig = field(default_factory=EnvConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sequence: SequenceConfig = field(default_factory=SequenceConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    actor: ActorConfig = field(default_factory=ActorConfig)
+    bonus: BonusConfig = field(default_factory=BonusConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def validate(self) -> ExperimentConfig:
+        """Cross-field checks. Raises ConfigError naming the fields; returns self for chaining."""
+        checks: list[tuple[bool, str]] = [
+            (self.env.num_envs >= 1, "env.num_envs must be >= 1"),
+            (self.sequence.length >= 1, "sequence.length must be >= 1"),
+            (self.sequence.burn_in >= 0, "sequence.burn_in must be >= 0"),
+            (
+                1 <= self.sequence.period <= self.sequence.total,
+                f"sequence.period ({self.sequence.period}) must be in [1, burn_in + length = "
+                f"{self.sequence.total}] (a larger period would drop steps)",
+            ),
+            (self.replay.num_shards >= 1, "replay.num_shards must be >= 1"),
+            (self.replay.capacity >= self.learner.batch_size, "replay.capacity must be >= learner.batch_size"),
+            (0.0 <= self.replay.alpha <= 2.0, "replay.alpha must be in [0, 2]"),
+            (0.0 <= self.replay.beta_start <= 1.0 and 0.0 <= self.replay.beta_end <= 1.0,
+             "replay.beta_start/beta_end must be in [0, 1]"),
+            (0.0 <= self.replay.priority_eta <= 1.0, "replay.priority_eta must be in [0, 1]"),
+            (self.replay.min_size >= 1, "replay.min_size must be >= 1"),
+            (self.replay.min_size <= self.replay.capacity, "replay.min_size must be <= replay.capacity"),
+            (self.replay.samples_per_insert >= 0, "replay.samples_per_insert must be >= 0"),
+            (self.replay.max_inflight_inserts >= 1, "replay.max_inflight_inserts must be >= 1"),
+            (self.learner.batch_size >= 1, "learner.batch_size must be >= 1"),
+            (0.0 <= self.learner.online_fraction <= 1.0, "learner.online_fraction must be in [0, 1]"),
+            (self.learner.lr > 0, "learner.lr must be > 0"),
+            (0.0 <= self.learner.discount <= 1.0, "learner.discount must be in [0, 1]"),
+            (self.learner.num_learners >= 1, "learner.num_learners must be >= 1"),
+            (self.learner.publish_every >= 1, "learner.publish_every must be >= 1"),
+            (self.learner.max_policy_lag >= 0, "learner.max_policy_lag must be >= 0"),
+            (self.actor.num_actors >= 1, "actor.num_actors must be >= 1"),
+            (self.env.vectorization == "inline" or self.env.num_workers >= 1,
+             "env.num_workers must be >= 1 with env.vectorization=subprocess"),
+            (self.env.vectorization == "inline" or self.env.num_envs % self.env.num_workers == 0,
+             f"env.num_envs ({self.env.num_envs}) must be a multiple of env.num_workers "
+             f"({self.env.num_workers}) with env.vectorization=subprocess"),
+            (self.model.hidden_size >= 1, "model.hidden_size must be >= 1"),
+            (self.model.core != "hcam", "model.core=hcam is not implemented yet (planned; see README)"),
+            (self.bonus.episodic == "none" and self.bonus.glob == "none",
+             "bonus.episodic / bonus.glob are not implemented yet (planned; see README); set them to none"),
+            (self.runtime.total_env_steps > 0, "runtime.total_env_steps must be > 0"),
+            (self.runtime.mode == "ray" or self.learner.num_learners == 1,
+             "learner.num_learners > 1 needs runtime.mode=ray"),
+        ]
+        errors = [msg for ok, msg in checks if not ok]
+        if errors:
+            raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self, ignore: Sequence[str] = ("runtime", "logging")) -> str:
+        """A stable JSON string of the config sections that define the model and learning problem.
+
+        Checkpoints store it; resuming with a different fingerprint is refused.
+        """
+        d = {k: v for k, v in self.to_dict().items() if k not in ignore}
+        d["actor"] = {k: v for k, v in d["actor"].items() if k not in ("device", "threads")}
+        return json.dumps(d, sort_keys=True)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = _deep_merge(dict(out[k]), v)
+        else:
+            out[k] = v
+    return out
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a YAML file, resolving ``include: [other.yaml, ...]`` (relative to the file) depth-first."""
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: include cycle via {' -> '.join(str(p) for p in seen)}")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    includes = data.pop("include", []) or []
+    if isinstance(includes, str):
+        includes = [includes]
+    merged: dict[str, Any] = {}
+    for inc in includes:
+        merged = _deep_merge(merged, _read_yaml(path.parent / inc, (*seen, path)))
+    return _deep_merge(merged, _tag_source(data, str(path)))
+
+
+class _Sourced(dict):
+    """A dict that remembers which file its keys came from (for error messages)."""
+
+    source: str = ""
+
+
+def _tag_source(data: dict[str, Any], source: str) -> dict[str, Any]:
+    out = _Sourced({k: _tag_source(v, source) if isinstance(v, dict) else v for k, v in data.items()})
+    out.source = source
+    return out
+
+
+def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
+    """Check/convert one value to the annotated type; raise ConfigError naming key and source."""
+    where = f" (in {source})" if source else ""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping of fields, got {value!r}{where}")
+        return _build(tp, value, key, getattr(value, "source", source))
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{key}: {value!r} is not one of {list(allowed)}{where}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        errs = []
+        for arm in typing.get_args(tp):
+            if arm is type(None) and value is None:
+                return None
+            try:
+                return _coerce(value, arm, key, source)
+            except ConfigError as e:
+                errs.append(str(e))
+        raise ConfigError(f"{key}: {value!r} matches none of {tp}{where}")
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {value!r}{where}")
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{key}[{i}]", source) for i, v in enumerate(value))
+        if len(args) != len(value):
+            raise ConfigError(f"{key}: expected {len(args)} items, got {len(value)}{where}")
+        return tuple(_coerce(v, a, f"{key}[{i}]", source) for i, (v, a) in enumerate(zip(args, value)))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true/false, got {value!r}{where}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key}: expected an integer, got {value!r}{where}")
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}{where}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}{where}")
+    raise ConfigError(f"{key}: unsupported config type {tp}")  # pragma: no cover
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str, source: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in data.items():
+        key = f"{prefix}.{k}" if prefix else k
+        if k not in names:
+            where = f" (in {getattr(data, 'source', '') or source})" if (source or getattr(data, "source", "")) else ""
+            raise ConfigError(f"unknown config key {key!r}{where}; valid keys here: {sorted(names)}")
+        kwargs[k] = _coerce(v, hints[k], key, getattr(data, "source", "") or source)
+    return cls(**kwargs)
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip().lstrip("-")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Build an ExperimentConfig from the dataclass defaults, an optional YAML file and ``a.b=value`` overrides.
+
+    The result is validated; any problem raises ConfigError naming the key and its source.
+    """
+    data: dict[str, Any] = _read_yaml(Path(path)) if path else {}
+    over: dict[str, Any] = {}
+    for text in overrides:
+        parts, value = _parse_override(text)
+        node = over
+        for p in parts[:-1]:
+            node = node.setdefault(p, _Sourced())
+            node.source = "command line"  # type: ignore[attr-defined]
+        node[parts[-1]] = value
+    over = _tag_source(over, "command line") if over else over
+    merged = _deep_merge(data, over)
+    cfg = _build(ExperimentConfig, merged, "", str(path) if path else "")
+    return cfg.validate()
+
+
+def config_from_dict(data: Mapping[str, Any], source: str = "") -> ExperimentConfig:
+    """Rebuild a config from ``to_dict()`` output (e.g. one stored in a run directory). Validated."""
+    return _build(ExperimentConfig, _tag_source(dict(data), source), "", source).validate()
+
+
+def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(_plain(cfg.to_dict()), sort_keys=False))
+
+
+def _plain(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, tuple | list):
+        return [_plain(v) for v in x]
+    return x
