@@ -72,6 +72,8 @@ class EnvConfig:
     """Zero the extrinsic reward (reward-free exploration, e.g. Habitat E3B)."""
     habitat_config: str = ""
     """Habitat: path to a habitat-lab task config (only used by the real adapter)."""
+    habitat_overrides: tuple[str, ...] = ()
+    """Habitat: extra habitat config overrides (data paths, 'habitat.simulator.habitat_sim_v0.gpu_device_id=-1')."""
     fake_episode_len: int = 5
     """fake:* envs: episode length."""
 
@@ -383,6 +385,11 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     if tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(f"{key}: expected a number, got {value!r}{where}")
     if tp is str:
         if isinstance(value, str):
@@ -442,12 +449,12 @@ def config_from_dict(data: Mapping[str, Any], source: str = "") -> ExperimentCon
 
 
 def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(_plain(cfg.to_dict()), sort_keys=False))
+    Path(path).write_text(yaml.safe_dump(to_plain(cfg.to_dict()), sort_keys=False))
 
 
-def _plain(x: Any) -> Any:
+def to_plain(x: Any) -> Any:
     if isinstance(x, dict):
-        return {k: _plain(v) for k, v in x.items()}
+        return {k: to_plain(v) for k, v in x.items()}
     if isinstance(x, tuple | list):
-        return [_plain(v) for v in x]
+        return [to_plain(v) for v in x]
     return x

@@ -168,7 +168,8 @@ class ReplaySample:
 
     ``keys[i]`` identifies row i inside shard ``shard_ids[i]`` (slot and generation, so a priority update for a
     slot that has since been overwritten is ignored). ``weights`` are importance weights normalised by the batch
-    max; ``probs`` are the true global sampling probabilities P(i). Fresh (online) rows have key -1, weight 1.
+    max; ``probs`` are the true global sampling probabilities P(i). Fresh (online) rows are flagged in ``fresh`` and
+    carry weight 1.
     """
 
     traj: Trajectory  # [T, B]
@@ -176,6 +177,7 @@ class ReplaySample:
     shard_ids: Tensor  # [B] int64
     weights: Tensor  # [B] float32
     probs: Tensor  # [B] float64
+    fresh: Tensor | None = None  # [B] bool: row was handed out as fresh (online) data, not a prioritized draw
 
     @property
     def B(self) -> int:

@@ -1,0 +1,130 @@
+"""What the local and Ray runtimes share: run-directory paths, the stop rule, and metric assembly/logging.
+
+:class:`RunMonitor` receives raw numbers from the runtime (env steps, episodes, learner reports, shard and actor
+stats), turns them into namespaced metrics and logs them through the sinks at most every
+``logging.log_every_s`` seconds. It owns no components and makes no remote calls.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from distrl.config import ExperimentConfig
+from distrl.logging import EpisodeTracker, RateMeter, make_sinks
+from distrl.types import EpisodeStats
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    run_dir: Path
+
+    @property
+    def learner_checkpoint(self) -> Path:
+        return self.run_dir / "checkpoints" / "learner.pt"
+
+    def shard_dir(self, shard_id: int) -> Path:
+        return self.run_dir / "replay" / f"shard_{shard_id}"
+
+
+def n_fresh(cfg: ExperimentConfig) -> int:
+    return round(cfg.learner.online_fraction * cfg.learner.batch_size)
+
+
+class RunMonitor:
+    def __init__(self, cfg: ExperimentConfig, run_dir: Path, env_steps_base: int = 0) -> None:
+        self.cfg = cfg
+        self.sinks = make_sinks(cfg, run_dir)
+        self.tracker = EpisodeTracker(window=100)
+        self.env_steps_base = env_steps_base
+        self.t_start = time.monotonic()
+        self._last_log = 0.0
+        self._sps = RateMeter()
+        self._ups = RateMeter()
+        self._consumed = RateMeter()
+        self.learner_updates = 0
+        self.learner_env_steps = 0  # fresh env steps consumed by the learner(s) in this session
+        self.learner_samples = 0
+        self._learner_metrics: dict[str, float] = {}
+        self.last_metrics: dict[str, float] = {}
+
+    def add_episodes(self, episodes: Iterable[EpisodeStats]) -> None:
+        self.tracker.add(episodes)
+
+    def add_learner_report(self, report: Mapping[str, float]) -> None:
+        n = int(report.get("updates", 0))
+        if n == 0:
+            return
+        self.learner_updates += n
+        self.learner_env_steps += int(report.get("env_steps", 0))
+        self.learner_samples += int(report.get("samples", 0))
+        self._learner_metrics = {k: float(v) for k, v in report.items() if k.startswith("learner/")}
+
+    def should_stop(self, env_steps: int) -> bool:
+        if env_steps >= self.cfg.runtime.total_env_steps:
+            return True
+        limit = self.cfg.runtime.max_wall_time_s
+        return limit > 0 and time.monotonic() - self.t_start >= limit
+
+    def maybe_log(
+        self,
+        env_steps: int,
+        shard_stats: Sequence[Any | None] = (),
+        actor_stats: Sequence[Mapping[str, Any]] = (),
+        extra: Mapping[str, float] | None = None,
+        force: bool = False,
+    ) -> dict[str, float] | None:
+        now = time.monotonic()
+        if not force and now - self._last_log < self.cfg.logging.log_every_s:
+            return None
+        self._last_log = now
+        m: dict[str, float] = {"charts/env_steps": float(env_steps)}
+        m.update(self.tracker.summary())
+        sps = self._sps.update(env_steps, now)
+        if sps is not None:
+            m["charts/sps"] = sps
+        ups = self._ups.update(self.learner_updates, now)
+        if ups is not None:
+            m["learner/updates_per_s"] = ups
+        consumed = self._consumed.update(self.learner_env_steps, now)
+        if consumed is not None:
+            m["learner/env_steps_consumed_per_s"] = consumed
+        m["learner/updates"] = float(self.learner_updates)
+        m["learner/env_steps_consumed"] = float(self.learner_env_steps)
+        m.update(self._learner_metrics)
+        live = [s for s in shard_stats if s is not None]
+        if live:
+            m["replay/size"] = float(sum(s.size for s in live))
+            m["replay/inserted"] = float(sum(s.inserted for s in live))
+            m["replay/sampled"] = float(sum(s.sampled for s in live))
+            m["replay/fresh_pending"] = float(sum(s.fresh_pending for s in live))
+            m["replay/fresh_dropped"] = float(sum(s.fresh_dropped for s in live))
+            m["replay/fresh_evicted"] = float(sum(s.fresh_evicted for s in live))
+        if actor_stats:
+            m["actor/count"] = float(len(actor_stats))
+            m["actor/steps_per_s"] = float(sum(float(a.get("steps_per_s", 0.0)) for a in actor_stats))
+            m["actor/faults"] = float(sum(float(a.get("faults", 0.0)) for a in actor_stats))
+            m["actor/policy_version_min"] = float(min(float(a.get("policy_version", 0)) for a in actor_stats))
+        m["charts/wall_time_s"] = now - self.t_start
+        if extra:
+            m.update(extra)
+        self.sinks.log(m, step=env_steps)
+        self.last_metrics = m
+        return m
+
+    def summary(self, env_steps: int) -> dict[str, Any]:
+        t = self.tracker.summary()
+        return {
+            "env_steps": env_steps,
+            "learner_updates": self.learner_updates,
+            "wall_time_s": round(time.monotonic() - self.t_start, 2),
+            "episode_return": t.get("charts/episode_return"),
+            "success_rate": t.get("charts/success_rate"),
+            "episodes": self.tracker.total_episodes,
+        }
+
+    def close(self, exit_code: int = 0) -> None:
+        self.sinks.close(exit_code=exit_code)

@@ -1,0 +1,126 @@
+"""LocalRuntime: every component in one process, no Ray (Sample Factory's serial mode, Acme's run_experiment).
+
+The same EnvActor, ReplayShard, ReplaySampler, Learner and WeightStore classes as the Ray runtime, wired by a
+plain loop: actors step and insert; the learner trains as long as the shards' rate limiters allow; weights go
+to the actors after every publish. Slower than the Ray runtime (nothing overlaps) but deterministic given a seed
+and debuggable with ``breakpoint()``.
+
+Usage::
+
+    LocalRuntime(cfg, run_dir).train()    # or: distrl train CONFIG --local
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distrl.actors.env_actor import EnvActor
+from distrl.config import ExperimentConfig
+from distrl.envs.registry import env_spec
+from distrl.replay.client import LocalShardClient
+from distrl.replay.sampler import ReplaySampler
+from distrl.replay.shard import ReplayShard
+from distrl.runtime.common import RunMonitor, RunPaths, n_fresh
+from distrl.runtime.learner_worker import LearnerWorker
+from distrl.runtime.weights import WeightStore
+
+log = logging.getLogger(__name__)
+
+
+class LocalRuntime:
+    def __init__(self, cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False) -> None:
+        self.cfg = cfg
+        self.paths = RunPaths(Path(run_dir))
+        self.resume = resume
+
+    def train(self) -> dict[str, Any]:
+        cfg = self.cfg
+        torch.manual_seed(cfg.runtime.seed)
+        spec = env_spec(cfg.env)
+        J = cfg.replay.num_shards
+        shards = [ReplayShard(cfg.replay, j, seed=cfg.runtime.seed + j) for j in range(J)]
+        store = WeightStore()
+        sampler = ReplaySampler(
+            [LocalShardClient(s) for s in shards],
+            cfg.replay,
+            cfg.learner.batch_size,
+            n_fresh=n_fresh(cfg),
+            prefetch=0,
+            seed=cfg.runtime.seed,
+        )
+        worker = LearnerWorker(cfg, spec, sampler, publish=store.publish)
+        env_steps_base = 0
+        if self.resume:
+            env_steps_base = self._restore(worker, shards)
+        worker.publish_weights()
+        actors = [EnvActor(cfg, i) for i in range(cfg.actor.num_actors)]
+        monitor = RunMonitor(cfg, self.paths.run_dir, env_steps_base)
+        next_ckpt = _next_multiple(worker.version, cfg.learner.checkpoint_every)
+        exit_code = 1
+
+        def env_steps() -> int:
+            return env_steps_base + sum(a.env_steps for a in actors)
+
+        try:
+            while not monitor.should_stop(env_steps()):
+                for i, actor in enumerate(actors):
+                    newer = store.get_if_newer(actor.policy_version)
+                    if newer is not None:
+                        actor.set_weights(*newer)
+                    traj = actor.step()
+                    monitor.add_episodes(actor.episode_stats())
+                    if traj is None:
+                        continue
+                    shard = shards[i % J]
+                    while not shard.insert(traj).ok:
+                        # The rate limiter holds inserts back until the learner has sampled enough.
+                        report = worker.train(max_updates=1, timeout_s=0.0)
+                        if not report["updates"]:
+                            raise RuntimeError(
+                                f"replay shard {i % J} refuses inserts and the learner cannot sample: "
+                                f"{shard.stats()}"
+                            )
+                        monitor.add_learner_report(report)
+                # Train as much as the rate limiter allows for the data inserted so far.
+                monitor.add_learner_report(worker.train(max_updates=1_000_000, timeout_s=0.0))
+                if next_ckpt and worker.version >= next_ckpt:
+                    self._checkpoint(worker, shards, env_steps(), replay=False)
+                    next_ckpt = _next_multiple(worker.version, cfg.learner.checkpoint_every)
+                monitor.maybe_log(
+                    env_steps(), [s.stats() for s in shards], [a.counters() for a in actors]
+                )
+            self._checkpoint(worker, shards, env_steps(), replay=True)
+            monitor.maybe_log(env_steps(), [s.stats() for s in shards], [a.counters() for a in actors],
+                              force=True)
+            exit_code = 0
+            return monitor.summary(env_steps())
+        finally:
+            for a in actors:
+                a.close()
+            worker.close()
+            monitor.close(exit_code)
+
+    def _restore(self, worker: LearnerWorker, shards: list[ReplayShard]) -> int:
+        base = 0
+        if self.paths.learner_checkpoint.is_file():
+            extra = worker.load_checkpoint(self.paths.learner_checkpoint)
+            base = int(extra.get("env_steps", 0))
+        for s in shards:
+            d = self.paths.shard_dir(s.shard_id)
+            if d.is_dir():
+                s.restore(d)
+        return base
+
+    def _checkpoint(self, worker: LearnerWorker, shards: list[ReplayShard], env_steps: int, replay: bool) -> None:
+        worker.save_checkpoint(self.paths.learner_checkpoint, extra={"env_steps": env_steps})
+        if replay:
+            for s in shards:
+                s.save(self.paths.shard_dir(s.shard_id))
+
+
+def _next_multiple(version: int, every: int) -> int:
+    return 0 if every <= 0 else (version // every + 1) * every

@@ -1,0 +1,320 @@
+"""RayRuntime: env actors, replay shards, a weight store and data-parallel learners as Ray actors.
+
+Placement and resources come from the config; library classes stay plain and are wrapped here with
+``ray.remote(...)`` at run time. The driver (this process) only orchestrates: it keeps every learner busy with
+``train`` calls, polls actor and shard stats for the dashboards, restarts env actors that died, and writes
+checkpoints.
+
+* **Cluster**: ``runtime.address`` (or ``RAY_ADDRESS``, set by ``ray job submit``) joins a running cluster;
+  otherwise a local Ray instance starts on 127.0.0.1 without a dashboard and stops at the end.
+* **Learners**: ``learner.num_learners`` replicas, each with its own ReplaySampler over all shards; with more
+  than one, gradients are all-reduced through ``torch.distributed`` (gloo on CPU, NCCL on GPU), rank 0
+  publishes weights and writes checkpoints. A learner gets a GPU when the cluster has one and
+  ``learner.device`` is ``auto`` or ``cuda``.
+* **Weights**: rank 0 puts the state_dict into the object store once per publish; the WeightStore actor keeps
+  only its ObjectRef, and actors fetch it when their version is older.
+* **Faults**: a dead env actor is restarted (up to ``runtime.actor_restarts`` times per actor id) and the run
+  goes on; a dead learner or replay shard stops the run with an error naming it (resume with ``--resume``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+import torch.distributed as dist
+
+from distrl.config import ExperimentConfig
+from distrl.envs.base import EnvSpec
+from distrl.envs.registry import env_spec
+from distrl.replay.sampler import ReplaySampler
+from distrl.runtime.common import RunMonitor, RunPaths, n_fresh
+from distrl.runtime.learner_worker import LearnerWorker
+from distrl.runtime.ray_env_actor import EnvActorHandle, restart_env_actor, start_env_actors
+from distrl.runtime.ray_replay import make_ray_shards, ray_shard_clients
+from distrl.runtime.weights import WeightStore
+
+log = logging.getLogger(__name__)
+
+SHARD_CPUS = 0.5
+LEARNER_CPUS = 1.0
+
+
+class RayWeightStore(WeightStore):
+    """The WeightStore as a Ray actor. ``publish`` receives ``[ref]`` (a list, so Ray does not resolve the ref
+    into a copy here) and keeps the ObjectRef; actors resolve it themselves."""
+
+    def publish(self, version: int, boxed: Any) -> None:  # type: ignore[override]
+        super().publish(version, boxed[0])
+
+
+class RayLearner:
+    """Hosts a LearnerWorker in a Ray actor; its sampler talks to the shard actors."""
+
+    def __init__(
+        self, cfg: ExperimentConfig, spec: EnvSpec, shards: list[Any], store: Any, rank: int, world: int
+    ) -> None:
+        self.cfg, self.spec, self.shards, self.store = cfg, spec, shards, store
+        self.rank, self.world = rank, world
+        self.worker: LearnerWorker | None = None
+
+    def dist_address(self) -> str:
+        """A free TCP port on this node for the torch.distributed rendezvous (called on rank 0)."""
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        return f"tcp://{ray.util.get_node_ip_address()}:{port}"
+
+    def setup(self, init_method: str | None) -> int:
+        if self.world > 1:
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            dist.init_process_group(backend, init_method=init_method, rank=self.rank, world_size=self.world)
+        sampler = ReplaySampler(
+            ray_shard_clients(self.shards),
+            self.cfg.replay,
+            self.cfg.learner.batch_size,
+            n_fresh=n_fresh(self.cfg),
+            prefetch=2,
+            seed=self.cfg.runtime.seed * 1000 + self.rank,
+        )
+        store = self.store
+
+        def publish(version: int, weights: dict[str, torch.Tensor]) -> None:
+            store.publish.remote(version, [ray.put(weights)])
+
+        self.worker = LearnerWorker(self.cfg, self.spec, sampler, publish=publish, rank=self.rank)
+        return self.worker.version
+
+    def _w(self) -> LearnerWorker:
+        if self.worker is None:
+            raise RuntimeError("RayLearner.setup() was not called")
+        return self.worker
+
+    def train(self, max_updates: int, timeout_s: float) -> dict[str, float]:
+        return self._w().train(max_updates, timeout_s)
+
+    def publish_weights(self) -> int:
+        self._w().publish_weights()
+        return self._w().version
+
+    def save_checkpoint(self, path: str, extra: dict[str, Any]) -> str:
+        return self._w().save_checkpoint(path, extra)
+
+    def load_checkpoint(self, path: str) -> dict[str, Any]:
+        return self._w().load_checkpoint(path)
+
+    def parameters_vector(self) -> torch.Tensor:
+        return self._w().parameters_vector()
+
+    def device(self) -> str:
+        return str(self._w().learner.device)
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.close()
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _actor_cpus(cfg: ExperimentConfig) -> float:
+    return 1.0 if cfg.env.vectorization == "inline" else 1.0 + cfg.env.num_workers
+
+
+class RayRuntime:
+    def __init__(self, cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False) -> None:
+        self.cfg = cfg
+        self.paths = RunPaths(Path(run_dir))
+        self.resume = resume
+        self.learners: list[Any] = []
+
+    # ---- cluster ------------------------------------------------------------------------------------------
+    def _init_ray(self) -> bool:
+        """Join or start Ray; returns True when this runtime started it (and so must stop it)."""
+        if ray.is_initialized():
+            return False
+        address = self.cfg.runtime.address or os.environ.get("RAY_ADDRESS", "")
+        if address:
+            ray.init(address=address, log_to_driver=False)
+            return True
+        cfg = self.cfg
+        need = (
+            cfg.actor.num_actors * _actor_cpus(cfg)
+            + cfg.learner.num_learners * LEARNER_CPUS
+            + cfg.replay.num_shards * SHARD_CPUS
+        )
+        num_cpus = cfg.runtime.num_cpus or max(os.cpu_count() or 1, int(need + 0.999))
+        ray.init(
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            log_to_driver=False,
+            _node_ip_address="127.0.0.1",
+            configure_logging=False,
+        )
+        return True
+
+    def _learner_resources(self) -> dict[str, float]:
+        dev = self.cfg.learner.device
+        gpus = ray.cluster_resources().get("GPU", 0)
+        if dev in ("auto", "cuda") and gpus >= self.cfg.learner.num_learners:
+            return {"num_cpus": LEARNER_CPUS, "num_gpus": 1}
+        if dev == "cuda":
+            raise RuntimeError(
+                f"learner.device=cuda but the cluster has {gpus} GPUs for {self.cfg.learner.num_learners} learners"
+            )
+        return {"num_cpus": LEARNER_CPUS}
+
+    # ---- main loop ----------------------------------------------------------------------------------------
+    def train(self) -> dict[str, Any]:
+        started = self._init_ray()
+        try:
+            return self._train()
+        finally:
+            if started:
+                ray.shutdown()
+
+    def _train(self) -> dict[str, Any]:
+        cfg, paths = self.cfg, self.paths
+        spec = env_spec(cfg.env)
+        J = cfg.replay.num_shards
+        restore = [paths.shard_dir(j) for j in range(J)]
+        restore_dirs = restore if self.resume and all(d.is_dir() for d in restore) else None
+        shards = make_ray_shards(cfg.replay, J, num_cpus=SHARD_CPUS, seed=cfg.runtime.seed,
+                                 restore_dirs=restore_dirs)
+        store = ray.remote(num_cpus=0)(RayWeightStore).remote()
+        world = cfg.learner.num_learners
+        cls = ray.remote(**self._learner_resources())(RayLearner)
+        self.learners = learners = [cls.remote(cfg, spec, shards, store, r, world) for r in range(world)]
+        init = ray.get(learners[0].dist_address.remote()) if world > 1 else None
+        ray.get([lr.setup.remote(init) for lr in learners])
+        env_steps_base = 0
+        if self.resume and paths.learner_checkpoint.is_file():
+            extras = ray.get([lr.load_checkpoint.remote(str(paths.learner_checkpoint)) for lr in learners])
+            env_steps_base = int(extras[0].get("env_steps", 0))
+        version = ray.get(learners[0].publish_weights.remote())
+        actors = start_env_actors(cfg, shards, store)
+        restarts: dict[int, int] = {}
+        actor_steps: dict[tuple[int, int], int] = {}
+        latest_stats: dict[int, dict[str, Any]] = {}
+        monitor = RunMonitor(cfg, paths.run_dir, env_steps_base)
+        every = cfg.learner.checkpoint_every
+        next_ckpt = 0 if every <= 0 else (version // every + 1) * every
+        pending = {lr.train.remote(64, 0.5): i for i, lr in enumerate(learners)}
+        exit_code = 1
+
+        def env_steps() -> int:
+            return env_steps_base + sum(actor_steps.values())
+
+        try:
+            last_poll = last_log = 0.0
+            while not monitor.should_stop(env_steps()):
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.2)
+                for ref in ready:
+                    i = pending.pop(ref)
+                    try:
+                        report = ray.get(ref)
+                    except ray.exceptions.RayError as e:
+                        raise RuntimeError(f"learner {i} failed: {e}") from e
+                    if i == 0:
+                        monitor.add_learner_report(report)
+                        version = int(report["version"])
+                        if next_ckpt and version >= next_ckpt:
+                            ray.get(learners[0].save_checkpoint.remote(
+                                str(paths.learner_checkpoint), {"env_steps": env_steps()}))
+                            next_ckpt = (version // every + 1) * every
+                    else:
+                        monitor.learner_env_steps += int(report.get("env_steps", 0))
+                    pending[learners[i].train.remote(64, 0.5)] = i
+                now = time.monotonic()
+                if now - last_poll >= min(1.0, cfg.logging.log_every_s):
+                    last_poll = now
+                    actors = self._poll_actors(actors, shards, store, restarts, actor_steps, latest_stats, monitor)
+                if now - last_log >= cfg.logging.log_every_s:
+                    last_log = now
+                    stats = ray.get([s.stats.remote() for s in shards], timeout=60)
+                    monitor.maybe_log(env_steps(), stats, list(latest_stats.values()), force=True)
+            # ---- shutdown: stop actors, let learners finish their call, final checkpoints --------------------
+            for h in actors:
+                h.handle.stop.remote()
+            ray.wait([h.run_ref for h in actors], num_returns=len(actors), timeout=30)
+            actors = self._poll_actors(actors, shards, store, restarts, actor_steps, latest_stats, monitor,
+                                       restart=False)
+            done0 = [r for r, i in pending.items() if i == 0]
+            for r in done0:
+                try:
+                    monitor.add_learner_report(ray.get(r, timeout=120))
+                except ray.exceptions.GetTimeoutError:
+                    log.warning("learner 0 did not finish its last train call in time")
+            ray.get(learners[0].save_checkpoint.remote(str(paths.learner_checkpoint), {"env_steps": env_steps()}))
+            ray.get([s.save.remote(str(paths.shard_dir(j))) for j, s in enumerate(shards)])
+            stats = ray.get([s.stats.remote() for s in shards], timeout=60)
+            monitor.maybe_log(env_steps(), stats, list(latest_stats.values()), force=True)
+            exit_code = 0
+            return monitor.summary(env_steps())
+        finally:
+            monitor.close(exit_code)
+            for h in actors:
+                try:
+                    ray.get(h.handle.close.remote(), timeout=30)
+                except Exception:
+                    pass
+                ray.kill(h.handle)
+            for lr in learners:
+                ray.kill(lr)
+            for s in shards:
+                ray.kill(s)
+            ray.kill(store)
+
+    def _poll_actors(
+        self,
+        actors: list[EnvActorHandle],
+        shards: list[Any],
+        store: Any,
+        restarts: dict[int, int],
+        actor_steps: dict[tuple[int, int], int],
+        latest_stats: dict[int, dict[str, Any]],
+        monitor: RunMonitor,
+        restart: bool = True,
+    ) -> list[EnvActorHandle]:
+        """Collect stats and episodes; restart actors whose process died or whose loop raised."""
+        cfg = self.cfg
+        refs = [h.handle.stats.remote() for h in actors]
+        out = list(actors)
+        for k, (h, ref) in enumerate(zip(actors, refs)):
+            try:
+                st = ray.get(ref, timeout=30)
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as e:
+                st = None
+                err: BaseException | None = e
+            else:
+                err = None
+                finished, _ = ray.wait([h.run_ref], timeout=0)
+                if finished and restart:
+                    try:
+                        ray.get(finished[0])
+                        err = RuntimeError("run loop returned unexpectedly")
+                    except ray.exceptions.RayError as e:
+                        err = e
+            if st is not None:
+                monitor.add_episodes(st.pop("episodes", []))
+                actor_steps[(h.actor_id, h.incarnation)] = int(st.get("env_steps", 0))
+                latest_stats[h.actor_id] = st
+            if err is not None and restart:
+                n = restarts.get(h.actor_id, 0) + 1
+                if n > cfg.runtime.actor_restarts:
+                    raise RuntimeError(
+                        f"env actor {h.actor_id} died {n} times (limit runtime.actor_restarts="
+                        f"{cfg.runtime.actor_restarts}); last error: {err}"
+                    ) from err
+                restarts[h.actor_id] = n
+                log.warning("env actor %d died (%s); restarting (%d/%d)", h.actor_id, err, n,
+                            cfg.runtime.actor_restarts)
+                out[k] = restart_env_actor(cfg, h, shards, store)
+                monitor.sinks.log({"actor/restarts": float(sum(restarts.values()))}, step=monitor.env_steps_base
+                                  + sum(actor_steps.values()))
+        return out

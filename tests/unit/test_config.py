@@ -1,0 +1,103 @@
+"""Config loading: types, unknown keys, includes, overrides, validation, fingerprints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from distrl.cli import _hoist_flags, _split_overrides, prepare_run
+from distrl.config import ConfigError, ExperimentConfig, config_from_dict, load_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_defaults_are_a_valid_runnable_config():
+    cfg = load_config()
+    assert cfg == ExperimentConfig().validate()
+    assert cfg.env.name == "MiniHack-Room-5x5-v0"
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    cfg = load_config(path)
+    assert cfg.sequence.total >= cfg.sequence.period
+
+
+def test_quickstart_yaml_equals_the_embedded_default():
+    assert load_config(REPO / "configs/quickstart.yaml") == load_config()
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("learner:\n  lrr: 0.1\n")
+    with pytest.raises(ConfigError, match=r"learner\.lrr.*bad\.yaml"):
+        load_config(p)
+
+
+def test_wrong_type_names_key_and_file(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("learner:\n  batch_size: lots\n")
+    with pytest.raises(ConfigError, match=r"learner\.batch_size.*integer.*bad\.yaml"):
+        load_config(p)
+
+
+def test_bad_literal_is_refused():
+    with pytest.raises(ConfigError, match=r"runtime\.mode"):
+        load_config(None, ["runtime.mode=cluster"])
+
+
+def test_inconsistent_pair_is_refused():
+    with pytest.raises(ConfigError, match=r"sequence\.period"):
+        load_config(None, ["sequence.period=100", "sequence.length=40"])
+    with pytest.raises(ConfigError, match="min_size"):
+        load_config(None, ["replay.min_size=10000", "replay.capacity=100"])
+
+
+def test_include_and_override_precedence(tmp_path):
+    (tmp_path / "base.yaml").write_text("learner:\n  lr: 1.0e-3\n  batch_size: 8\n")
+    (tmp_path / "exp.yaml").write_text("include: base.yaml\nlearner:\n  batch_size: 16\n")
+    cfg = load_config(tmp_path / "exp.yaml", ["learner.lr=3e-4"])
+    assert cfg.learner.batch_size == 16 and cfg.learner.lr == pytest.approx(3e-4)
+
+
+def test_include_cycle_is_refused(tmp_path):
+    (tmp_path / "a.yaml").write_text("include: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("include: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(tmp_path / "a.yaml")
+
+
+def test_config_is_frozen():
+    cfg = load_config()
+    with pytest.raises(AttributeError):
+        cfg.learner.lr = 1.0  # type: ignore[misc]
+
+
+def test_round_trip_through_dict_and_fingerprint():
+    cfg = load_config(None, ["learner.lr=1e-3", "env.observation_keys=[glyphs, blstats]"])
+    again = config_from_dict(cfg.to_dict())
+    assert again == cfg
+    assert again.env.observation_keys == ("glyphs", "blstats")
+    assert cfg.fingerprint() == load_config(None, ["learner.lr=1e-3", "env.observation_keys=[glyphs, blstats]",
+                                                   "runtime.total_env_steps=5"]).fingerprint()
+    assert cfg.fingerprint() != load_config(None, ["learner.lr=2e-3"]).fingerprint()
+
+
+def test_cli_override_forms():
+    assert _split_overrides(["a.b=1", "--c.d", "2", "--e.f=3"]) == ["a.b=1", "c.d=2", "e.f=3"]
+    assert _hoist_flags(["train", "x.yaml", "a.b=1", "--local", "--resume", "r"]) == [
+        "train", "--local", "--resume", "r", "x.yaml", "a.b=1"]
+
+
+def test_prepare_run_refuses_existing_run_and_mismatched_resume(tmp_path):
+    over = [f"runtime.run_dir={tmp_path}", "runtime.run_name=r1"]
+    cfg, run_dir, resuming = prepare_run(None, over)
+    assert not resuming and (run_dir / "config.yaml").is_file()
+    with pytest.raises(ConfigError, match="already holds a run"):
+        prepare_run(None, over)
+    cfg2, run_dir2, resuming2 = prepare_run(None, ["runtime.total_env_steps=7"], resume=str(run_dir))
+    assert resuming2 and run_dir2 == run_dir and cfg2.learner == cfg.learner
+    assert cfg2.runtime.total_env_steps == 7
+    with pytest.raises(ConfigError, match="differs"):
+        prepare_run(str(REPO / "configs/pong.yaml"), [], resume=str(run_dir))
