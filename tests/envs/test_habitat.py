@@ -1,0 +1,361 @@
+"""Habitat PointNav adapter.
+
+Most tests run the adapter against FakeHabitat (:mod:`distrl.envs.habitat_fake`), a FAKE of habitat-lab's API
+built from a recorded real run: they test the adapter's logic, NOT Habitat. The last test runs the adapter on
+real habitat-lab + habitat-sim where those are installed (conda), and is skipped elsewhere.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from distrl.config import EnvConfig
+from distrl.envs import habitat as hab
+from distrl.envs import habitat_fake
+from distrl.envs.registry import env_spec, make_env
+
+try:
+    RECORDING, FRAMES = habitat_fake.load_recording()
+except FileNotFoundError as e:  # pragma: no cover - only without the shared/ folder
+    pytest.skip(f"FakeHabitat recording not found: {e}", allow_module_level=True)
+
+FAKE = hab.FAKE_ID
+RECORDED_LIMIT = 60  # the recording ran with habitat.environment.max_episode_steps=60
+BY_ID = {e["episode_id"]: e for e in RECORDING["episodes"]}
+# distrl action index of each recorded habitat action index (the recorded order is habitat's default).
+TO_DISTRL = [hab.ACTIONS.index(n) for n in RECORDING["task_action_order"]]
+
+
+def fake_env(seed=0, **cfg_fields):
+    cfg_fields.setdefault("image_size", 64)
+    return hab.make(EnvConfig(name=FAKE, **cfg_fields), seed)
+
+
+def replay(env, episode):
+    """Step the recorded actions of `episode`; returns the list of adapter step results."""
+    return [env.step(TO_DISTRL[s["action"]]) for s in episode["steps"]]
+
+
+def reset_to(env, episode_id, max_resets=10):
+    for _ in range(max_resets):
+        obs, info = env.reset()
+        if info["episode_id"] == episode_id:
+            return obs
+    raise AssertionError(f"episode {episode_id} never came up")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Spec, observations, action mapping
+# ------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [64, 32])
+def test_spec_matches_reset_and_step_observations(size):
+    cfg = EnvConfig(name=FAKE, image_size=size)
+    spec = hab.spec(cfg)
+    assert spec == env_spec(cfg)
+    assert spec.num_actions == 4 and spec.family == "habitat"
+    assert {k: s.shape for k, s in spec.obs.items()} == {
+        "rgb": (3, size, size),
+        "depth": (1, size, size),
+        "pointgoal": (2,),
+    }
+    env = make_env(cfg, seed=0)
+    obs, _ = env.reset()
+    for _ in range(4):
+        assert set(obs) == set(spec.obs)
+        for k, v in obs.items():
+            spec.obs[k].check(k, v)
+        assert 0.0 <= obs["depth"].min() and obs["depth"].max() <= 1.0
+        obs, *_ = env.step(2)
+
+
+def test_reset_observation_is_the_recorded_one_channel_first():
+    env = fake_env()
+    obs, info = env.reset()
+    index = [e["episode_id"] for e in RECORDING["episodes"]].index(info["episode_id"])
+    np.testing.assert_array_equal(obs["rgb"], FRAMES[f"ep{index}_reset_rgb"].transpose(2, 0, 1))
+    np.testing.assert_array_equal(obs["depth"], FRAMES[f"ep{index}_reset_depth"].transpose(2, 0, 1))
+    np.testing.assert_allclose(
+        obs["pointgoal"], BY_ID[info["episode_id"]]["reset_obs"]["pointgoal_with_gps_compass"]
+    )
+
+
+def test_sensor_size_differing_from_image_size_is_area_resized():
+    sensors = "habitat.simulator.agents.main_agent.sim_sensors"
+    user = [f"{sensors}.{s}.{d}=64" for s in ("rgb_sensor", "depth_sensor") for d in ("width", "height")]
+    env = hab.HabitatPointNavEnv(
+        EnvConfig(name=FAKE, image_size=32),
+        0,
+        habitat_module=habitat_fake.fake_habitat_module(),
+        overrides=user,
+    )
+    obs, info = env.reset()
+    index = [e["episode_id"] for e in RECORDING["episodes"]].index(info["episode_id"])
+    raw = FRAMES[f"ep{index}_reset_rgb"].astype(np.float64)
+    pooled = raw.reshape(32, 2, 32, 2, 3).mean((1, 3))  # 64 -> 32 area resize = 2x2 means
+    assert obs["rgb"].shape == (3, 32, 32)
+    assert np.abs(obs["rgb"].transpose(1, 2, 0) - pooled).max() <= 0.5 + 1e-3
+    depth = FRAMES[f"ep{index}_reset_depth"].reshape(32, 2, 32, 2, 1).mean((1, 3))
+    np.testing.assert_allclose(obs["depth"].transpose(1, 2, 0), depth, atol=1e-6)
+
+
+def test_observation_key_subset():
+    env = fake_env(observation_keys=("pointgoal", "rgb"))
+    obs, _ = env.reset()
+    assert set(obs) == {"pointgoal", "rgb"}
+    assert set(hab.spec(env.cfg).obs) == {"pointgoal", "rgb"}
+
+
+def test_adapter_maps_actions_by_name(monkeypatch):
+    """A task with its actions in another order must still give distrl's 0=stop 1=forward 2=left 3=right."""
+    rec, frames = copy.deepcopy(RECORDING), FRAMES
+    order = ["move_forward", "turn_right", "stop", "turn_left"]
+    old = rec["task_action_order"]
+    for ep in rec["episodes"]:
+        for s in ep["steps"]:
+            s["action"] = order.index(old[s["action"]])
+    rec["task_action_order"] = order
+    monkeypatch.setattr(habitat_fake, "load_recording", lambda folder=None: (rec, frames))
+    env = fake_env(max_episode_steps=RECORDED_LIMIT)
+    success_ep = BY_ID["15"]  # recorded success: must be reproduced through the permuted mapping
+    reset_to(env, "15")
+    results = [env.step(hab.ACTIONS.index(old[s["action"]])) for s in success_ep["steps"]]
+    assert [r[1] for r in results] == pytest.approx([s["reward"] for s in success_ep["steps"]])
+    assert results[-1][4]["success"] == 1.0
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Episode semantics against the three recorded episodes
+# ------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "episode_id, terminated, truncated, success",
+    [
+        ("7", False, True, 0.0),  # recorded: hit the 60-step limit
+        ("15", True, False, 1.0),  # recorded: reached the goal and called stop
+        ("19", True, False, 0.0),
+    ],  # recorded: stop at the start, far from the goal
+)
+def test_recorded_episodes_convert_to_terminated_or_truncated(episode_id, terminated, truncated, success):
+    ep = BY_ID[episode_id]
+    env = fake_env(max_episode_steps=RECORDED_LIMIT)
+    reset_to(env, episode_id)
+    results = replay(env, ep)
+    for (obs, reward, term, trunc, info), s in zip(results[:-1], ep["steps"][:-1]):
+        assert not term and not trunc and info == {}
+        assert reward == pytest.approx(s["reward"])
+        np.testing.assert_allclose(obs["pointgoal"], s["pointgoal_with_gps_compass"], rtol=1e-6)
+    obs, reward, term, trunc, info = results[-1]
+    last = ep["steps"][-1]
+    assert (term, trunc) == (terminated, truncated)
+    assert reward == pytest.approx(last["reward"])
+    assert info["success"] == success
+    assert info["extra"]["spl"] == pytest.approx(last["info"]["spl"])
+    assert info["extra"]["distance_to_goal"] == pytest.approx(last["info"]["distance_to_goal"])
+    assert info["episode_return"] == pytest.approx(sum(s["reward"] for s in ep["steps"]))
+    if success:
+        assert reward == pytest.approx(2.49) and 0.9 < info["extra"]["spl"] <= 1.0
+    with pytest.raises(RuntimeError, match="after the episode ended"):
+        env.step(1)
+
+
+def test_stop_on_the_last_allowed_step_is_terminated_not_truncated():
+    env = fake_env(max_episode_steps=3)
+    env.reset()
+    assert env.step(2)[2:4] == (False, False)
+    assert env.step(2)[2:4] == (False, False)
+    assert env.step(2)[2:4] == (False, True)  # time limit
+    env.reset()
+    env.step(2)
+    env.step(2)
+    _, _, term, trunc, info = env.step(hab.STOP)
+    assert (term, trunc) == (True, False) and info["success"] == 0.0
+
+
+def test_greedy_policy_succeeds_off_the_recording():
+    """Off the recorded actions the fake's planar model takes over; the adapter still reports success/SPL."""
+    env = fake_env(max_episode_steps=500)
+    obs, _ = env.reset()
+    rewards = []
+    for _ in range(400):
+        rho, angle = obs["pointgoal"]
+        if rho < 0.15:
+            action = hab.STOP
+        elif abs(angle) > math.radians(6):
+            action = 2 if angle > 0 else 3  # positive angle = goal to the left
+        else:
+            action = 1
+        obs, reward, term, trunc, info = env.step(action)
+        rewards.append(reward)
+        if term or trunc:
+            break
+    assert term and not trunc and action == hab.STOP
+    assert info["success"] == 1.0 and 0.0 < info["extra"]["spl"] <= 1.0
+    assert rewards[-1] == pytest.approx(2.49)
+    assert info["episode_return"] == pytest.approx(sum(rewards))
+
+
+def test_reward_free_zeroes_rewards_but_reports_the_raw_return():
+    env = fake_env(max_episode_steps=RECORDED_LIMIT, reward_free=True)
+    reset_to(env, "15")
+    results = replay(env, BY_ID["15"])
+    assert all(r[1] == 0.0 for r in results)
+    assert results[-1][4]["episode_return"] == pytest.approx(sum(s["reward"] for s in BY_ID["15"]["steps"]))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Seeding and reset semantics
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _episode_ids(env, n, seed=None):
+    ids = [env.reset(seed=seed)[1]["episode_id"]]
+    return ids + [env.reset()[1]["episode_id"] for _ in range(n - 1)]
+
+
+def test_same_seed_same_episode_sequence_and_first_observation():
+    a, b = fake_env(seed=5), fake_env(seed=5)
+    obs_a, _ = a.reset()
+    obs_b, _ = b.reset()
+    for k in obs_a:
+        np.testing.assert_array_equal(obs_a[k], obs_b[k])
+    assert _episode_ids(a, 6)[1:] == _episode_ids(b, 6)[1:]
+    orders = {tuple(_episode_ids(fake_env(seed=s), 3)) for s in range(8)}
+    assert len(orders) > 1  # the seed shuffles the episode order
+
+
+def test_reset_with_seed_rewinds_the_episode_sequence():
+    env = fake_env(seed=0)
+    fresh = _episode_ids(fake_env(seed=9), 5)
+    _episode_ids(env, 4)
+    assert _episode_ids(env, 5, seed=9) == fresh
+
+
+def test_seed_alone_does_not_rewind_in_habitat_but_reset_with_seed_does():
+    """What the adapter works around: Habitat's env.seed() leaves the episode iterator where it is."""
+    hmod = habitat_fake.fake_habitat_module()
+    raw = hmod.gym.make_gym_from_config(hmod.get_config(hab.DEFAULT_TASK_CONFIG))
+    henv = raw.unwrapped.habitat_env
+    ids = []
+    for _ in range(6):
+        henv.seed(1)
+        raw.reset()
+        ids.append(henv.current_episode.episode_id)
+    assert len(set(ids)) > 1
+    env = fake_env()
+    assert len({env.reset(seed=1)[1]["episode_id"] for _ in range(6)}) == 1
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Lazy import, errors
+# ------------------------------------------------------------------------------------------------------------
+
+
+def test_missing_habitat_raises_with_install_steps(monkeypatch):
+    monkeypatch.setitem(sys.modules, "habitat", None)  # makes `import habitat` raise ImportError
+    with pytest.raises(ImportError, match="conda install habitat-sim"):
+        hab.make(EnvConfig(name=hab.REAL_ID), 0)
+    assert hab.spec(EnvConfig(name=hab.REAL_ID)).num_actions == 4  # the spec needs no habitat
+
+
+def test_real_id_goes_through_import_habitat(monkeypatch):
+    fake = habitat_fake.fake_habitat_module()
+    monkeypatch.setitem(sys.modules, "habitat", fake)
+    monkeypatch.setitem(sys.modules, "habitat.gym", fake.gym)
+    env = hab.make(EnvConfig(name=hab.REAL_ID, image_size=64), 0)
+    assert env.habitat is fake
+    obs, _ = env.reset()
+    assert obs["rgb"].shape == (3, 64, 64)
+
+
+def test_adapter_overrides_reach_the_habitat_config():
+    env = fake_env(seed=4, max_episode_steps=17, image_size=48)
+    c = env.habitat_config.habitat
+    assert c.environment.max_episode_steps == 17 and c.seed == 4
+    assert c.simulator.agents.main_agent.sim_sensors.rgb_sensor.width == 48
+
+
+@pytest.mark.parametrize(
+    "cfg, match",
+    [
+        (EnvConfig(name="habitat:objectnav"), "known habitat ids"),
+        (EnvConfig(name=FAKE, observation_keys=("rgb", "semantic")), "subset"),
+    ],
+)
+def test_bad_config_is_named(cfg, match):
+    with pytest.raises(ValueError, match=match):
+        hab.make(cfg, 0)
+
+
+def test_bad_action_is_rejected():
+    env = fake_env()
+    env.reset()
+    with pytest.raises(ValueError, match="out of range"):
+        env.step(4)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Real Habitat (skipped unless habitat-sim and habitat-lab are installed)
+# ------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.envs
+def test_real_habitat_pointnav_on_two_rooms(tmp_path):
+    pytest.importorskip("habitat_sim")
+    pytest.importorskip("habitat")
+    folder = habitat_fake.habitat_dir()
+    scene = folder / "two_rooms.glb"
+    subprocess.run(
+        [sys.executable, str(folder / "make_episodes.py"), str(scene), str(tmp_path)], check=True, timeout=300
+    )
+    overrides = [
+        f"habitat.dataset.data_path={tmp_path}/pointnav/train/train.json.gz",
+        f"habitat.dataset.scenes_dir={tmp_path}",
+        "habitat.simulator.habitat_sim_v0.gpu_device_id=-1",
+    ]
+    cfg = EnvConfig(name=hab.REAL_ID, image_size=64, max_episode_steps=40)
+    spec = hab.spec(cfg)
+    env = hab.HabitatPointNavEnv(cfg, 0, overrides=overrides)
+    obs, info = env.reset()
+    for k, v in obs.items():
+        spec.obs[k].check(k, v)
+    again = hab.HabitatPointNavEnv(cfg, 0, overrides=overrides)
+    obs2, info2 = again.reset()
+    assert info2["episode_id"] == info["episode_id"]
+    np.testing.assert_allclose(obs2["pointgoal"], obs["pointgoal"], rtol=1e-5)
+    rng = np.random.default_rng(0)
+    steps = 0
+    while True:
+        obs, _, term, trunc, info = env.step(int(rng.integers(1, 4)))  # never stop
+        steps += 1
+        for k, v in obs.items():
+            spec.obs[k].check(k, v)
+        if term or trunc:
+            break
+    assert trunc and not term and steps == 40 and info["success"] == 0.0
+    env.reset()
+    _, _, term, trunc, info = env.step(hab.STOP)
+    assert term and not trunc and "spl" in info["extra"]
+
+
+def test_pointnav_specs_import_no_simulator():
+    """A learner builds its model from the spec: that must not need habitat, MiniWorld or OpenGL."""
+    code = (
+        "import sys\n"
+        "from distrl.config import EnvConfig\n"
+        "from distrl.envs.registry import env_spec\n"
+        "for name in ('habitat:pointnav', 'habitat:fake-pointnav', 'MiniWorld-OneRoom-v0'):\n"
+        "    assert env_spec(EnvConfig(name=name, image_size=32)).num_actions == 4\n"
+        "loaded = [m for m in ('habitat', 'habitat_sim', 'miniworld', 'pyglet') if m in sys.modules]\n"
+        "assert not loaded, loaded\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]

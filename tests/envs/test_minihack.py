@@ -1,0 +1,181 @@
+"""MiniHack adapter on real MiniHack envs: spec vs observations, episode ends, success, seeding."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("minihack")
+
+from distrl.config import EnvConfig
+from distrl.envs import minihack as mh
+from distrl.envs.registry import env_spec, make_env
+
+pytestmark = pytest.mark.envs
+
+ROOM = "MiniHack-Room-5x5-v0"  # fixed layout: agent top-left, stairs bottom-right
+SE = 5  # MiniHack navigation actions: N E S W NE SE SW NW
+N = 0
+
+
+def _check_obs(spec, obs):
+    assert set(obs) == set(spec.obs)
+    for k, v in obs.items():
+        assert isinstance(v, np.ndarray)
+        spec.obs[k].check(k, v)
+
+
+@pytest.mark.parametrize(
+    "keys, crop",
+    [
+        ((), 9),
+        (
+            (
+                "glyphs",
+                "chars",
+                "colors",
+                "specials",
+                "glyphs_crop",
+                "chars_crop",
+                "colors_crop",
+                "specials_crop",
+                "blstats",
+                "message",
+            ),
+            5,
+        ),
+    ],
+)
+def test_spec_matches_reset_and_step_observations(keys, crop):
+    cfg = EnvConfig(name=ROOM, observation_keys=keys, crop_size=crop)
+    spec = mh.spec(cfg)
+    assert spec.family == "minihack" and spec.num_actions == 8
+    assert tuple(spec.obs) == (keys or mh.DEFAULT_OBSERVATION_KEYS)
+    assert spec.obs["glyphs_crop"].shape == (crop, crop)
+    env = mh.make(cfg, seed=0)
+    obs, _ = env.reset()
+    _check_obs(spec, obs)
+    for a in range(3):
+        obs, reward, terminated, truncated, _ = env.step(a)
+        _check_obs(spec, obs)
+        assert isinstance(reward, float) and not terminated and not truncated
+    env.close()
+
+
+def test_crop_is_centred_on_the_agent():
+    env = mh.make(EnvConfig(name=ROOM, observation_keys=("chars", "chars_crop"), crop_size=5), seed=0)
+    obs, _ = env.reset()
+    assert obs["chars_crop"][2, 2] == ord("@")
+    ((r, c),) = np.argwhere(obs["chars"] == ord("@"))
+    np.testing.assert_array_equal(obs["chars_crop"], obs["chars"][r - 2 : r + 3, c - 2 : c + 3])
+
+
+def test_observations_are_copies_not_views_of_nle_buffers():
+    env = mh.make(EnvConfig(name=ROOM, observation_keys=("chars",)), seed=0)
+    first, _ = env.reset()
+    kept = first["chars"].copy()
+    env.step(SE)
+    np.testing.assert_array_equal(first["chars"], kept)
+
+
+def test_reaching_the_stairs_terminates_with_success():
+    env = mh.make(EnvConfig(name=ROOM), seed=0)
+    env.reset()
+    for _ in range(3):
+        _, r, terminated, truncated, info = env.step(SE)
+        assert (r, terminated, truncated, info) == (0.0, False, False, {})
+    _, r, terminated, truncated, info = env.step(SE)
+    assert terminated and not truncated
+    assert info["success"] == 1.0 and info["episode_return"] == r == 1.0
+    with pytest.raises(RuntimeError, match="after the episode ended"):
+        env.step(SE)
+
+
+def test_step_limit_truncates_without_success():
+    env = mh.make(EnvConfig(name=ROOM, max_episode_steps=7), seed=0)
+    env.reset()
+    for t in range(1, 8):
+        _, _, terminated, truncated, info = env.step(N)  # walks into the top wall: never succeeds
+        assert not terminated
+        assert truncated == (t == 7)
+    assert info["success"] == 0.0 and "episode_return" in info
+
+
+def test_task_default_limit_is_truncation():
+    env = mh.make(EnvConfig(name=ROOM), seed=0)  # Room-5x5's own limit: 100 steps
+    env.reset()
+    ends = [env.step(N)[2:4] for _ in range(100)]
+    assert ends[-1] == (False, True) and all(e == (False, False) for e in ends[:-1])
+
+
+def test_reward_free_zeroes_reward_but_reports_raw_return():
+    env = mh.make(EnvConfig(name=ROOM, reward_free=True), seed=0)
+    env.reset()
+    rewards = [env.step(SE)[1] for _ in range(3)]
+    _, r, terminated, _, info = env.step(SE)
+    assert [*rewards, r] == [0.0] * 4
+    assert terminated and info["episode_return"] == 1.0 and info["success"] == 1.0
+
+
+def _positions(obs):
+    return tuple(map(tuple, np.argwhere(obs["chars"] == ord("@")))) + tuple(
+        map(tuple, np.argwhere(obs["chars"] == ord(">")))
+    )
+
+
+def test_seed_fixes_the_level_stream_and_resets_draw_new_levels():
+    cfg = EnvConfig(name="MiniHack-Room-Random-5x5-v0", observation_keys=("chars",))
+    a, b = mh.make(cfg, seed=3), mh.make(cfg, seed=3)
+    levels_a = [_positions(a.reset()[0]) for _ in range(5)]
+    levels_b = [_positions(b.reset()[0]) for _ in range(5)]
+    assert levels_a == levels_b
+    assert len(set(levels_a)) > 1  # NetHack would repeat one level forever if seeds were not redrawn
+    assert [_positions(a.reset(seed=3)[0])] + [_positions(a.reset()[0]) for _ in range(4)] == levels_a
+    c = mh.make(cfg, seed=4)
+    assert [_positions(c.reset()[0]) for _ in range(5)] != levels_a
+
+
+def test_minigrid_based_task_is_seeded():
+    cfg = EnvConfig(name="MiniHack-MultiRoom-N4-v0", observation_keys=("glyphs",))
+    first = [mh.make(cfg, seed=s).reset()[0]["glyphs"] for s in (11, 11, 12)]
+    np.testing.assert_array_equal(first[0], first[1])
+    assert (first[0] != first[2]).any()
+
+
+def test_registry_routes_minihack_ids():
+    cfg = EnvConfig(name=ROOM)
+    assert env_spec(cfg) == mh.spec(cfg)
+    env = make_env(cfg, seed=1)
+    assert isinstance(env, mh.MiniHackEnv)
+
+
+@pytest.mark.parametrize(
+    "cfg, match",
+    [
+        (EnvConfig(name=ROOM, crop_size=4), "odd"),
+        (EnvConfig(name="MiniHack-NoSuchTask-v0"), "not a registered MiniHack env"),
+        (EnvConfig(name=ROOM, observation_keys=("glyphs", "no_such_key")), "no_such_key"),
+    ],
+)
+def test_bad_config_is_named(cfg, match):
+    with pytest.raises(ValueError, match=match):
+        mh.make(cfg, seed=0)
+
+
+def test_bad_action_is_rejected():
+    env = mh.make(EnvConfig(name=ROOM), seed=0)
+    env.reset()
+    with pytest.raises(ValueError, match="out of range"):
+        env.step(8)
+
+
+def test_import_hides_the_pkg_resources_warning():
+    code = "from distrl.envs import minihack as m; m._import_minihack()"
+    out = subprocess.run(
+        [sys.executable, "-W", "error::UserWarning", "-c", code], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "pkg_resources" not in out.stderr
