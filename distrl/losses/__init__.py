@@ -1,0 +1,28 @@
+"""Pure loss functions on time-major tensors (no nn.Module state, no env or runtime imports)."""
+
+from distrl.losses.pg import (
+    action_log_probs,
+    baseline_loss,
+    entropy,
+    entropy_loss,
+    kl_categorical,
+    policy_gradient_loss,
+    sequence_priority,
+    trust_region_mask,
+)
+from distrl.losses.vtrace import VTraceFromLogitsOut, VTraceOut, vtrace_from_logits, vtrace_targets
+
+__all__ = [
+    "VTraceFromLogitsOut",
+    "VTraceOut",
+    "action_log_probs",
+    "baseline_loss",
+    "entropy",
+    "entropy_loss",
+    "kl_categorical",
+    "policy_gradient_loss",
+    "sequence_priority",
+    "trust_region_mask",
+    "vtrace_from_logits",
+    "vtrace_targets",
+]

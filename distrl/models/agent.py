@@ -1,0 +1,147 @@
+"""The agent: encoder → core → heads, with one acting path and one training path sharing the weights.
+
+* :meth:`Agent.act`: one step for B env slots, no autograd; samples an action (or takes the argmax).
+* :meth:`Agent.unroll`: a ``[T, B]`` sequence with resets at episode starts; returns :class:`AgentOut`.
+
+``act(obs_t, s_t)`` is exactly ``unroll`` on a length-1 sequence, so the two give the same numbers for the
+same inputs (tests check T calls of ``act`` against one ``unroll``).
+
+Usage::
+
+    agent = build_agent(cfg.model, spec)
+    state = agent.initial_state(batch=B)
+    out = agent.act(obs, state)                       # obs leaves [B, ...] -> ActOut(action [B], ...)
+    state = agent.reset_state(out.state, done)        # done [B] bool after env.step
+    ...
+    res = agent.unroll(traj_obs, reset, traj.core_state)   # obs [T, B, ...], reset [T, B] -> AgentOut
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from distrl.config import ModelConfig
+from distrl.models.cores import build_core
+from distrl.models.encoders import EnvSpecLike, build_encoder
+from distrl.models.heads import PolicyValueHeads
+from distrl.types import ActOut, CoreState
+
+
+@dataclass(frozen=True)
+class AgentOut:
+    """Outputs of :meth:`Agent.unroll` (time-major)."""
+
+    logits: Tensor  # [T, B, A]
+    value: Tensor  # [T, B]: extrinsic value, or the total when there is no separate intrinsic head
+    value_int: Tensor | None  # [T, B] when cfg.separate_intrinsic_value
+    state: CoreState  # each [B, ...]: core state after the last step
+
+
+class Agent(nn.Module):
+    """Encoder → core → policy/value heads, chosen by :class:`~distrl.config.ModelConfig`.
+
+    Device-agnostic: inputs (torch tensors or NumPy arrays with the spec's dtypes) are moved to the device of
+    the parameters; outputs live there too.
+
+    Usage::
+
+        agent = Agent(ModelConfig(), spec)
+        s = agent.initial_state(16)
+        out = agent.act({"glyphs": g, "blstats": b}, s)      # out.action [16]
+        res = agent.unroll(obs_seq, reset_seq, s0)           # res.logits [T, 16, A]
+    """
+
+    def __init__(self, cfg: ModelConfig, spec: EnvSpecLike) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.num_actions = int(spec.num_actions)
+        self.obs_keys = tuple(sorted(spec.obs))
+        self.encoder = build_encoder(cfg, spec)
+        self.core = build_core(cfg, self.encoder.out_dim)
+        self.heads = PolicyValueHeads(self.core.out_dim, self.num_actions, cfg.separate_intrinsic_value)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # ---- state ---------------------------------------------------------------------------------------------
+    def initial_state(self, batch: int, device: torch.device | str = "cpu") -> CoreState:
+        """Core state for ``batch`` fresh episodes (each tensor ``[batch, ...]``) on ``device``. ``act`` and
+        ``unroll`` move the state to the agent's device, so a CPU state works with a CUDA agent."""
+        return self.core.initial_state(batch, device)
+
+    def reset_state(self, state: CoreState, mask: Tensor) -> CoreState:
+        """Rows where ``mask`` [B] bool is set go back to the initial state. Pure: returns a new dict."""
+        return self.core.reset(state, torch.as_tensor(mask, dtype=torch.bool))
+
+    # ---- forward paths -------------------------------------------------------------------------------------
+    def _to_device(self, obs: Mapping[str, Any]) -> dict[str, Tensor]:
+        dev = self.device
+        out = {}
+        for k in self.encoder.keys:
+            if k not in obs:
+                raise KeyError(f"observation key {k!r} missing; the agent needs {list(self.encoder.keys)}, "
+                               f"got {sorted(obs)}")
+            v = obs[k]
+            if isinstance(v, np.ndarray):
+                v = torch.from_numpy(np.ascontiguousarray(v))
+            out[k] = v.to(dev)
+        return out
+
+    def unroll(self, obs: Mapping[str, Tensor], reset: Tensor, state: CoreState) -> AgentOut:
+        """Run a sequence.
+
+        Args:
+            obs: leaves ``[T, B, ...]`` with the spec's dtypes.
+            reset: ``[T, B]`` bool: reset the core state to initial *before* step t.
+            state: core state at step 0 (each ``[B, ...]``).
+        Returns:
+            :class:`AgentOut` with ``logits [T, B, A]``, ``value [T, B]``, ``value_int [T, B] | None`` and the
+            state after step T-1.
+        """
+        x = self.encoder(self._to_device(obs))  # [T, B, F]
+        if x.dim() != 3:
+            raise ValueError(
+                f"unroll expects observations [T, B, ...]; the encoder produced {tuple(x.shape)}"
+            )
+        dev = x.device
+        reset = torch.as_tensor(reset, dtype=torch.bool).to(dev)
+        state = {k: v.to(dev) for k, v in state.items()}
+        y, new_state = self.core(x, reset, state)
+        logits, value, value_int = self.heads(y)
+        return AgentOut(logits=logits, value=value, value_int=value_int, state=new_state)
+
+    @torch.no_grad()
+    def act(self, obs: Mapping[str, Tensor], state: CoreState, greedy: bool = False) -> ActOut:
+        """One step for B slots, no autograd.
+
+        Args:
+            obs: leaves ``[B, ...]`` (torch or NumPy, spec dtypes).
+            state: core state to use with this observation (already reset where obs starts an episode).
+            greedy: take the argmax action instead of sampling.
+        Returns:
+            ``ActOut(action [B] int64, logits [B, A], value [B], state)`` where ``state`` is the state after
+            this observation (apply :meth:`reset_state` for slots whose episode ended).
+        """
+        obs_t = {k: v.unsqueeze(0) for k, v in self._to_device(obs).items()}
+        b = next(iter(obs_t.values())).shape[1]
+        reset = torch.zeros(1, b, dtype=torch.bool, device=self.device)
+        out = self.unroll(obs_t, reset, state)
+        logits = out.logits[0]
+        if greedy:
+            action = logits.argmax(dim=-1)
+        else:
+            action = torch.multinomial(F.softmax(logits, dim=-1), 1).squeeze(-1)
+        return ActOut(action=action, logits=logits, value=out.value[0], state=out.state)
+
+
+def build_agent(cfg: ModelConfig, spec: EnvSpecLike) -> Agent:
+    """Build the agent for ``spec`` from ``cfg`` (encoder 'auto' picks by env family)."""
+    return Agent(cfg, spec)

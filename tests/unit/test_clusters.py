@@ -1,0 +1,149 @@
+"""clusters/: the Ray cluster-launcher YAML and the KubeRay RayJob parse and carry what a distrl run needs.
+
+No cloud is reachable here, so these tests check structure: the launcher config against Ray's own schema, and
+both files for GPU learner / CPU actor node kinds, token auth, the install step and a real config path.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CLUSTERS = REPO / "clusters"
+
+
+def _load(name: str) -> dict[str, Any]:
+    data = yaml.safe_load((CLUSTERS / name).read_text())
+    assert isinstance(data, dict), f"clusters/{name} must be a YAML mapping"
+    return data
+
+
+def _config_path_in(command: str) -> Path:
+    """The configs/*.yaml named in a `distrl train ...` command, resolved inside this repository."""
+    for token in shlex.split(command):
+        m = re.search(r"(?:^|/)(configs/[\w./-]+\.ya?ml)$", token)
+        if m:
+            return REPO / m.group(1)
+    raise AssertionError(f"no configs/*.yaml in command: {command!r}")
+
+
+def _skip_unless_exists(path: Path) -> None:
+    if not path.is_file():
+        pytest.skip(f"{path.relative_to(REPO)} referenced by clusters/ does not exist yet")
+
+
+# ---- Ray cluster launcher ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def launcher() -> dict[str, Any]:
+    return _load("ray-cluster.yaml")
+
+
+def test_launcher_passes_rays_own_schema(launcher):
+    util = pytest.importorskip("ray.autoscaler._private.util")
+    util.validate_config(util.prepare_config(launcher))  # raises on unknown or mistyped fields
+
+
+def test_launcher_node_types(launcher):
+    assert launcher["cluster_name"]
+    assert launcher["provider"]["type"] in {"aws", "gcp", "azure"}
+    types = launcher["available_node_types"]
+    assert launcher["head_node_type"] in types
+    gpu = {n: t for n, t in types.items() if t.get("resources", {}).get("GPU", 0) >= 1}
+    cpu = {n: t for n, t in types.items() if t.get("resources", {}).get("env_actor", 0) >= 1}
+    assert gpu, "needs a GPU learner node type"
+    assert cpu, "needs a CPU env-actor node type"
+    assert all(t["resources"].get("learner", 0) >= 1 for t in gpu.values())
+    assert all(t["resources"].get("GPU", 0) == 0 for t in cpu.values())
+    assert launcher["head_node_type"] not in gpu and launcher["head_node_type"] not in cpu
+    for name in (*gpu, *cpu):
+        assert types[name]["min_workers"] <= types[name]["max_workers"] <= launcher["max_workers"], name
+
+
+def test_launcher_installs_distrl_and_uses_token_auth(launcher):
+    setup = " ".join(launcher["setup_commands"])
+    assert "tools/install.sh" in setup and "distrl" in setup
+    assert (REPO / "tools" / "install.sh").is_file()
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        starts = [c for c in launcher[key] if "ray start" in c]
+        assert starts and all("RAY_AUTH_MODE=token" in c for c in starts), key
+    assert any("--head" in c for c in launcher["head_start_ray_commands"])
+    # workers can only join a token-auth head with the same token
+    assert "~/.ray/auth_token" in launcher["file_mounts"]
+    assert ".venv" in launcher.get("rsync_exclude", [])
+
+
+def test_launcher_submit_example_names_an_existing_config():
+    text = (CLUSTERS / "ray-cluster.yaml").read_text()
+    m = re.search(r"ray job submit .*?-- \\\n#\s+(distrl train [^\n]+)", text)
+    assert m, "ray-cluster.yaml should show how to submit `distrl train` with `ray job submit`"
+    assert "RAY_AUTH_MODE=token ray job submit" in text
+    path = _config_path_in(m.group(1))
+    _skip_unless_exists(path)
+
+
+# ---- KubeRay RayJob ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rayjob() -> dict[str, Any]:
+    return _load("rayjob.yaml")
+
+
+def _containers(group: dict[str, Any]) -> list[dict[str, Any]]:
+    return group["template"]["spec"]["containers"]
+
+
+def test_rayjob_spec(rayjob):
+    assert rayjob["apiVersion"] == "ray.io/v1" and rayjob["kind"] == "RayJob"
+    assert rayjob["metadata"]["name"]
+    spec = rayjob["spec"]
+    assert spec["entrypoint"].startswith("distrl train ")
+    assert spec["shutdownAfterJobFinishes"] is True
+    yaml.safe_load(spec.get("runtimeEnvYAML", "{}"))  # a YAML string inside the YAML
+    cluster = spec["rayClusterSpec"]
+    assert cluster["authOptions"]["mode"] == "token"
+    major, minor = (int(x) for x in cluster["rayVersion"].split(".")[:2])
+    assert (major, minor) >= (2, 52), "token auth needs Ray >= 2.52"
+    assert _containers(cluster["headGroupSpec"])
+
+
+def test_rayjob_worker_groups(rayjob):
+    groups = {g["groupName"]: g for g in rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"]}
+
+    def gpus(g: dict[str, Any]) -> int:
+        return sum(int(c["resources"]["limits"].get("nvidia.com/gpu", 0)) for c in _containers(g))
+
+    def ray_resources(g: dict[str, Any]) -> dict[str, float]:
+        raw = g["rayStartParams"].get("resources", "{}")
+        return json.loads(json.loads(raw) if raw.startswith('"') else raw)  # KubeRay's quoted-JSON form
+
+    gpu = [g for g in groups.values() if gpus(g) >= 1]
+    cpu = [g for g in groups.values() if gpus(g) == 0]
+    assert gpu and cpu, f"need a GPU learner group and a CPU actor group, got {sorted(groups)}"
+    assert all(ray_resources(g).get("learner", 0) >= 1 for g in gpu)
+    assert all(ray_resources(g).get("env_actor", 0) >= 1 for g in cpu)
+    for g in groups.values():
+        assert g.get("minReplicas", 0) <= g["replicas"] <= g.get("maxReplicas", g["replicas"]), g["groupName"]
+        for c in _containers(g):
+            assert c["image"] and c["resources"]["requests"], g["groupName"]
+
+
+def test_rayjob_entrypoint_config_exists(rayjob):
+    entry = rayjob["spec"]["entrypoint"]
+    assert "runtime.run_dir=/" in entry, "the run dir must be absolute (the job's cwd is not the repository)"
+    path = _config_path_in(entry)
+    _skip_unless_exists(path)
+    from distrl.config import load_config
+
+    overrides = [t for t in shlex.split(entry) if "=" in t]
+    cfg = load_config(path, overrides)  # the entrypoint's config and overrides load and validate
+    assert cfg.runtime.address == "auto"
