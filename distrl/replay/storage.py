@@ -1,0 +1,181 @@
+"""Preallocated, contiguous, per-leaf storage for fixed-length sequences.
+
+A :class:`Schema` lists the leaves of a :class:`~distrl.types.Trajectory` in replay's batch-major layout
+(``Trajectory.batch_major()``: ``obs/*`` ``[B, T + 1, ...]``, other time leaves ``[B, T, ...]``, per-row
+leaves such as ``core_state/*`` and ``policy_version`` ``[B, ...]``) with each leaf's per-item shape and
+dtype. :class:`SequenceStorage` holds one numpy array ``[capacity, *item_shape]`` per leaf, written as a ring.
+
+* No per-item Python objects: inserting B rows is one slice assignment per leaf (two at the ring's wrap) and
+  sampling n rows is one ``np.take`` per leaf. dtypes are kept (uint8 observations stay uint8), so the bytes
+  stored per step equal the raw bytes plus a few bytes of bookkeeping per sequence.
+* ``np.empty`` reserves the arrays without touching them; the OS commits pages only as the ring fills.
+* Core state (large for HCAM memory): a per-row leaf like any other, so it is stored once per *sequence*,
+  not per step. ``core_state_dtype="float16"`` stores float ``core_state/*`` leaves at half precision (read
+  back in their original dtype); the recurrent state is re-warmed by burn-in anyway, which is what makes the
+  rounding harmless. Planned next step for very large memories: deduplicate the memory between overlapping
+  sequences of one actor (consecutive sequences share all but one period of chunks) by storing chunk rows once
+  in a separate ring and keeping per-sequence chunk indices, as Reverb's shared chunks do.
+
+Usage::
+
+    schema = Schema.from_leaves(traj.batch_major())
+    store = SequenceStorage(capacity=4096, schema=schema)
+    store.write(slot=0, leaves=schema.check_and_convert(traj.batch_major()))
+    batch = store.gather(np.array([0, 0, 1]))          # dict leaf -> [3, ...]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+CORE_STATE_PREFIX = "core_state/"
+
+
+def to_numpy(name: str, value: Any) -> np.ndarray:
+    """A numpy view of a tensor or array leaf (no copy for CPU tensors). Raises ValueError naming the leaf."""
+    if isinstance(value, torch.Tensor):
+        if value.dtype == torch.bfloat16:
+            raise ValueError(f"replay leaf {name!r}: bfloat16 is not storable (numpy has no bfloat16)")
+        return value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        return value
+    raise ValueError(f"replay leaf {name!r}: expected a torch.Tensor or numpy array, got {type(value).__name__}")
+
+
+@dataclass(frozen=True)
+class LeafSpec:
+    """One stored leaf: per-item shape, the dtype callers see and the dtype it is stored in."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    stored_dtype: str
+
+    @property
+    def item_nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.stored_dtype).itemsize
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "stored_dtype": self.stored_dtype,
+        }
+
+    @staticmethod
+    def from_json(d: Mapping[str, Any]) -> LeafSpec:
+        return LeafSpec(str(d["name"]), tuple(int(x) for x in d["shape"]), str(d["dtype"]), str(d["stored_dtype"]))
+
+
+@dataclass(frozen=True)
+class Schema:
+    """The leaves every inserted batch must have: names, per-item shapes and dtypes (in sorted name order)."""
+
+    leaves: tuple[LeafSpec, ...]
+
+    @staticmethod
+    def from_leaves(leaves: Mapping[str, Any], core_state_dtype: str | None = None) -> Schema:
+        """Schema of a batch-major leaf dict (``[B, ...]``); ``core_state_dtype`` downcasts core state."""
+        specs = []
+        for name in sorted(leaves):
+            arr = to_numpy(name, leaves[name])
+            if arr.ndim < 1:
+                raise ValueError(f"replay leaf {name!r}: needs a leading batch axis, got a scalar")
+            stored = arr.dtype
+            if core_state_dtype is not None and name.startswith(CORE_STATE_PREFIX) and arr.dtype.kind == "f":
+                stored = np.dtype(core_state_dtype)
+            specs.append(LeafSpec(name, tuple(int(s) for s in arr.shape[1:]), arr.dtype.str, stored.str))
+        return Schema(tuple(specs))
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.leaves)
+
+    def spec(self, name: str) -> LeafSpec:
+        for s in self.leaves:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    @property
+    def item_nbytes(self) -> int:
+        """Bytes one stored sequence occupies across all leaves."""
+        return sum(s.item_nbytes for s in self.leaves)
+
+    def check_and_convert(self, leaves: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], int]:
+        """Validate a batch-major leaf dict against the schema; return (numpy views, batch size B).
+
+        Raises ValueError naming the first offending leaf (missing, unexpected, wrong shape or dtype, or
+        a batch size that differs between leaves).
+        """
+        names = set(leaves)
+        expected = set(self.names)
+        if names != expected:
+            missing, extra = sorted(expected - names), sorted(names - expected)
+            raise ValueError(
+                f"replay insert does not match the stored schema: missing leaves {missing}, unexpected leaves {extra}"
+            )
+        out: dict[str, np.ndarray] = {}
+        batch: int | None = None
+        for s in self.leaves:
+            arr = to_numpy(s.name, leaves[s.name])
+            if arr.ndim < 1 or tuple(arr.shape[1:]) != s.shape:
+                raise ValueError(
+                    f"replay leaf {s.name!r}: per-sequence shape {tuple(arr.shape[1:])} does not match the "
+                    f"stored schema {s.shape} (batch-major, full shape {tuple(arr.shape)})"
+                )
+            if arr.dtype.str != s.dtype:
+                raise ValueError(
+                    f"replay leaf {s.name!r}: dtype {arr.dtype} does not match the stored schema {np.dtype(s.dtype)}"
+                )
+            if batch is None:
+                batch = int(arr.shape[0])
+            elif arr.shape[0] != batch:
+                raise ValueError(f"replay leaf {s.name!r}: batch size {arr.shape[0]} differs from {batch}")
+            out[s.name] = arr
+        return out, int(batch or 0)
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [s.to_json() for s in self.leaves]
+
+    @staticmethod
+    def from_json(items: list[Mapping[str, Any]]) -> Schema:
+        return Schema(tuple(LeafSpec.from_json(d) for d in items))
+
+
+class SequenceStorage:
+    """One preallocated array ``[capacity, *shape]`` per schema leaf, addressed by slot."""
+
+    def __init__(self, capacity: int, schema: Schema) -> None:
+        if capacity < 1:
+            raise ValueError(f"SequenceStorage: capacity must be >= 1, got {capacity}")
+        self.capacity = int(capacity)
+        self.schema = schema
+        self.arrays: dict[str, np.ndarray] = {
+            s.name: np.empty((self.capacity, *s.shape), dtype=np.dtype(s.stored_dtype)) for s in schema.leaves
+        }
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes reserved for item data (all slots)."""
+        return sum(a.nbytes for a in self.arrays.values())
+
+    def write(self, slot: int, leaves: Mapping[str, np.ndarray]) -> None:
+        """Write B rows at slots ``slot, slot + 1, ...`` (mod capacity). B <= capacity."""
+        for name, dst in self.arrays.items():
+            src = leaves[name]
+            b = src.shape[0]
+            first = min(b, self.capacity - slot)
+            dst[slot : slot + first] = src[:first]  # casts to the stored dtype (e.g. fp16 core state)
+            if first < b:
+                dst[: b - first] = src[first:]
+
+    def gather(self, slots: np.ndarray) -> dict[str, np.ndarray]:
+        """Rows at ``slots`` ``[n]`` as new, contiguous, writable arrays ``[n, ...]`` in the stored dtypes."""
+        return {name: np.take(arr, slots, axis=0) for name, arr in self.arrays.items()}

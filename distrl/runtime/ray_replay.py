@@ -1,0 +1,147 @@
+"""Replay shards as Ray actors, and the client the sampler and env actors use to reach them.
+
+:class:`~distrl.replay.shard.ReplayShard` stays a plain class; :func:`make_ray_shards` applies
+``ray.remote(num_cpus=...)`` to it at runtime. :class:`RayShardClient` implements
+:class:`~distrl.replay.client.ShardClient`, so :class:`~distrl.replay.sampler.ReplaySampler`,
+:func:`~distrl.replay.client.insert_with_retry` and :class:`~distrl.replay.client.BoundedInserter` work the
+same on local and Ray shards.
+
+Waiting: shard actors are synchronous and are only ever called non-blocking (``timeout=0``), so a rate-limited
+caller can never occupy a shard's event loop; the client side waits and retries until its deadline.
+
+Transport: inserts travel as batch-major numpy leaves and samples come back as numpy leaves (Ray serialises
+numpy out of band, so the learner side reads them zero-copy from the object store; the sampler copies once
+when it assembles the batch, since torch must not alias read-only object-store memory).
+
+Restart after a failure: checkpoint with ``ray.get(handle.save.remote(dir))``; when the actor dies, build a
+new one with ``make_ray_shard(cfg, j, restore_from=dir)`` and hand the sampler the new client with
+``sampler.replace_client(j, RayShardClient(new_handle, j))``.
+
+Usage::
+
+    handles = make_ray_shards(cfg.replay, num_shards=2, num_cpus=0.5, seed=0)
+    clients = ray_shard_clients(handles)
+    insert_with_retry(clients[0], traj, timeout=10.0)
+    sampler = ReplaySampler(clients, cfg.replay, batch_size=32)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+import ray
+import torch
+
+from distrl.config import ReplayConfig
+from distrl.replay.shard import InsertResult, ReplayShard, ShardSample, ShardStats
+from distrl.types import Trajectory
+
+T = TypeVar("T")
+
+
+class RayPending(Generic[T]):
+    """A :class:`~distrl.replay.client.Pending` over a Ray ObjectRef."""
+
+    __slots__ = ("ref",)
+
+    def __init__(self, ref: ray.ObjectRef) -> None:
+        self.ref = ref
+
+    def done(self) -> bool:
+        ready, _ = ray.wait([self.ref], timeout=0, fetch_local=False)
+        return bool(ready)
+
+    def result(self, timeout: float | None = None) -> T:
+        try:
+            return ray.get(self.ref, timeout=timeout)
+        except ray.exceptions.GetTimeoutError as e:
+            raise TimeoutError(f"replay shard call not answered within {timeout}s") from e
+
+
+def _np(x: Any) -> np.ndarray | None:
+    if x is None:
+        return None
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+class RayShardClient:
+    """:class:`~distrl.replay.client.ShardClient` for a shard actor made by :func:`make_ray_shards`."""
+
+    def __init__(self, handle: Any, shard_id: int) -> None:
+        self.handle = handle
+        self.shard_id = int(shard_id)
+
+    def sample_async(self, n: int, n_fresh: int = 0, min_policy_version: int | None = None) -> RayPending[ShardSample]:
+        return RayPending(self.handle.sample.remote(n, n_fresh, min_policy_version))
+
+    def update_priorities_async(self, keys: np.ndarray, priorities: np.ndarray) -> RayPending[int]:
+        return RayPending(self.handle.update_priorities.remote(_np(keys), _np(priorities)))
+
+    def stats_async(self) -> RayPending[ShardStats]:
+        return RayPending(self.handle.stats.remote())
+
+    def insert_async(self, traj: Trajectory, priorities: Any = None, prior: Any = None) -> RayPending[InsertResult]:
+        leaves = {k: v.detach().cpu().numpy() for k, v in traj.batch_major().items()}
+        return RayPending(self.handle.insert_leaves.remote(leaves, _np(priorities), prior=_np(prior)))
+
+    def save(self, path: str | Path, timeout: float = 600.0) -> Path:
+        """Checkpoint the shard (blocking, bounded by ``timeout``)."""
+        return ray.get(self.handle.save.remote(str(path)), timeout=timeout)
+
+
+def make_ray_shard(
+    cfg: ReplayConfig,
+    shard_id: int,
+    *,
+    num_cpus: float = 1.0,
+    seed: int | None = None,
+    core_state_dtype: str | None = None,
+    restore_from: str | Path | None = None,
+    timeout: float = 600.0,
+) -> Any:
+    """One shard actor; with ``restore_from`` it is loaded from that checkpoint before this returns.
+
+    A refused checkpoint (CheckpointError) is raised here and the new actor is killed.
+    """
+    cls = ray.remote(num_cpus=num_cpus, max_restarts=0)(ReplayShard)
+    handle = cls.remote(cfg, shard_id, seed=seed, core_state_dtype=core_state_dtype)
+    if restore_from is not None:
+        try:
+            ray.get(handle.restore.remote(str(restore_from)), timeout=timeout)
+        except BaseException:
+            ray.kill(handle)
+            raise
+    return handle
+
+
+def make_ray_shards(
+    cfg: ReplayConfig,
+    num_shards: int | None = None,
+    *,
+    num_cpus: float = 1.0,
+    seed: int | None = None,
+    core_state_dtype: str | None = None,
+    restore_dirs: list[str | Path] | None = None,
+) -> list[Any]:
+    """``num_shards`` (default ``cfg.num_shards``) shard actors with ids 0..J-1, each ``num_cpus`` CPUs."""
+    j = cfg.num_shards if num_shards is None else int(num_shards)
+    if restore_dirs is not None and len(restore_dirs) != j:
+        raise ValueError(f"make_ray_shards: {len(restore_dirs)} restore_dirs for {j} shards")
+    return [
+        make_ray_shard(
+            cfg,
+            i,
+            num_cpus=num_cpus,
+            seed=seed,
+            core_state_dtype=core_state_dtype,
+            restore_from=None if restore_dirs is None else restore_dirs[i],
+        )
+        for i in range(j)
+    ]
+
+
+def ray_shard_clients(handles: list[Any]) -> list[RayShardClient]:
+    """Clients in handle order (client index = shard id)."""
+    return [RayShardClient(h, i) for i, h in enumerate(handles)]
