@@ -2,9 +2,9 @@
 
 Plain Python (the Ray runtime hosts it as an actor; the local runtime calls it directly). ``train(n)`` runs up to
 ``n`` updates back to back while batches are ready, and returns aggregated metrics, so the caller's loop stays
-responsive. With several data-parallel learners, every update starts with a tiny all-reduce of "I have a batch":
-all replicas step together or none does, so a replica that is waiting for data never leaves the others hanging in
-the gradient all-reduce.
+responsive. With several data-parallel learners, every update starts with a tiny all-reduce of "I have a batch" and
+"I want to stop": all replicas step together or none does, and they leave ``train`` at the same iteration, so a
+replica that is waiting for data never leaves the others hanging in the gradient all-reduce.
 
 Usage::
 
@@ -67,15 +67,19 @@ class LearnerWorker:
         if self._publish is not None and self.rank == 0:
             self._publish(*self.learner.weights())
 
-    def _all_ready(self, have: bool) -> bool:
+    def _sync(self, have_batch: bool, want_stop: bool) -> tuple[bool, bool]:
+        """(every replica has a batch, some replica wants to stop): one tiny all-reduce, so all replicas take
+        the same decision at the same iteration and their collective calls stay paired."""
         if self._world == 1:
-            return have
-        flag = torch.tensor([1 if have else 0], dtype=torch.int32)
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-        return bool(flag.item())
+            return have_batch, want_stop
+        flags = torch.tensor([int(have_batch), int(not want_stop)], dtype=torch.int32)
+        dist.all_reduce(flags, op=dist.ReduceOp.MIN)
+        return bool(flags[0]), not bool(flags[1])
 
     def train(self, max_updates: int, timeout_s: float = 1.0) -> dict[str, float]:
-        """Run up to ``max_updates`` updates; stop early when no batch arrives within ``timeout_s``.
+        """Run up to ``max_updates`` updates within about ``timeout_s`` seconds (waiting for data included; an
+        update that has started always finishes). With several replicas, call it on all of them with the same
+        arguments: they stop together.
 
         Returns mean metrics over the updates plus ``updates``, ``env_steps`` (consumed fresh steps),
         ``samples`` (sequences trained on) and ``version``.
@@ -84,8 +88,8 @@ class LearnerWorker:
         updates = env_steps = samples = 0
         deadline = time.monotonic() + timeout_s
         lcfg = self.cfg.learner
-        while updates < max_updates:
-            if self._pending is None:
+        while True:
+            if self._pending is None and updates < max_updates:
                 self.sampler.set_min_policy_version(self.learner.version - lcfg.max_policy_lag)
                 try:
                     self._pending = self.sampler.next_batch(
@@ -93,9 +97,11 @@ class LearnerWorker:
                     )
                 except ReplayNotReady:
                     self._pending = None
-            if not self._all_ready(self._pending is not None):
-                if time.monotonic() >= deadline:
-                    break
+            want_stop = updates >= max_updates or time.monotonic() >= deadline
+            all_ready, stop = self._sync(self._pending is not None, want_stop)
+            if stop:
+                break  # a batch already drawn stays pending for the next call
+            if not all_ready:
                 continue
             sample, self._pending = self._pending, None
             assert sample is not None

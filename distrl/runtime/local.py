@@ -78,15 +78,22 @@ class LocalRuntime:
                     shard = shards[i % J]
                     while not shard.insert(traj).ok:
                         # The rate limiter holds inserts back until the learner has sampled enough.
-                        report = worker.train(max_updates=1, timeout_s=0.0)
+                        report = worker.train(max_updates=1, timeout_s=5.0)
                         if not report["updates"]:
                             raise RuntimeError(
                                 f"replay shard {i % J} refuses inserts and the learner cannot sample: "
                                 f"{shard.stats()}"
                             )
                         monitor.add_learner_report(report)
-                # Train as much as the rate limiter allows for the data inserted so far.
-                monitor.add_learner_report(worker.train(max_updates=1_000_000, timeout_s=0.0))
+                    # Then train as much as this insert allows (samples_per_insert), deterministically: the
+                    # number of updates depends on counts only, never on wall time.
+                    for _ in range(self._updates_per_insert(traj.B)):
+                        if not any(s.stats().can_sample for s in shards):
+                            break
+                        report = worker.train(max_updates=1, timeout_s=5.0)
+                        monitor.add_learner_report(report)
+                        if not report["updates"]:
+                            break
                 if next_ckpt and worker.version >= next_ckpt:
                     self._checkpoint(worker, shards, env_steps(), replay=False)
                     next_ckpt = _next_multiple(worker.version, cfg.learner.checkpoint_every)
@@ -103,6 +110,12 @@ class LocalRuntime:
                 a.close()
             worker.close()
             monitor.close(exit_code)
+
+    def _updates_per_insert(self, rows: int) -> int:
+        spi = self.cfg.replay.samples_per_insert
+        if spi <= 0:
+            return 1
+        return max(1, round(spi * rows / self.cfg.learner.batch_size))
 
     def _restore(self, worker: LearnerWorker, shards: list[ReplayShard]) -> int:
         base = 0

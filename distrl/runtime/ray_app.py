@@ -13,6 +13,9 @@ checkpoints.
   ``learner.device`` is ``auto`` or ``cuda``.
 * **Weights**: rank 0 puts the state_dict into the object store once per publish; the WeightStore actor keeps
   only its ObjectRef, and actors fetch it when their version is older.
+* **Checkpoints**: the driver writes the learner checkpoint into the run directory (learner state travels through
+  the object store); replay shards write theirs from their own node, so on a multi-node cluster put
+  ``runtime.run_dir`` on a shared filesystem.
 * **Faults**: a dead env actor is restarted (up to ``runtime.actor_restarts`` times per actor id) and the run
   goes on; a dead learner or replay shard stops the run with an error naming it (resume with ``--resume``).
 """
@@ -33,6 +36,7 @@ import torch.distributed as dist
 from distrl.config import ExperimentConfig
 from distrl.envs.base import EnvSpec
 from distrl.envs.registry import env_spec
+from distrl.learners.learner import load_checkpoint_file, save_checkpoint_file
 from distrl.replay.sampler import ReplaySampler
 from distrl.runtime.common import RunMonitor, RunPaths, n_fresh
 from distrl.runtime.learner_worker import LearnerWorker
@@ -103,11 +107,14 @@ class RayLearner:
         self._w().publish_weights()
         return self._w().version
 
-    def save_checkpoint(self, path: str, extra: dict[str, Any]) -> str:
-        return self._w().save_checkpoint(path, extra)
+    def state_dict(self) -> dict[str, Any]:
+        """Model, optimizer and counters on the CPU: the driver writes the checkpoint file (on a cluster the
+        learner's node may not see the run directory)."""
+        return self._w().learner.state_dict()
 
-    def load_checkpoint(self, path: str) -> dict[str, Any]:
-        return self._w().load_checkpoint(path)
+    def load_state_dict(self, state: dict[str, Any], source: str) -> int:
+        self._w().learner.load_state_dict(state, source=source)
+        return self._w().version
 
     def parameters_vector(self) -> torch.Tensor:
         return self._w().parameters_vector()
@@ -132,6 +139,7 @@ class RayRuntime:
         self.paths = RunPaths(Path(run_dir))
         self.resume = resume
         self.learners: list[Any] = []
+        self.actor_handles: list[EnvActorHandle] = []
 
     # ---- cluster ------------------------------------------------------------------------------------------
     def _init_ray(self) -> bool:
@@ -194,17 +202,19 @@ class RayRuntime:
         ray.get([lr.setup.remote(init) for lr in learners])
         env_steps_base = 0
         if self.resume and paths.learner_checkpoint.is_file():
-            extras = ray.get([lr.load_checkpoint.remote(str(paths.learner_checkpoint)) for lr in learners])
-            env_steps_base = int(extras[0].get("env_steps", 0))
+            state = load_checkpoint_file(paths.learner_checkpoint)
+            ray.get([lr.load_state_dict.remote(state, str(paths.learner_checkpoint)) for lr in learners])
+            env_steps_base = int(state.get("extra", {}).get("env_steps", 0))
         version = ray.get(learners[0].publish_weights.remote())
         actors = start_env_actors(cfg, shards, store)
+        self.actor_handles = actors  # live view for tests and debugging (replaced entries on restart)
         restarts: dict[int, int] = {}
         actor_steps: dict[tuple[int, int], int] = {}
         latest_stats: dict[int, dict[str, Any]] = {}
         monitor = RunMonitor(cfg, paths.run_dir, env_steps_base)
         every = cfg.learner.checkpoint_every
         next_ckpt = 0 if every <= 0 else (version // every + 1) * every
-        pending = {lr.train.remote(64, 0.5): i for i, lr in enumerate(learners)}
+        round_refs = [lr.train.remote(64, 0.5) for lr in learners]
         exit_code = 1
 
         def env_steps() -> int:
@@ -213,27 +223,19 @@ class RayRuntime:
         try:
             last_poll = last_log = 0.0
             while not monitor.should_stop(env_steps()):
-                ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.2)
-                for ref in ready:
-                    i = pending.pop(ref)
-                    try:
-                        report = ray.get(ref)
-                    except ray.exceptions.RayError as e:
-                        raise RuntimeError(f"learner {i} failed: {e}") from e
-                    if i == 0:
-                        monitor.add_learner_report(report)
-                        version = int(report["version"])
-                        if next_ckpt and version >= next_ckpt:
-                            ray.get(learners[0].save_checkpoint.remote(
-                                str(paths.learner_checkpoint), {"env_steps": env_steps()}))
-                            next_ckpt = (version // every + 1) * every
-                    else:
-                        monitor.learner_env_steps += int(report.get("env_steps", 0))
-                    pending[learners[i].train.remote(64, 0.5)] = i
+                # Learners train in rounds: every replica gets the same call and they return together.
+                ready, _ = ray.wait(round_refs, num_returns=len(round_refs), timeout=0.2)
+                if len(ready) == len(round_refs):
+                    version = self._collect_round(round_refs, monitor)
+                    if next_ckpt and version >= next_ckpt:
+                        self._save_learner(env_steps())
+                        next_ckpt = (version // every + 1) * every
+                    round_refs = [lr.train.remote(64, 0.5) for lr in learners]
                 now = time.monotonic()
                 if now - last_poll >= min(1.0, cfg.logging.log_every_s):
                     last_poll = now
                     actors = self._poll_actors(actors, shards, store, restarts, actor_steps, latest_stats, monitor)
+                    self.actor_handles = actors
                 if now - last_log >= cfg.logging.log_every_s:
                     last_log = now
                     stats = ray.get([s.stats.remote() for s in shards], timeout=60)
@@ -244,18 +246,23 @@ class RayRuntime:
             ray.wait([h.run_ref for h in actors], num_returns=len(actors), timeout=30)
             actors = self._poll_actors(actors, shards, store, restarts, actor_steps, latest_stats, monitor,
                                        restart=False)
-            done0 = [r for r, i in pending.items() if i == 0]
-            for r in done0:
-                try:
-                    monitor.add_learner_report(ray.get(r, timeout=120))
-                except ray.exceptions.GetTimeoutError:
-                    log.warning("learner 0 did not finish its last train call in time")
-            ray.get(learners[0].save_checkpoint.remote(str(paths.learner_checkpoint), {"env_steps": env_steps()}))
+            try:
+                ready, _ = ray.wait(round_refs, num_returns=len(round_refs), timeout=300)
+                if len(ready) == len(round_refs):
+                    self._collect_round(round_refs, monitor)
+            except ray.exceptions.RayError as e:
+                raise RuntimeError(f"a learner failed: {e}") from e
+            self._save_learner(env_steps())
             ray.get([s.save.remote(str(paths.shard_dir(j))) for j, s in enumerate(shards)])
             stats = ray.get([s.stats.remote() for s in shards], timeout=60)
             monitor.maybe_log(env_steps(), stats, list(latest_stats.values()), force=True)
+            summary = monitor.summary(env_steps())
+            summary["actor_restarts"] = sum(restarts.values())
+            if world > 1:
+                params = ray.get([lr.parameters_vector.remote() for lr in learners])
+                summary["learner_param_max_abs_diff"] = max(float((p - params[0]).abs().max()) for p in params)
             exit_code = 0
-            return monitor.summary(env_steps())
+            return summary
         finally:
             monitor.close(exit_code)
             for h in actors:
@@ -269,6 +276,22 @@ class RayRuntime:
             for s in shards:
                 ray.kill(s)
             ray.kill(store)
+
+    def _save_learner(self, env_steps: int) -> None:
+        state = ray.get(self.learners[0].state_dict.remote())
+        save_checkpoint_file({**state, "extra": {"env_steps": env_steps}}, self.paths.learner_checkpoint)
+
+    @staticmethod
+    def _collect_round(refs: list[Any], monitor: RunMonitor) -> int:
+        """Fold one round of learner reports into the monitor; returns the learner version."""
+        try:
+            reports = ray.get(refs)
+        except ray.exceptions.RayError as e:
+            raise RuntimeError(f"a learner failed: {e}") from e
+        monitor.add_learner_report(reports[0])
+        for r in reports[1:]:
+            monitor.learner_env_steps += int(r.get("env_steps", 0))
+        return int(reports[0]["version"])
 
     def _poll_actors(
         self,

@@ -1,0 +1,278 @@
+"""EnvActor: steps B envs as a batch, acts with one batched no-grad policy call, emits Trajectory sequences.
+
+A plain class (no Ray): the local runtime drives it directly and :mod:`distrl.runtime.ray_env_actor` wraps it
+in a Ray actor. Per step (ALGORITHMS.md §6.1, without the bonus math):
+
+1. ``out = policy.act(obs_t, s_t)``: actions, behaviour logits, value, next core state (no autograd).
+2. ``b_t = bonus.step(obs_t)`` if an episodic bonus is attached (zeros otherwise).
+3. ``res = venv.step(actions)``: same-step autoreset, per-slot ``dt`` (§3.5), episode stats, faults.
+4. For slots truncated by a time limit: ``truncation_value = act(final_obs, pre-reset state).value`` so the
+   learner can bootstrap through the cut. A slot whose env faulted (``res.faulted``) is also truncated, but
+   its step is marked ``valid=False`` (its reward and transition are not real) and its truncation value is
+   the value of the last good observation, ``out.value``.
+5. ``s_{t+1} = policy.reset_state(out.state, done)`` and ``bonus.reset(done)``: per-slot state lives here and
+   is reset by this actor's own done mask (ARCHITECTURE convention 8).
+6. The :class:`~distrl.actors.sequence.SequenceWriter` records the step; every ``sequence.period`` steps it
+   emits a ``[burn_in + length, B]`` Trajectory carrying the core state at its start, the policy version that
+   acted at its first step, this actor's id and env-step counter.
+
+The policy is ``build_agent(cfg.model, spec)`` unless one is injected (tests, benchmarks): anything with
+``initial_state(batch, device)``, ``reset_state(state, mask)``, ``act(obs, state) -> ActOut`` and, for
+``set_weights``, ``load_state_dict``. :class:`RandomPolicy` is such a policy.
+
+Usage::
+
+    actor = EnvActor(cfg, actor_id=0)
+    actor.set_weights(version, state_dict)
+    for traj in actor.run(num_sequences=10):      # Trajectory [T, B]
+        replay.insert(traj)
+    stats = actor.episode_stats()                  # list[EpisodeStats], drained
+    actor.close()
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from distrl.actors.sequence import SequenceWriter
+from distrl.config import ExperimentConfig
+from distrl.envs.base import EnvSpec, StepResult
+from distrl.envs.registry import env_spec
+from distrl.envs.vector import make_vec_env
+from distrl.models.agent import build_agent
+from distrl.types import ActOut, CoreState, EpisodeStats, Trajectory
+
+
+class Policy(Protocol):
+    def initial_state(self, batch: int, device: Any = "cpu") -> CoreState: ...
+
+    def reset_state(self, state: CoreState, mask: Tensor) -> CoreState: ...
+
+    def act(self, obs: Mapping[str, Tensor], state: CoreState, greedy: bool = False) -> ActOut: ...
+
+
+class EpisodicBonusHook(Protocol):
+    """Actor-side episodic bonus (E3B, episodic counts): per-slot state, reset by the actor's done mask."""
+
+    def reset(self, mask: np.ndarray) -> None:
+        """mask [B] bool: slots whose episode just ended (their next observation starts a new one)."""
+
+    def step(self, obs: Mapping[str, Tensor]) -> Any:
+        """Bonus [B] for the observations the agent acts on now (leaves [B, ...])."""
+
+
+class RandomPolicy:
+    """Uniform random actions, zero logits and values, no core state: the benchmark's and tests' policy.
+
+    Usage::
+
+        actor = EnvActor(cfg, actor_id=0, policy=RandomPolicy(spec.num_actions, seed=0))
+    """
+
+    def __init__(self, num_actions: int, seed: int = 0) -> None:
+        self.num_actions = num_actions
+        self._gen = torch.Generator().manual_seed(seed)
+
+    def initial_state(self, batch: int, device: Any = "cpu") -> CoreState:
+        return {}
+
+    def reset_state(self, state: CoreState, mask: Tensor) -> CoreState:
+        return state
+
+    def act(self, obs: Mapping[str, Tensor], state: CoreState, greedy: bool = False) -> ActOut:
+        b = int(next(iter(obs.values())).shape[0])
+        return ActOut(
+            action=torch.randint(self.num_actions, (b,), generator=self._gen),
+            logits=torch.zeros(b, self.num_actions),
+            value=torch.zeros(b),
+            state=state,
+        )
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+
+def actor_seed(env_seed: int, actor_id: int, incarnation: int = 0) -> int:
+    """VecEnv seed of one actor incarnation (a restarted actor gets fresh envs, not a replay of old ones)."""
+    ss = np.random.SeedSequence(entropy=int(env_seed), spawn_key=(0xAC7, int(actor_id), int(incarnation)))
+    return int(ss.generate_state(1, dtype=np.uint32)[0] & 0x7FFFFFFF)
+
+
+class EnvActor:
+    """Hosts ``cfg.env.num_envs`` env slots and one policy; yields Trajectory sequences (see the module doc).
+
+    ``incarnation`` distinguishes restarts of the same ``actor_id`` (new env seeds); ``bonus`` is an optional
+    :class:`EpisodicBonusHook`.
+    """
+
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        actor_id: int,
+        policy: Policy | None = None,
+        *,
+        incarnation: int = 0,
+        bonus: EpisodicBonusHook | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.actor_id = actor_id
+        self.incarnation = incarnation
+        self.spec: EnvSpec = env_spec(cfg.env)
+        self.device = torch.device(cfg.actor.device)
+        if policy is None:
+            agent = build_agent(cfg.model, self.spec)
+            agent.to(self.device)
+            agent.eval()
+            policy = agent
+        self.policy: Any = policy
+        self.bonus = bonus
+        self.num_envs = cfg.env.num_envs
+        self.venv = make_vec_env(cfg.env, self.num_envs, actor_seed(cfg.env.seed, actor_id, incarnation))
+        s = cfg.sequence
+        self.writer = SequenceWriter(
+            self.spec, self.num_envs, burn_in=s.burn_in, length=s.length, period=s.period, actor_id=actor_id
+        )
+        self.policy_version = -1
+        self.env_steps = 0
+        """Env steps taken by this actor (B per batched step)."""
+        self.faults = 0
+        self.sequences = 0
+        self.episodes = 0
+        self._episode_stats: list[EpisodeStats] = []
+        self._obs: dict[str, np.ndarray] | None = None
+        self._state: CoreState = {}
+        self._zeros = np.zeros(self.num_envs, dtype=np.float32)
+        self._t_start = time.perf_counter()
+
+    # ---- weights -----------------------------------------------------------------------------------------
+    def set_weights(self, version: int, state_dict: Mapping[str, Any]) -> None:
+        """Load new policy weights (the version is stamped on sequences whose first step they act on)."""
+        self.policy.load_state_dict(state_dict)
+        self.policy_version = int(version)
+
+    # ---- main loop ---------------------------------------------------------------------------------------
+    def run(self, num_sequences: int | None = None) -> Iterator[Trajectory]:
+        """Step the envs and yield each Trajectory ``[burn_in + length, B]`` as it completes.
+
+        Stops after ``num_sequences`` (None = forever). Calling ``run`` again continues the same streams.
+        """
+        emitted = 0
+        while num_sequences is None or emitted < num_sequences:
+            traj = self.step()
+            if traj is not None:
+                emitted += 1
+                yield traj
+
+    def step(self) -> Trajectory | None:
+        """One batched env step; returns a Trajectory when this step completes one, else None."""
+        if self._obs is None:
+            self._begin()
+        assert self._obs is not None
+        B = self.num_envs
+        obs_t = {k: torch.from_numpy(v) for k, v in self._obs.items()}
+        with torch.no_grad():
+            out = self.policy.act(obs_t, self._state)
+            bonus = None if self.bonus is None else self.bonus.step(obs_t)
+            actions = out.action.cpu().numpy()
+            res = self.venv.step(actions)
+            done = res.terminated | res.truncated
+            faulted = getattr(res, "faulted", None)
+            valid = None
+            if res.faults and faulted is not None and faulted.any():
+                valid = ~faulted
+            tv = self._truncation_values(res, out, faulted) if res.truncated.any() else self._zeros
+            state = out.state
+            if done.any():
+                state = self.policy.reset_state(state, torch.from_numpy(done).to(self.device))
+                if self.bonus is not None:
+                    self.bonus.reset(done)
+        traj = self.writer.add(
+            action=actions,
+            logits=out.logits,
+            reward=res.reward,
+            terminated=res.terminated,
+            truncated=res.truncated,
+            truncation_value=tv,
+            duration=res.duration,
+            next_obs=res.obs,
+            next_state=state,
+            policy_version=self.policy_version,
+            env_step=self.env_steps,
+            episodic_bonus=bonus,
+            valid=valid,
+        )
+        self._obs = res.obs
+        self._state = state
+        self.env_steps += B
+        self.faults += res.faults
+        for ep in res.episodes:
+            self._episode_stats.append(
+                EpisodeStats(
+                    actor_id=self.actor_id,
+                    env_index=ep.env_index,
+                    episode_return=ep.episode_return,
+                    length=ep.length,
+                    success=ep.success,
+                    extra=tuple(sorted(ep.extra.items())),
+                )
+            )
+        self.episodes += len(res.episodes)
+        if traj is not None:
+            self.sequences += 1
+        return traj
+
+    def _begin(self) -> None:
+        self._obs = self.venv.reset()
+        self._state = self.policy.initial_state(self.num_envs, self.device)
+        self.writer.begin(self._obs, self._state)
+        self._t_start = time.perf_counter()
+
+    def _truncation_values(self, res: StepResult, out: ActOut, faulted: np.ndarray | None) -> np.ndarray:
+        """Value of the final observation of each truncated slot, with that slot's pre-reset core state.
+
+        Faulted slots: the "final" observation is obs_t itself, already valued by this step's act."""
+        tv = np.zeros(self.num_envs, dtype=np.float32)
+        trunc = res.truncated
+        if faulted is not None and faulted.any():
+            tv[faulted] = out.value.float().cpu().numpy()[faulted]
+            trunc = trunc & ~faulted
+        idx = np.flatnonzero(trunc)
+        if idx.size == 0:
+            return tv
+        final = {
+            k: torch.from_numpy(np.stack([res.final_obs[int(i)][k] for i in idx])) for k in self.spec.obs
+        }
+        ti = torch.from_numpy(idx).to(self.device)
+        sub = {k: v.index_select(0, ti.to(v.device)) for k, v in out.state.items()}
+        tv[idx] = self.policy.act(final, sub).value.float().cpu().numpy()
+        return tv
+
+    # ---- reporting ---------------------------------------------------------------------------------------
+    def episode_stats(self) -> list[EpisodeStats]:
+        """Episodes finished since the last call (drained)."""
+        out, self._episode_stats = self._episode_stats, []
+        return out
+
+    def counters(self) -> dict[str, float]:
+        """Cumulative counters: env steps, env steps/s since the first step, faults, sequences, episodes."""
+        dt = max(time.perf_counter() - self._t_start, 1e-9)
+        return {
+            "env_steps": float(self.env_steps),
+            "steps_per_s": self.env_steps / dt,
+            "faults": float(self.faults),
+            "sequences": float(self.sequences),
+            "episodes": float(self.episodes),
+            "policy_version": float(self.policy_version),
+        }
+
+    def close(self) -> None:
+        self.venv.close()

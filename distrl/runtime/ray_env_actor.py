@@ -1,0 +1,263 @@
+"""The Ray side of an env actor: an :class:`~distrl.actors.env_actor.EnvActor` that feeds a replay shard.
+
+:class:`RayEnvActor` is a plain class; :func:`start_env_actor` applies ``ray.remote`` to it at runtime with
+the CPUs from the caller (no decorators on library classes). Its :meth:`RayEnvActor.run` loop:
+
+* steps the EnvActor and sends every Trajectory to replay shard ``actor_id mod J`` through a
+  :class:`~distrl.replay.client.BoundedInserter`: inserts are not awaited one by one, at most
+  ``cfg.replay.max_inflight_inserts`` are unacknowledged, and a shard's rate-limited refusal is re-sent after
+  a short back-off (so a learner that falls behind slows the actors down instead of being flooded);
+* every ``cfg.actor.weight_sync_every`` sequences, checks a pending ``weight_store.get_if_newer(version)``
+  call with ``ray.wait(timeout=0)``: new weights are loaded when they have arrived, and stepping never waits
+  for them.
+
+The actor is threaded (``max_concurrency`` > 1) so :meth:`stats` and :meth:`stop` are answered while
+:meth:`run` is busy. A loop error ends ``run``'s ObjectRef with that error; a killed process surfaces as
+``ray.exceptions.RayActorError`` there. The runtime restarts an actor with :func:`restart_env_actor`, which
+builds a new one for the same ``actor_id`` with ``incarnation + 1``: fresh env seeds, a fresh policy that
+pulls the current weights before its first step, and nothing else to recover (sequences in flight are simply
+lost).
+
+Usage::
+
+    handles = start_env_actors(cfg, shard_handles, store_handle)     # cfg.actor.num_actors actors
+    ...
+    ready, _ = ray.wait([h.run_ref for h in handles], timeout=0)
+    for ref in ready:                      # ended: error or killed
+        h = next(h for h in handles if h.run_ref == ref)
+        handles[handles.index(h)] = restart_env_actor(cfg, h, shard_handles, store_handle)
+    stats = ray.get([h.handle.stats.remote() for h in handles])
+    for h in handles: h.handle.stop.remote()
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+import torch
+
+from distrl.actors.env_actor import EnvActor, Policy
+from distrl.config import ExperimentConfig
+from distrl.envs.base import EnvSpec
+from distrl.envs.registry import env_spec
+from distrl.replay.client import BoundedInserter
+from distrl.runtime.ray_replay import RayShardClient
+from distrl.types import EpisodeStats
+
+PolicyFactory = Callable[[EnvSpec], Policy]
+
+
+class RayEnvActor:
+    """Wraps an EnvActor; hosted by Ray via :func:`start_env_actor` (see the module doc)."""
+
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        actor_id: int,
+        shards: list[Any],
+        weight_store: Any | None = None,
+        *,
+        incarnation: int = 0,
+        policy_factory: PolicyFactory | None = None,
+        insert_timeout_s: float = 600.0,
+    ) -> None:
+        if not shards:
+            raise ValueError("RayEnvActor: needs at least one replay shard handle")
+        torch.set_num_threads(max(1, cfg.actor.threads))
+        self.cfg = cfg
+        self.actor_id = actor_id
+        self.incarnation = incarnation
+        policy = None if policy_factory is None else policy_factory(env_spec(cfg.env))
+        self.actor = EnvActor(cfg, actor_id, policy, incarnation=incarnation)
+        self.shard_id = actor_id % len(shards)
+        self.inserter = BoundedInserter(
+            RayShardClient(shards[self.shard_id], self.shard_id),
+            cfg.replay.max_inflight_inserts,
+            timeout=insert_timeout_s,
+        )
+        self.weight_store = weight_store
+        self._weights_ref: Any = None
+        # run() works in one thread while stats()/stop() come in on others: they share only this event, the
+        # episode deque (thread-safe append/popleft) and counters read as plain numbers (no lock, no stalls).
+        self._stop = threading.Event()
+        self._running = False
+        self._episodes: collections.deque[EpisodeStats] = collections.deque()
+        self._last = (time.monotonic(), 0)
+        self.weight_updates = 0
+
+    # ---- weights -----------------------------------------------------------------------------------------
+    def _load(self, res: Any) -> None:
+        if res is None:
+            return
+        version, weights = res
+        if isinstance(weights, ray.ObjectRef):
+            weights = ray.get(weights)
+        self.actor.set_weights(version, weights)
+        self.weight_updates += 1
+
+    def pull_weights(self, timeout_s: float | None = None) -> int:
+        """Blocking pull (used once before the first step); returns the policy version now held."""
+        if self.weight_store is not None:
+            ref = self.weight_store.get_if_newer.remote(self.actor.policy_version)
+            self._load(ray.get(ref, timeout=timeout_s))
+        return self.actor.policy_version
+
+    def _poll_weights(self) -> None:
+        """Non-blocking: collect an answered request, then keep one request in flight."""
+        if self.weight_store is None:
+            return
+        if self._weights_ref is not None:
+            ready, _ = ray.wait([self._weights_ref], timeout=0, fetch_local=True)
+            if not ready:
+                return
+            ref, self._weights_ref = self._weights_ref, None
+            self._load(ray.get(ref))
+        self._weights_ref = self.weight_store.get_if_newer.remote(self.actor.policy_version)
+
+    # ---- loop --------------------------------------------------------------------------------------------
+    def run(self, max_sequences: int | None = None) -> dict[str, float]:
+        """Step, insert and sync weights until :meth:`stop` (or ``max_sequences``); returns final counters."""
+        if self._running:
+            raise RuntimeError(f"RayEnvActor {self.actor_id}: run() is already active")
+        self._running = True  # stop() is final: a stop that arrives before run() starts still counts
+        try:
+            self.pull_weights(timeout_s=60.0)
+            sent = 0
+            sync_every = max(1, self.cfg.actor.weight_sync_every)
+            while not self._stop.is_set() and (max_sequences is None or sent < max_sequences):
+                traj = self.actor.step()
+                self._episodes.extend(self.actor.episode_stats())
+                if traj is None:
+                    continue
+                self.inserter.submit(traj)
+                sent += 1
+                if sent % sync_every == 0:
+                    self._poll_weights()
+            self.inserter.flush()
+        finally:
+            self._running = False
+        return self._counters()
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return after the current step (and flush its inserts)."""
+        self._stop.set()
+
+    def _counters(self) -> dict[str, float]:
+        c = self.actor.counters()
+        c.update(
+            actor_id=float(self.actor_id),
+            incarnation=float(self.incarnation),
+            inserts_accepted_rows=float(self.inserter.accepted),
+            inserts_resent=float(self.inserter.resent),
+            inserts_inflight=float(len(self.inserter)),
+            weight_updates=float(self.weight_updates),
+        )
+        return c
+
+    def stats(self) -> dict[str, Any]:
+        """Counters (``env_steps``, ``steps_per_s`` since the last call, ``faults``, ``policy_version``,
+        insert counts) and ``episodes``: the EpisodeStats finished since the last call (drained)."""
+        c: dict[str, Any] = self._counters()
+        now = time.monotonic()
+        t0, n0 = self._last
+        self._last = (now, int(c["env_steps"]))
+        c["steps_per_s"] = (c["env_steps"] - n0) / max(now - t0, 1e-9)
+        eps = []
+        while self._episodes:
+            eps.append(self._episodes.popleft())
+        c["episodes"] = eps
+        return c
+
+    def ping(self) -> int:
+        return self.actor_id
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Stop the loop, wait for it to end (bounded), and shut the envs down."""
+        self._stop.set()
+        deadline = time.monotonic() + timeout_s
+        while self._running and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.actor.close()
+
+
+@dataclass
+class EnvActorHandle:
+    """A started env actor: the Ray handle and the ObjectRef of its running ``run`` call."""
+
+    actor_id: int
+    incarnation: int
+    handle: Any
+    run_ref: Any
+
+
+def start_env_actor(
+    cfg: ExperimentConfig,
+    actor_id: int,
+    shards: list[Any],
+    weight_store: Any | None = None,
+    *,
+    incarnation: int = 0,
+    num_cpus: float | None = None,
+    policy_factory: PolicyFactory | None = None,
+    max_sequences: int | None = None,
+) -> EnvActorHandle:
+    """Create a RayEnvActor and start its loop (``run`` is called at once; its ObjectRef is ``run_ref``).
+
+    ``num_cpus`` defaults to 1 + the env workers with subprocess vectorisation. The actor is named-less and
+    not restarted by Ray (``max_restarts=0``): the runtime decides (see :func:`restart_env_actor`).
+    """
+    if num_cpus is None:
+        num_cpus = 1.0 if cfg.env.vectorization == "inline" else 1.0 + cfg.env.num_workers
+    cls = ray.remote(num_cpus=num_cpus, max_concurrency=4, max_restarts=0)(RayEnvActor)
+    handle = cls.remote(
+        cfg, actor_id, shards, weight_store, incarnation=incarnation, policy_factory=policy_factory
+    )
+    return EnvActorHandle(actor_id, incarnation, handle, handle.run.remote(max_sequences))
+
+
+def start_env_actors(
+    cfg: ExperimentConfig,
+    shards: list[Any],
+    weight_store: Any | None = None,
+    *,
+    num_actors: int | None = None,
+    num_cpus: float | None = None,
+    policy_factory: PolicyFactory | None = None,
+) -> list[EnvActorHandle]:
+    """``num_actors`` (default ``cfg.actor.num_actors``) env actors with ids 0..N-1, all running."""
+    n = cfg.actor.num_actors if num_actors is None else num_actors
+    return [
+        start_env_actor(cfg, i, shards, weight_store, num_cpus=num_cpus, policy_factory=policy_factory)
+        for i in range(n)
+    ]
+
+
+def restart_env_actor(
+    cfg: ExperimentConfig,
+    old: EnvActorHandle,
+    shards: list[Any],
+    weight_store: Any | None = None,
+    *,
+    num_cpus: float | None = None,
+    policy_factory: PolicyFactory | None = None,
+) -> EnvActorHandle:
+    """Replace a dead (or stuck) actor: kill what is left of it and start ``incarnation + 1`` in its place."""
+    try:
+        ray.kill(old.handle, no_restart=True)
+    except Exception:  # already gone
+        pass
+    return start_env_actor(
+        cfg,
+        old.actor_id,
+        shards,
+        weight_store,
+        incarnation=old.incarnation + 1,
+        num_cpus=num_cpus,
+        policy_factory=policy_factory,
+    )
