@@ -111,7 +111,8 @@ class EnvActor:
     """Hosts ``cfg.env.num_envs`` env slots and one policy; yields Trajectory sequences (see the module doc).
 
     ``incarnation`` distinguishes restarts of the same ``actor_id`` (new env seeds); ``bonus`` is an optional
-    :class:`EpisodicBonusHook`.
+    :class:`EpisodicBonusHook`; ``prereset`` overrides the VecEnv's spare-env default (see
+    :func:`~distrl.envs.vector.make_vec_env`).
     """
 
     def __init__(
@@ -122,6 +123,7 @@ class EnvActor:
         *,
         incarnation: int = 0,
         bonus: EpisodicBonusHook | None = None,
+        prereset: bool | None = None,
     ) -> None:
         self.cfg = cfg
         self.actor_id = actor_id
@@ -136,7 +138,8 @@ class EnvActor:
         self.policy: Any = policy
         self.bonus = bonus
         self.num_envs = cfg.env.num_envs
-        self.venv = make_vec_env(cfg.env, self.num_envs, actor_seed(cfg.env.seed, actor_id, incarnation))
+        seed = actor_seed(cfg.env.seed, actor_id, incarnation)
+        self.venv = make_vec_env(cfg.env, self.num_envs, seed, prereset=prereset)
         s = cfg.sequence
         self.writer = SequenceWriter(
             self.spec, self.num_envs, burn_in=s.burn_in, length=s.length, period=s.period, actor_id=actor_id
@@ -185,7 +188,7 @@ class EnvActor:
             actions = out.action.cpu().numpy()
             res = self.venv.step(actions)
             done = res.terminated | res.truncated
-            faulted = getattr(res, "faulted", None)
+            faulted = res.faulted
             valid = None
             if res.faults and faulted is not None and faulted.any():
                 valid = ~faulted

@@ -75,6 +75,7 @@ class StepResult:
     duration: np.ndarray  # [B] float32: seconds spent in env.step for each slot
     episodes: list[EpisodeInfo]
     faults: int = 0  # env faults (exception / non-finite output) handled during this step
+    faulted: np.ndarray | None = None  # [B] bool: slot's env failed this step (reported truncated; not a real step)
 
 
 class VecEnv(Protocol):

@@ -23,18 +23,20 @@ Semantics of :meth:`step` (both implementations):
   closed and replaced by a new instance (new seed). Its slot reports ``truncated=True``, ``reward=0``, a valid
   first observation of the new episode in ``obs[i]`` and the last good observation in ``final_obs[i]``; the
   cut episode is not listed in ``episodes``; ``faults`` counts it, ``faulted[i]`` flags it (a
-  :class:`VecStepResult` field) and a warning is logged. An env that fails :data:`MAX_CONSECUTIVE_FAULTS`
+  :class:`StepResult` field) and a warning is logged. An env that fails :data:`MAX_CONSECUTIVE_FAULTS`
   times in a row on the same slot raises RuntimeError (a broken config, not bad luck).
 * The returned arrays are the VecEnv's own buffers: they stay valid until the next ``step``/``reset`` call.
   Copy what you keep (the env actor copies into its sequence ring anyway, so the hot path makes no extra
   copy).
 
-Pre-reset (``prereset=True``, default in subprocess mode): each slot keeps a spare env instance that is reset
-*ahead of time*; at an episode end the slot swaps the spare in (no reset latency on the step path) and the
-finished instance is reset in the background, while the worker would otherwise wait for the next actions. This
-hides MiniHack's expensive resets (2.5 ms Room-5x5, 33 ms MultiRoom-N4 vs ~0.3 ms per step) behind the actor's
-inference. Each slot's instances alternate, so the episode stream depends on ``prereset`` but not on the
-vectorisation mode: inline and subprocess with the same ``prereset`` give identical results.
+Pre-reset (``prereset=True``; default in subprocess mode except for Atari, see :data:`PRERESET_DEFAULT`): each
+slot keeps a spare env instance that is reset *ahead of time*; at an episode end the slot swaps the spare in (no
+reset latency on the step path) and the finished instance is reset in the background, while the worker would
+otherwise wait for the next actions. This hides MiniHack's expensive resets (2.5 ms Room-5x5, 33 ms
+MultiRoom-N4 vs ~0.3 ms per step) behind the actor's inference and removes the reset stragglers from the
+workers' lock-step barrier. It costs one more env instance per slot (built at :meth:`reset`). Each slot's
+instances alternate, so the episode stream depends on ``prereset`` but not on the vectorisation mode: inline and
+subprocess with the same ``prereset`` give identical results.
 
 Seeding: instance n of slot i is built with ``make_env(cfg, slot_seed(seed, i, n))`` and reset without a seed
 afterwards (its own RNG continues); a replacement after a fault or a spare is the next instance n.
@@ -328,6 +330,10 @@ class _SlotRunner:
             self.ep_len[j] = 0
             if self.prereset and self.spare_obs[j] is None and j not in self.pending:
                 self.pending.append(j)
+        # Build the spares now rather than in the background: a start-up cost (as long again as building the
+        # envs) instead of a burst of hidden CPU work during the first seconds of stepping.
+        while self.pending:
+            self.background_step()
 
     def step(self, actions: np.ndarray) -> tuple[list[EpisodeInfo], int]:
         """Step every owned slot with ``actions[slot]`` into the buffers; returns (episodes, faults)."""
@@ -441,18 +447,10 @@ def _safe_close(env: Any) -> None:
         log.debug("env close failed: %s", e)
 
 
-@dataclass
-class VecStepResult(StepResult):
-    """StepResult plus ``faulted`` [B] bool: slots whose env failed in this step (they also report
-    ``truncated``; their reward and transition are not real, so the actor marks the step invalid)."""
-
-    faulted: np.ndarray | None = None
-
-
-def _result(bufs: _Buffers, episodes: list[EpisodeInfo], faults: int) -> VecStepResult:
+def _result(bufs: _Buffers, episodes: list[EpisodeInfo], faults: int) -> StepResult:
     done = np.flatnonzero(bufs.terminated | bufs.truncated)
     final = {int(i): {k: v[i] for k, v in bufs.final_obs.items()} for i in done}
-    return VecStepResult(
+    return StepResult(
         obs=bufs.obs,
         reward=bufs.reward,
         terminated=bufs.terminated,
@@ -492,7 +490,7 @@ class InlineVecEnv:
         self._runner.reset(seed)
         return self.bufs.obs
 
-    def step(self, actions: np.ndarray) -> VecStepResult:
+    def step(self, actions: np.ndarray) -> StepResult:
         self.bufs.actions[:] = actions
         episodes, faults = self._runner.step(self.bufs.actions)
         # Inline pre-reset cannot overlap anything; prepare spares now so the next step finds them ready.
@@ -669,7 +667,7 @@ class SubprocVecEnv:
         self._gather()
         return self.bufs.obs
 
-    def step(self, actions: np.ndarray) -> VecStepResult:
+    def step(self, actions: np.ndarray) -> StepResult:
         self._assert_open()
         self.bufs.actions[:] = actions
         self._send(_CMD_STEP)
@@ -715,6 +713,17 @@ class SubprocVecEnv:
 # ----------------------------------------------------------------------------------------------------------
 
 
+PRERESET_DEFAULT: dict[str, bool] = {
+    "minihack": True,  # resets cost 10-100 steps
+    "miniworld": True,  # a new world per episode
+    "habitat": True,  # scene/episode loading
+    "fake": True,
+    "atari": False,  # a reset is rare (episodes of thousands of steps) and a spare ALE instance costs memory
+}
+"""Default of ``prereset`` per env family with subprocess vectorisation (inline mode never pre-resets by default:
+one process cannot hide the work)."""
+
+
 def make_vec_env(
     cfg: EnvConfig,
     num_envs: int,
@@ -725,9 +734,9 @@ def make_vec_env(
 ) -> InlineVecEnv | SubprocVecEnv:
     """A VecEnv of ``num_envs`` envs of ``cfg.name`` per ``cfg.vectorization``.
 
-    ``prereset`` (default: True for subprocess, False for inline) keeps a pre-reset spare env per slot (see
-    the module doc). ``env_fn(cfg, seed)`` builds one env (default: the registry); it must be picklable for
-    subprocess mode (a module-level function).
+    ``prereset`` keeps a pre-reset spare env per slot (see the module doc); default: False inline,
+    :data:`PRERESET_DEFAULT` of the env family with subprocess vectorisation. ``env_fn(cfg, seed)`` builds
+    one env (default: the registry); it must be picklable for subprocess mode (a module-level function).
     """
     if num_envs < 1:
         raise ValueError(f"make_vec_env: num_envs must be >= 1, got {num_envs}")
@@ -735,6 +744,6 @@ def make_vec_env(
         return InlineVecEnv(cfg, num_envs, seed, prereset=bool(prereset), env_fn=env_fn)
     if cfg.vectorization == "subprocess":
         workers = min(cfg.num_workers, num_envs)
-        pre = True if prereset is None else prereset
+        pre = PRERESET_DEFAULT.get(family_of(cfg.name)[1], True) if prereset is None else prereset
         return SubprocVecEnv(cfg, num_envs, seed, num_workers=workers, prereset=pre, env_fn=env_fn)
     raise ValueError(f"env.vectorization must be 'inline' or 'subprocess', got {cfg.vectorization!r}")

@@ -1,0 +1,398 @@
+"""Env-actor throughput vs the raw env rate, on this machine (one JSON object per result line on stdout).
+
+For each env (MiniHack-Room-5x5, MiniHack-MultiRoom-N4, ALE/Pong-v5) it builds long-lived process pools and
+measures them in windows of ``--seconds``: each round runs raw, distrl_1, raw, distrl_2, ..., raw, and every
+distrl window is divided by the mean of the raw windows just before and after it. ``ratio`` is the median of
+these paired ratios over rounds, so load from other processes on a shared machine (the usual case here) largely
+cancels out; ``raw_steps_per_s`` / ``distrl_steps_per_s`` are medians of the windows' summed steps/s.
+``cpu_ratio`` is the same paired ratio of steps per CPU-second of the whole pool (its processes' user + system
+time, VecEnv workers included): insensitive to how much CPU the pool got, but blind to idle waiting.
+
+Pools (``P`` = ``--procs``, default = CPU count; ``B`` = ``--num-envs`` envs per actor):
+
+* ``raw``: P processes, each stepping B envs (built with the same registry/adapters as distrl) in a tight loop:
+  one random action per env from NumPy, ``env.step``, ``env.reset()`` right away when an episode ends. No Ray,
+  no policy, no sequence cutting, no copies. This is the strongest simple baseline with the same envs, the
+  same env-stepping process count and the same reset handling.
+* ``inline``: P :class:`~distrl.actors.env_actor.EnvActor` processes (``env.vectorization=inline``), B envs
+  each; compared with ``raw`` (same process count, same envs).
+* ``subprocess``: one EnvActor with ``env.vectorization=subprocess`` and ``num_workers=P``, P*B envs, so P
+  processes step envs (plus the actor's own process, which runs inference and cuts sequences); compared with
+  ``raw`` (P env processes x B envs = the same envs). Spare pre-reset envs per the VecEnv default (on for
+  MiniHack, off for Atari); ``subprocess_noprereset`` (not in the default set) turns them off.
+
+Each EnvActor runs its full loop: batched policy call, VecEnv step (per-slot timing, fault checks, autoreset,
+episode stats), truncation values, per-slot state reset and the SequenceWriter emitting a Trajectory every
+``period`` steps (dropped afterwards: replay transport is measured elsewhere). Policies: ``random``
+(:class:`~distrl.actors.env_actor.RandomPolicy`) and ``neural`` (``build_agent(ModelConfig(), spec)``, the
+default model, torch with 1 thread per process).
+
+Usage::
+
+    .venv/bin/python tools/bench/actors.py            # full run (~4-5 min on 2 cores)
+    .venv/bin/python tools/bench/actors.py --quick    # ~1 min smoke run
+    .venv/bin/python tools/bench/actors.py --envs MiniHack-Room-5x5-v0 --modes inline --policies random
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from distrl.envs.registry import family_of
+
+ENVS = ("MiniHack-Room-5x5-v0", "MiniHack-MultiRoom-N4-v0", "ALE/Pong-v5")
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    kind: str  # "raw" | "actor"
+    env: str
+    num_envs: int  # envs per process (raw) or per actor
+    procs: int  # processes in the pool
+    vectorization: str = "inline"
+    num_workers: int = 1
+    policy: str = "random"
+    model: dict[str, Any] = field(default_factory=dict)
+    prereset: bool | None = None
+
+
+def _env_cfg(spec: PoolSpec) -> Any:
+    from distrl.config import EnvConfig
+
+    return EnvConfig(
+        name=spec.env, num_envs=spec.num_envs, vectorization=spec.vectorization, num_workers=spec.num_workers
+    )
+
+
+class _Raw:
+    def __init__(self, spec: PoolSpec, seed: int) -> None:
+        import numpy as np
+
+        from distrl.envs.registry import env_spec, make_env
+
+        cfg = _env_cfg(spec)
+        self.envs = [make_env(cfg, seed * 1000 + i) for i in range(spec.num_envs)]
+        for e in self.envs:
+            e.reset()
+        self.rng = np.random.default_rng(seed)
+        self.num_actions = env_spec(cfg).num_actions
+
+    def run(self, seconds: float) -> tuple[int, float, float]:
+        envs, rng, a_n, b = self.envs, self.rng, self.num_actions, len(self.envs)
+        n = 0
+        c0, t0 = time.process_time(), time.perf_counter()
+        end = t0 + seconds
+        while time.perf_counter() < end:
+            for env, a in zip(envs, rng.integers(0, a_n, b).tolist()):
+                _, _, term, trunc, _ = env.step(a)
+                if term or trunc:
+                    env.reset()
+            n += b
+        return n, time.perf_counter() - t0, time.process_time() - c0
+
+    def close(self) -> None:
+        for e in self.envs:
+            e.close()
+
+
+class _Actor:
+    def __init__(self, spec: PoolSpec, seed: int) -> None:
+        from distrl.actors.env_actor import EnvActor, RandomPolicy
+        from distrl.config import ExperimentConfig, ModelConfig, SequenceConfig
+        from distrl.envs.registry import env_spec
+
+        cfg = ExperimentConfig(
+            env=replace(_env_cfg(spec), seed=seed),
+            model=ModelConfig(**spec.model),
+            sequence=SequenceConfig(length=40, burn_in=0, period=40),
+        )
+        policy = RandomPolicy(env_spec(cfg.env).num_actions, seed) if spec.policy == "random" else None
+        self.actor = EnvActor(cfg, actor_id=seed, policy=policy, prereset=spec.prereset)
+        self.actor.step()
+
+    def _cpu(self) -> float:
+        """CPU seconds of this process plus its VecEnv worker processes (subprocess vectorisation)."""
+        total = time.process_time()
+        for p in getattr(self.actor.venv, "_procs", []):
+            with open(f"/proc/{p.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+        return total
+
+    def run(self, seconds: float) -> tuple[int, float, float]:
+        a = self.actor
+        n0 = a.env_steps
+        c0, t0 = self._cpu(), time.perf_counter()
+        end = t0 + seconds
+        while time.perf_counter() < end:
+            a.step()
+        return a.env_steps - n0, time.perf_counter() - t0, self._cpu() - c0
+
+    def close(self) -> None:
+        self.actor.close()
+
+
+def _worker(conn: Any, spec: PoolSpec, seed: int) -> None:
+    warnings.filterwarnings("ignore")
+    import torch
+
+    torch.set_num_threads(1)
+    try:
+        runner = _Raw(spec, seed) if spec.kind == "raw" else _Actor(spec, seed)
+    except BaseException as e:
+        conn.send(("error", repr(e)))
+        raise
+    conn.send(("ready", None))
+    while True:
+        cmd, arg = conn.recv()
+        if cmd == "run":
+            conn.send(("done", runner.run(arg)))
+        else:
+            runner.close()
+            conn.send(("closed", None))
+            return
+
+
+class Pool:
+    """``spec.procs`` long-lived processes; :meth:`run` starts them together and returns the summed rate."""
+
+    def __init__(self, spec: PoolSpec, seed: int) -> None:
+        ctx = mp.get_context("forkserver")  # imports (torch, NLE, ALE) happen once, in the server
+        self.spec = spec
+        self.conns, self.procs = [], []
+        for i in range(spec.procs):
+            a, b = ctx.Pipe()
+            p = ctx.Process(target=_worker, args=(b, spec, seed + i), daemon=False)
+            p.start()
+            self.conns.append(a)
+            self.procs.append(p)
+
+    def wait_ready(self) -> None:
+        for c in self.conns:
+            status, msg = c.recv()
+            if status != "ready":
+                raise RuntimeError(f"pool {self.spec}: {msg}")
+
+    def run(self, seconds: float) -> tuple[float, float]:
+        """(steps per wall-clock second, summed over processes; steps per CPU second of the whole pool)."""
+        for c in self.conns:
+            c.send(("run", seconds))
+        rate, steps, cpu = 0.0, 0, 0.0
+        for c in self.conns:
+            _, (n, dt, cpu_s) = c.recv()
+            rate += n / dt
+            steps += n
+            cpu += cpu_s
+        return rate, steps / max(cpu, 1e-9)
+
+    def close(self) -> None:
+        for c in self.conns:
+            c.send(("close", None))
+        for c in self.conns:
+            c.recv()
+        for p in self.procs:
+            p.join(30)
+
+
+def act_cost_us(env: str, batch: int, reps: int = 20) -> float:
+    """CPU microseconds per sample of one no-grad ``act`` of the default agent at batch size ``batch``."""
+    import numpy as np
+    import torch
+
+    from distrl.config import EnvConfig, ModelConfig
+    from distrl.envs.registry import env_spec
+    from distrl.models.agent import build_agent
+
+    spec = env_spec(EnvConfig(name=env))
+    agent = build_agent(ModelConfig(), spec).eval()
+    rng = np.random.default_rng(0)
+    obs = {k: torch.from_numpy(rng.integers(0, 100, (batch, *a.shape)).astype(a.dtype)) for k, a in spec.obs.items()}
+    state = agent.initial_state(batch)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            for _ in range(3):
+                agent.act(obs, state)
+            times = []
+            for _ in range(reps):
+                c = time.process_time()
+                agent.act(obs, state)
+                times.append(time.process_time() - c)
+    finally:
+        torch.set_num_threads(threads)
+    return statistics.median(times) / batch * 1e6
+
+
+def framework_overhead(num_envs: int, reps: int = 15, steps: int = 200) -> dict[str, Any]:
+    """CPU µs per env step that distrl adds around a near-free env (``fake:counting``), one process.
+
+    Raw loop vs InlineVecEnv vs EnvActor (random policy, sequence cutting), interleaved; the minimum over
+    ``reps`` is robust to other load on the machine. Divide by an env's CPU per step for the expected overhead
+    share at that env's speed (e.g. MiniHack ~400 µs, Pong ~700 µs).
+    """
+    import numpy as np
+    import torch
+
+    from distrl.actors.env_actor import EnvActor, RandomPolicy
+    from distrl.config import EnvConfig, ExperimentConfig, SequenceConfig
+    from distrl.envs.registry import make_env
+    from distrl.envs.vector import make_vec_env
+
+    torch.set_num_threads(1)
+    cfg = EnvConfig(name="fake:counting", num_envs=num_envs, fake_episode_len=50)
+    envs = [make_env(cfg, i) for i in range(num_envs)]
+    for e in envs:
+        e.reset()
+    rng = np.random.default_rng(0)
+    venv = make_vec_env(cfg, num_envs, 0)
+    venv.reset()
+    actor = EnvActor(
+        ExperimentConfig(env=cfg, sequence=SequenceConfig(length=40, period=40)), 0, RandomPolicy(3)
+    )
+    actor.step()
+
+    def raw() -> None:
+        for _ in range(steps):
+            for env, a in zip(envs, rng.integers(0, 3, num_envs).tolist()):
+                _, _, term, trunc, _ = env.step(a)
+                if term or trunc:
+                    env.reset()
+
+    def vec() -> None:
+        for _ in range(steps):
+            venv.step(rng.integers(0, 3, num_envs))
+
+    def act() -> None:
+        for _ in range(steps):
+            actor.step()
+
+    best = {"raw": 1e9, "vecenv": 1e9, "env_actor": 1e9}
+    for _ in range(reps):
+        for name, fn in (("raw", raw), ("vecenv", vec), ("env_actor", act)):
+            c = time.process_time()
+            fn()
+            best[name] = min(best[name], (time.process_time() - c) / (steps * num_envs) * 1e6)
+    venv.close()
+    actor.close()
+    return {
+        "bench": "actors_overhead",
+        "num_envs": num_envs,
+        "raw_us_per_step": round(best["raw"], 2),
+        "vecenv_overhead_us_per_step": round(best["vecenv"] - best["raw"], 2),
+        "actor_overhead_us_per_step": round(best["env_actor"] - best["raw"], 2),
+    }
+
+
+def bench_env(env: str, args: argparse.Namespace) -> None:
+    procs, b = args.procs, args.num_envs
+    pools: dict[str, Pool] = {"raw": Pool(PoolSpec("raw", env, b, procs), seed=100)}
+    for mode in args.modes:
+        for policy in args.policies:
+            if mode == "inline":
+                spec = PoolSpec("actor", env, b, procs, "inline", 1, policy)
+            else:
+                pre = False if mode == "subprocess_noprereset" else None
+                spec = PoolSpec("actor", env, b * procs, 1, "subprocess", procs, policy, prereset=pre)
+            pools[f"{mode}/{policy}"] = Pool(spec, seed=200)
+    t0 = time.perf_counter()
+    for p in pools.values():
+        p.wait_ready()
+    build_s = time.perf_counter() - t0
+    for p in pools.values():  # warm-up: caches, allocator, first sequences
+        p.run(args.warmup)
+    # Each round: raw, d1, raw, d2, ..., raw. Every distrl window is paired with the mean of the raw windows
+    # right before and after it, so slow changes in background load cancel out of the ratio.
+    names = [k for k in pools if k != "raw"]
+    raw_w, raw_c = [], []
+    dist_w: dict[str, list[float]] = {k: [] for k in names}
+    dist_c: dict[str, list[float]] = {k: [] for k in names}
+    ratios: dict[str, list[float]] = {k: [] for k in names}
+    cpu_ratios: dict[str, list[float]] = {k: [] for k in names}
+    load0 = os.getloadavg()[0]
+    for _ in range(args.rounds):
+        r, c = pools["raw"].run(args.seconds)
+        raw_w.append(r)
+        raw_c.append(c)
+        for k in names:
+            dw, dc = pools[k].run(args.seconds)
+            r, c = pools["raw"].run(args.seconds)
+            dist_w[k].append(dw)
+            dist_c[k].append(dc)
+            ratios[k].append(dw / ((raw_w[-1] + r) / 2))
+            cpu_ratios[k].append(dc / ((raw_c[-1] + c) / 2))
+            raw_w.append(r)
+            raw_c.append(c)
+    load1 = os.getloadavg()[0]
+    for p in pools.values():
+        p.close()
+    med = statistics.median
+    raw, raw_cpu = med(raw_w), med(raw_c)
+    act_us = act_cost_us(env, b) if "neural" in args.policies else None
+    for k in names:
+        mode, policy = k.split("/")
+        row: dict[str, Any] = {
+            "bench": "actors",
+            "env": env,
+            "policy": policy,
+            "vectorization": mode,
+            "num_envs": b * procs,
+            "env_processes": procs,
+            "raw_steps_per_s": round(raw, 1),
+            "distrl_steps_per_s": round(med(dist_w[k]), 1),
+            "ratio": round(med(ratios[k]), 3),
+            "raw_steps_per_cpu_s": round(raw_cpu, 1),
+            "distrl_steps_per_cpu_s": round(med(dist_c[k]), 1),
+            "cpu_ratio": round(med(cpu_ratios[k]), 3),
+            "ratio_rounds": [round(x, 3) for x in ratios[k]],
+            "rounds": args.rounds,
+            "window_s": args.seconds,
+            "build_s": round(build_s, 1),
+            "loadavg_1m": [round(load0, 2), round(load1, 2)],
+        }
+        if policy == "neural" and act_us is not None:
+            # The CPU-bound ceiling: env CPU per step / (env CPU + inference CPU per step).
+            row["act_us_per_sample"] = round(act_us, 1)
+            row["cpu_bound_ratio"] = round(1.0 / (1.0 + act_us * 1e-6 * raw_cpu), 3)
+        print(json.dumps(row), flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--envs", nargs="+", default=list(ENVS))
+    ap.add_argument(
+        "--modes", nargs="+", default=["inline", "subprocess"],
+        choices=["inline", "subprocess", "subprocess_noprereset"],
+    )
+    ap.add_argument("--policies", nargs="+", default=["random", "neural"], choices=["random", "neural"])
+    ap.add_argument("--procs", type=int, default=os.cpu_count() or 2, help="env-stepping processes")
+    ap.add_argument("--num-envs", type=int, default=16, help="envs per env-stepping process")
+    ap.add_argument("--seconds", type=float, default=1.0, help="measurement window per pool per round")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--warmup", type=float, default=1.0)
+    ap.add_argument("--quick", action="store_true", help="short windows, one round, 8 envs per process")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.seconds, args.rounds, args.warmup, args.num_envs = 0.5, 2, 0.5, 8
+    mp.set_forkserver_preload(
+        ["torch", "numpy", "distrl.actors.env_actor", "distrl.models.agent", "distrl.envs.vector"]
+        + [family_of(e)[0] for e in args.envs]
+    )
+    t0 = time.perf_counter()
+    print(json.dumps(framework_overhead(args.num_envs)), flush=True)
+    for env in args.envs:
+        bench_env(env, args)
+    print(f"# total {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
