@@ -197,7 +197,7 @@ class RuntimeConfig:
     """Ray address to join ('' = RAY_ADDRESS or a fresh local cluster)."""
     num_cpus: int = 0
     """CPUs for a fresh local Ray cluster (0 = all)."""
-    total_env_steps: int = 200_000
+    total_env_steps: int = 40_000
     max_wall_time_s: float = 0.0
     """Stop after this many seconds (0 = no limit)."""
     run_dir: str = "runs"

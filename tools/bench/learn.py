@@ -54,9 +54,16 @@ def main() -> int:
             cmd.append("--local")
         print("running:", " ".join(cmd), file=sys.stderr)
         t0 = time.monotonic()
-        proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        # distrl prints progress on stdout; send it to our stderr so our stdout stays JSON lines only.
+        proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=sys.stderr)
         wall = time.monotonic() - t0
-        rows = [json.loads(line) for line in (run_root / name / "metrics.jsonl").read_text().splitlines()]
+        metrics = run_root / name / "metrics.jsonl"
+        if not metrics.is_file():
+            res = {"bench": "learn", "seed": seed, "error": f"run failed before logging (exit {proc.returncode})"}
+            results.append({**res, "reached": False, "exit_code": proc.returncode})
+            print(json.dumps(res), flush=True)
+            continue
+        rows = [json.loads(line) for line in metrics.read_text().splitlines()]
         hit = first_crossing(rows, "charts/episode_return", args.target)
         last = rows[-1]
         res = {
