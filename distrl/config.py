@@ -423,24 +423,34 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
+def _overrides_tree(overrides: Sequence[str]) -> dict[str, Any]:
+    over: dict[str, Any] = {}
+    for text in overrides:
+        parts, value = _parse_override(text)
+        node = over
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {p!r} is a value, not a section")
+        node[parts[-1]] = value
+    return _tag_source(over, "command line") if over else over
+
+
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> ExperimentConfig:
     """Build an ExperimentConfig from the dataclass defaults, an optional YAML file and ``a.b=value`` overrides.
 
     The result is validated; any problem raises ConfigError naming the key and its source.
     """
     data: dict[str, Any] = _read_yaml(Path(path)) if path else {}
-    over: dict[str, Any] = {}
-    for text in overrides:
-        parts, value = _parse_override(text)
-        node = over
-        for p in parts[:-1]:
-            node = node.setdefault(p, _Sourced())
-            node.source = "command line"  # type: ignore[attr-defined]
-        node[parts[-1]] = value
-    over = _tag_source(over, "command line") if over else over
-    merged = _deep_merge(data, over)
+    merged = _deep_merge(data, _overrides_tree(overrides))
     cfg = _build(ExperimentConfig, merged, "", str(path) if path else "")
     return cfg.validate()
+
+
+def apply_overrides(cfg: ExperimentConfig, overrides: Sequence[str]) -> ExperimentConfig:
+    """``cfg`` with ``a.b=value`` overrides applied on top (validated)."""
+    merged = _deep_merge(_tag_source(to_plain(cfg.to_dict()), ""), _overrides_tree(overrides))
+    return _build(ExperimentConfig, merged, "", "").validate()
 
 
 def config_from_dict(data: Mapping[str, Any], source: str = "") -> ExperimentConfig:

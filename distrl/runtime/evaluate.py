@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from distrl.config import config_from_dict, load_config
+from distrl.config import apply_overrides, config_from_dict
 from distrl.envs.registry import env_spec, make_env
 from distrl.learners.learner import load_checkpoint_file
 from distrl.models.agent import build_agent
@@ -35,17 +35,7 @@ def evaluate(
         raise ValueError(f"{checkpoint}: checkpoint has no stored config; cannot rebuild the agent")
     cfg = config_from_dict(stored, source=str(checkpoint))
     if overrides:
-        # Re-apply on top of the stored config (e.g. a different env seed or max_episode_steps).
-        import tempfile
-
-        import yaml
-
-        from distrl.config import to_plain
-
-        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-            yaml.safe_dump(to_plain(cfg.to_dict()), f)
-        cfg = load_config(f.name, overrides)
-        Path(f.name).unlink()
+        cfg = apply_overrides(cfg, overrides)  # e.g. another env seed or max_episode_steps
     spec = env_spec(cfg.env)
     agent = build_agent(cfg.model, spec)
     agent.load_state_dict(state["model"])

@@ -15,6 +15,7 @@ import pytest
 from distrl.cli import main, prepare_run
 from distrl.learners.learner import load_checkpoint_file
 from distrl.logging import read_jsonl
+from distrl.runtime.evaluate import evaluate
 from distrl.runtime.local import LocalRuntime
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,6 +33,9 @@ def test_local_runtime_learns_a_memory_task(tmp_path):
     rows = read_jsonl(run_dir / "metrics.jsonl")
     assert rows[-1]["charts/env_steps"] >= 16000
     assert any("learner/policy_loss" in r for r in rows)
+    # `distrl eval` rebuilds env and agent from the checkpoint alone and replays the learned behaviour.
+    result = evaluate(run_dir / "checkpoints/learner.pt", episodes=30, overrides=["env.fake_episode_len=4"])
+    assert result["env"] == "fake:memory" and result["success_rate"] >= 0.9, result
 
 
 def test_resume_continues_counters_and_replay(tmp_path):
