@@ -123,8 +123,10 @@ class ReplayConfig:
     epsilon: float = 1e-6
     min_size: int = 32
     """Sequences a shard must hold before it may be sampled."""
-    samples_per_insert: float = 4.0
-    """Rate limit: sampled / inserted sequences (0 disables)."""
+    samples_per_insert: float = 2.0
+    """Rate limit: sampled / inserted sequences (0 disables). Each update takes online_fraction * batch_size fresh
+    sequences, so 1 / learner.online_fraction lets inserts keep pace with the learner (2.0 for the default 0.5);
+    a larger value throttles the actors below what the learner consumes."""
     samples_per_insert_tolerance: float = 0.5
     """Allowed relative deviation from samples_per_insert before callers are held back."""
     max_inflight_inserts: int = 4

@@ -182,6 +182,8 @@ class BoundedInserter:
         self._inflight: deque[tuple[Pending[InsertResult], tuple[Any, Any, Any], float]] = deque()
         self.accepted = 0
         self.resent = 0
+        self.dropped = 0
+        self._backoff = 0.002
 
     def __len__(self) -> int:
         return len(self._inflight)
@@ -202,13 +204,17 @@ class BoundedInserter:
         self._inflight.popleft()
         if res.ok:
             self.accepted += int(res.keys.shape[0])
+            self._backoff = 0.002
             return
         if time.monotonic() - since > self.timeout:
             raise ReplayInsertTimeout(
                 f"replay insert refused ({res.status.value}) for {self.timeout:.1f}s: the learner is not "
                 "sampling fast enough for replay.samples_per_insert (or has stopped)"
             )
-        time.sleep(0.002)  # the shard is ahead of the learner: give it a moment before re-sending
+        # The shard is ahead of the learner: wait before re-sending, longer while refusals continue (capped),
+        # so a rate-limited actor yields its CPU to the learner instead of re-sending sequences in a tight loop.
+        time.sleep(self._backoff)
+        self._backoff = min(self._backoff * 2, 0.1)
         self.resent += 1
         self._send(item, since)
 
@@ -219,7 +225,19 @@ class BoundedInserter:
         while self._inflight and self._inflight[0][0].done():
             self._poll(wait=0.0)
 
-    def flush(self) -> None:
-        """Wait until every submitted insert is accepted (bounded by ``timeout`` per insert)."""
+    def flush(self, timeout: float | None = None) -> int:
+        """Wait until every submitted insert is accepted (bounded by ``timeout`` per insert).
+
+        With ``timeout``, give up after that many seconds in total and drop what is still refused (a stopping
+        run whose learner no longer samples); returns the number of sequences dropped, also counted in
+        ``dropped``.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
         while self._inflight:
+            if deadline is not None and time.monotonic() >= deadline:
+                n = len(self._inflight)
+                self._inflight.clear()
+                self.dropped += n
+                return n
             self._poll(wait=0.05)
+        return 0

@@ -139,7 +139,8 @@ class RayEnvActor:
                 sent += 1
                 if sent % sync_every == 0:
                     self._poll_weights()
-            self.inserter.flush()
+            # A stopping run's learner may no longer sample, so the shard may refuse what is left: bounded.
+            self.inserter.flush(timeout=5.0)
         finally:
             self._running = False
         return self._counters()
@@ -155,6 +156,7 @@ class RayEnvActor:
             incarnation=float(self.incarnation),
             inserts_accepted_rows=float(self.inserter.accepted),
             inserts_resent=float(self.inserter.resent),
+            inserts_dropped=float(self.inserter.dropped),
             inserts_inflight=float(len(self.inserter)),
             weight_updates=float(self.weight_updates),
         )

@@ -153,3 +153,4 @@ def test_bounded_inserter_times_out_when_nobody_samples():
         for i in range(5):
             ins.submit(example_trajectory(B=4, start=4 * i))
         ins.flush()
+

@@ -1,0 +1,526 @@
+"""End-to-end training throughput: distrl vs the raw env rate vs RLlib APPO, side by side in one run.
+
+Prints one JSON object per result line on stdout (progress and child logs go to stderr):
+
+* ``{"bench": "train_rate_machine", ...}``: cores, CPU model, load average at the start.
+* ``{"bench": "train_rate", "system": "raw_env", ...}``: MiniHack with random actions and no policy, in ONE
+  process stepping ``--envs`` envs built by distrl's own adapter (the same process and env count as the
+  training runs' env actor / env runner), autoreset on episode end. The ceiling for env steps/s.
+* ``{"bench": "train_rate", "system": "distrl", ...}``: ``distrl train CONFIG`` (default: the quickstart, 1 env
+  actor x ``--envs`` envs, 1 replay shard, 1 CPU learner) in a subprocess with a wall-time limit. Rates come
+  from the run's ``metrics.jsonl`` between the first log point after ``--warmup`` seconds at which the learner
+  has consumed data, and the last log point before the stop: ``consumed_steps_per_s`` (fresh env steps
+  trained on, ``learner/env_steps_consumed``), ``env_steps_per_s`` (generated, ``charts/env_steps``) and
+  ``trained_steps_per_s`` (updates x batch x sequence length, replayed steps included).
+* ``{"bench": "train_rate", "system": "rllib_appo", ...}``: ``tools/bench/rllib_appo.py`` run by the
+  ``.venv-rllib`` interpreter (created here when missing): RLlib APPO with distrl's exact network, the same
+  env adapter, env and runner counts, batch shape and reuse; the same window rule and counters (see that
+  file's docstring for how each is made equal).
+* ``{"bench": "train_rate_ratio", ...}``: ``ratio`` = distrl / RLlib consumed env steps per second (the
+  issue's metric), the same for generated steps, and sample efficiency: the mean return of the last 100
+  episodes at the env-step count both runs reached (``common_env_steps``).
+
+Every measured process runs at the same priority: Ray starts its workers at nice 15 by default, which on a
+machine shared with other jobs starves them against everything at nice 0 (including RLlib's own driver, which
+polls in a busy loop); ``--ray-worker-niceness`` (default 0) is passed to both Ray instances alike as
+``RAY_worker_niceness``. Each system's Ray instance is its own (started and stopped by its subprocess); any
+Ray process left behind by a subprocess is found by its session directory (which names the driver's pid) and
+killed, and nothing else is touched.
+
+Usage::
+
+    .venv/bin/python tools/bench/train_rate.py                  # full run (~9-10 min on 2 cores)
+    .venv/bin/python tools/bench/train_rate.py --quick          # ~5 min smoke run
+    .venv/bin/python tools/bench/train_rate.py --seconds 60 --warmup 15 --systems distrl,rllib_appo
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+RLLIB_VENV = ROOT / ".venv-rllib"
+RLLIB_STAMP = ".distrl-bench-installed"
+SYSTEMS = ("raw_env", "distrl", "rllib_appo")
+
+
+def log(msg: str) -> None:
+    print(f"[train_rate] {msg}", file=sys.stderr, flush=True)
+
+
+def emit(obj: dict[str, Any]) -> None:
+    print(json.dumps(obj), flush=True)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The RLlib virtualenv
+# ------------------------------------------------------------------------------------------------------------
+
+
+def ensure_rllib_venv(venv: Path, python: str = "python3.11") -> Path:
+    """Create ``venv`` with RLlib when it is missing (or an earlier install did not finish); returns its python.
+
+    torch is pinned to the CPU build that lies on local disk (an unpinned torch would pull a multi-GB CUDA
+    wheel). nle 1.3.0 pins gymnasium==1.2.0 while ray[rllib] 2.60.0 pins gymnasium==1.2.2, so nle and minihack
+    go in with ``--no-deps`` after RLlib (their other deps, numpy and pybind11, are installed explicitly); the
+    patch-level gymnasium difference does not affect the MiniHack API used here. distrl itself goes in with
+    ``--no-deps`` (its remaining deps, pyyaml and numpy, come with RLlib).
+    """
+    py = venv / "bin" / "python"
+    if py.exists() and (venv / RLLIB_STAMP).exists():
+        return py
+    log(f"creating {venv} (RLlib side of the benchmark; a few minutes, once)")
+    steps = [
+        [python, "-m", "venv", str(venv)],
+        [str(py), "-m", "pip", "install", "-q", "--upgrade", "pip"],
+        [str(py), "-m", "pip", "install", "-q", "torch==2.13.0"],
+        [str(py), "-m", "pip", "install", "-q", "ray[rllib]==2.60.0", "setuptools<81", "minigrid", "pybind11",
+         "numpy", "pyyaml"],
+        [str(py), "-m", "pip", "install", "-q", "--no-deps", "nle==1.3.0", "minihack==1.0.2"],
+        [str(py), "-m", "pip", "install", "-q", "--no-deps", "-e", str(ROOT)],
+    ]
+    for cmd in steps:
+        if cmd[0] == python and py.exists():
+            continue
+        r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"creating {venv}: {' '.join(cmd)} failed:\n{r.stdout[-3000:]}")
+    (venv / RLLIB_STAMP).write_text("ok\n")
+    return py
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Process hygiene
+# ------------------------------------------------------------------------------------------------------------
+
+_CLK = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_stats() -> dict[int, tuple[int, int, float]]:
+    """pid -> (ppid, start time in clock ticks, CPU seconds used: utime + stime) for every process."""
+    out = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        # fields[0] is field 3 (state) of proc(5): ppid = 4, utime = 14, stime = 15, starttime = 22
+        out[int(d.name)] = (int(fields[1]), int(fields[19]), (int(fields[11]) + int(fields[12])) / _CLK)
+    return out
+
+
+class ProcessTree:
+    """Every process a child starts (its descendants, Ray's raylet, GCS and workers included): their CPU time
+    and, at the end, the ones still running.
+
+    Processes are keyed by (pid, start time), so a recycled pid is never mistaken for ours; CPU time of a
+    process that has exited stays counted at its last sampled value.
+    """
+
+    def __init__(self, root: int) -> None:
+        self.root = root
+        self.cpu: dict[tuple[int, int], float] = {}
+        self.series: list[tuple[float, float]] = []  # (epoch seconds, CPU seconds of the tree so far)
+
+    def sample(self) -> None:
+        stats = _proc_stats()
+        children: dict[int, list[int]] = {}
+        for pid, (ppid, _, _) in stats.items():
+            children.setdefault(ppid, []).append(pid)
+        todo = [self.root] if self.root in stats else []
+        while todo:
+            pid = todo.pop()
+            _, start, cpu = stats[pid]
+            self.cpu[(pid, start)] = cpu
+            todo.extend(children.get(pid, []))
+        self.series.append((time.time(), sum(self.cpu.values())))
+
+    def alive(self) -> list[int]:
+        stats = _proc_stats()
+        return [pid for (pid, start) in self.cpu if pid in stats and stats[pid][1] == start and pid != os.getpid()]
+
+    def cpu_between(self, t0: float, t1: float) -> float | None:
+        """CPU seconds the tree used between epoch times t0 and t1 (linear between samples)."""
+        if len(self.series) < 2 or t1 <= t0:
+            return None
+
+        def at(t: float) -> float:
+            pts = self.series
+            if t <= pts[0][0]:
+                return pts[0][1]
+            for (ta, ca), (tb, cb) in itertools.pairwise(pts):
+                if ta <= t <= tb:
+                    return ca + (cb - ca) * (t - ta) / max(tb - ta, 1e-9)
+            return pts[-1][1]
+
+        return at(t1) - at(t0)
+
+
+def raylet_count() -> int:
+    n = 0
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                cmd = (d / "cmdline").read_bytes().split(b"\0", 1)[0]
+            except OSError:
+                continue
+            n += cmd.endswith(b"/raylet")
+    return n
+
+
+def run_child(cmd: list[str], env: dict[str, str], timeout: float, stdout_path: Path,
+              stderr_path: Path) -> tuple[int, ProcessTree]:
+    """Run ``cmd`` in its own session with a hard timeout, sampling its process tree's CPU time every second;
+    afterwards kill whatever it started that is still running (a Ray instance that did not shut down)."""
+    with open(stdout_path, "w") as out, open(stderr_path, "w") as err:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=err, start_new_session=True)
+        tree = ProcessTree(proc.pid)
+        deadline = time.monotonic() + timeout
+        rc = None
+        while rc is None:
+            tree.sample()
+            try:
+                rc = proc.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                if time.monotonic() > deadline:
+                    log(f"{' '.join(cmd[:4])}... exceeded {timeout:.0f}s; stopping it")
+                    os.killpg(proc.pid, signal.SIGTERM)
+                    try:
+                        rc = proc.wait(timeout=30)
+                    except subprocess.TimeoutExpired:
+                        os.killpg(proc.pid, signal.SIGKILL)
+                        rc = proc.wait()
+    left = tree.alive()
+    if left:
+        time.sleep(3)  # ray.shutdown() may still be tearing down
+        left = tree.alive()
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if left:
+        log(f"killed {len(left)} leftover processes started by {cmd[1]}")
+    return rc, tree
+
+
+def machine_info() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": model or platform.processor(),
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The three measurements
+# ------------------------------------------------------------------------------------------------------------
+
+
+def measure_raw(env_name: str, num_envs: int, seconds: float, seed: int) -> dict[str, Any]:
+    """Random actions on ``num_envs`` envs in this process (distrl's adapter, autoreset); steps per second."""
+    import numpy as np
+
+    from distrl.config import EnvConfig
+    from distrl.envs.registry import env_spec, make_env
+
+    cfg = EnvConfig(name=env_name, num_envs=num_envs)
+    envs = [make_env(cfg, seed * 1000 + i) for i in range(num_envs)]
+    try:
+        n_act = env_spec(cfg).num_actions
+        rng = np.random.default_rng(seed)
+        for e in envs:
+            e.reset()
+
+        def loop(duration: float) -> tuple[int, float, float, int]:
+            steps = episodes = 0
+            t0, c0 = time.perf_counter(), time.process_time()
+            while time.perf_counter() - t0 < duration:
+                for env, a in zip(envs, rng.integers(0, n_act, num_envs).tolist()):
+                    _, _, term, trunc, _ = env.step(a)
+                    if term or trunc:
+                        env.reset()
+                        episodes += 1
+                steps += num_envs
+            return steps, time.perf_counter() - t0, time.process_time() - c0, episodes
+
+        loop(min(2.0, seconds / 5))  # warm caches, first resets
+        load0 = os.getloadavg()[0]
+        steps, dt, cpu_s, episodes = loop(seconds)
+    finally:
+        for e in envs:
+            e.close()
+    return {
+        "bench": "train_rate", "system": "raw_env", "env": env_name, "num_envs": num_envs, "processes": 1,
+        "env_steps_per_s": steps / dt, "consumed_steps_per_s": None, "duration_s": dt, "episodes": episodes,
+        "cpu_cores_used": cpu_s / dt, "env_steps_per_cpu_s": steps / max(cpu_s, 1e-9),
+        "loadavg_1m": [round(load0, 2), round(os.getloadavg()[0], 2)],
+    }
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+    return rows
+
+
+def measure_distrl(args: argparse.Namespace, env: dict[str, str], work: Path) -> dict[str, Any]:
+    from distrl.config import load_config
+
+    work.mkdir(parents=True, exist_ok=True)
+    overrides = [
+        f"env.name={args.env}",
+        f"env.num_envs={args.envs}",
+        f"runtime.run_dir={work}",
+        "runtime.run_name=distrl",
+        f"runtime.seed={args.seed}",
+        f"runtime.max_wall_time_s={args.warmup + args.seconds}",
+        "runtime.total_env_steps=1000000000",
+        "logging.wandb=disabled",
+        "logging.progress=false",
+        "logging.log_every_s=2",
+        *args.distrl_set,
+    ]
+    cfg = load_config(args.config, overrides)
+    cmd = [sys.executable, "-m", "distrl", "train", str(args.config), *overrides]
+    log(f"distrl: {' '.join(cmd[1:])}")
+    load0 = os.getloadavg()[0]
+    t0 = time.monotonic()
+    rc, tree = run_child(cmd, env, args.warmup + args.seconds + 300, work / "distrl.stdout",
+                         work / "distrl.stderr")
+    process_s = time.monotonic() - t0
+    if rc != 0:
+        tail = (work / "distrl.stderr").read_text()[-3000:]
+        raise RuntimeError(f"distrl train exited with {rc}:\n{tail}")
+    rows = _read_jsonl(work / "distrl" / "metrics.jsonl")
+    limit = args.warmup + args.seconds + 1.0  # drop the log written during shutdown
+    rows = [r for r in rows if "charts/wall_time_s" in r and r["charts/wall_time_s"] <= limit]
+    if len(rows) < 2:
+        raise RuntimeError(f"distrl wrote {len(rows)} usable metric rows; see {work}/distrl.stderr")
+    start = next((r for r in rows if r["charts/wall_time_s"] >= args.warmup
+                  and r.get("learner/env_steps_consumed", 0) > 0), rows[-1])
+    end = rows[-1]
+    dt = end["charts/wall_time_s"] - start["charts/wall_time_s"]
+    per_update = cfg.learner.batch_size * cfg.sequence.length * cfg.learner.num_learners
+
+    def rate(key: str, scale: float = 1.0) -> float | None:
+        return (end.get(key, 0.0) - start.get(key, 0.0)) * scale / dt if dt > 0 else None
+
+    curve = [[r["charts/env_steps"], r["charts/episode_return"], r.get("charts/success_rate")]
+             for r in rows if "charts/episode_return" in r]
+    consumed = end.get("learner/env_steps_consumed", 0.0) - start.get("learner/env_steps_consumed", 0.0)
+    return {
+        "bench": "train_rate", "system": "distrl", "env": args.env, "num_envs": args.envs * cfg.actor.num_actors,
+        "env_actors": cfg.actor.num_actors, "learners": cfg.learner.num_learners, "overrides": args.distrl_set,
+        "samples_per_insert": cfg.replay.samples_per_insert, "online_fraction": cfg.learner.online_fraction,
+        "env_steps_per_s": rate("charts/env_steps"),
+        "consumed_steps_per_s": rate("learner/env_steps_consumed"),
+        "trained_steps_per_s": rate("learner/updates", per_update),
+        "updates_per_s": rate("learner/updates"),
+        "duration_s": dt, "window_start_s": start["charts/wall_time_s"], "process_s": process_s,
+        "env_steps": end["charts/env_steps"], "env_steps_consumed": end.get("learner/env_steps_consumed"),
+        "episode_return": end.get("charts/episode_return"), "success_rate": end.get("charts/success_rate"),
+        **cpu_fields(tree, start["time"], end["time"], consumed),
+        "loadavg_1m": [round(load0, 2), round(os.getloadavg()[0], 2)],
+        "curve": curve,
+    }
+
+
+def measure_rllib(args: argparse.Namespace, env: dict[str, str], work: Path) -> dict[str, Any]:
+    work.mkdir(parents=True, exist_ok=True)
+    py = ensure_rllib_venv(args.rllib_venv)
+    cmd = [str(py), str(ROOT / "tools" / "bench" / "rllib_appo.py"), "--env", args.env, "--envs", str(args.envs),
+           "--runners", "1", "--learners", str(args.rllib_learners), "--seconds", str(args.seconds),
+           "--warmup", str(args.warmup), "--seed", str(args.seed)]
+    log(f"rllib: {' '.join(cmd)}")
+    load0 = os.getloadavg()[0]
+    t0 = time.monotonic()
+    rc, tree = run_child(cmd, env, args.warmup + args.seconds + 400, work / "rllib.stdout", work / "rllib.stderr")
+    process_s = time.monotonic() - t0
+    results = [r for r in _read_jsonl(work / "rllib.stdout") if r.get("system") == "rllib_appo"]
+    if rc != 0 or not results:
+        tail = (work / "rllib.stderr").read_text()[-3000:]
+        raise RuntimeError(f"rllib_appo.py exited with {rc} and {len(results)} results:\n{tail}")
+    res = results[-1]
+    res["process_s"] = process_s
+    t0_epoch, t1_epoch = res.pop("window_epoch", (0.0, 0.0))
+    consumed = (res.get("consumed_steps_per_s") or 0.0) * res.get("duration_s", 0.0)
+    res.update(cpu_fields(tree, t0_epoch, t1_epoch, consumed))
+    res["loadavg_1m"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
+    return res
+
+
+def cpu_fields(tree: ProcessTree, t0: float, t1: float, consumed: float) -> dict[str, float | None]:
+    """CPU use of everything a system started (driver, Ray, actors, learner) over its measurement window:
+    cores busy on average, and consumed env steps per CPU second (a rate that background load on a shared
+    machine disturbs much less than steps per wall-clock second)."""
+    cpu = tree.cpu_between(t0, t1)
+    if cpu is None or t1 <= t0:
+        return {"cpu_cores_used": None, "consumed_steps_per_cpu_s": None}
+    return {"cpu_cores_used": cpu / (t1 - t0), "consumed_steps_per_cpu_s": consumed / cpu if cpu > 0 else None}
+
+
+def value_at(curve: list[list[Any]], steps: float) -> tuple[float | None, float | None]:
+    """(return, success) of the last curve point at or before ``steps`` env steps."""
+    best = None
+    for p in curve:
+        if p[0] <= steps:
+            best = p
+    return (best[1], best[2]) if best else (None, None)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Main
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _median(xs: list[float | None]) -> float | None:
+    vals = [x for x in xs if x is not None]
+    return statistics.median(vals) if vals else None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def ratio_line(env_name: str, results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """distrl vs RLlib: medians over rounds of each rate, their ratios, and sample efficiency (the mean return
+    of the last 100 episodes at the env-step count both runs of a round reached; median over rounds)."""
+    ds, rs = results["distrl"], results["rllib_appo"]
+
+    def med(runs: list[dict[str, Any]], key: str) -> float | None:
+        return _median([x.get(key) for x in runs])
+
+    at: dict[str, list[float | None]] = {k: [] for k in ("common", "d_ret", "r_ret", "d_succ", "r_succ")}
+    for d, r in zip(ds, rs):
+        common = min(d["env_steps"], r["env_steps"])
+        d_ret, d_succ = value_at(d["curve"], common)
+        r_ret, r_succ = value_at(r["curve"], common)
+        for k, v in zip(at, (common, d_ret, r_ret, d_succ, r_succ)):
+            at[k].append(v)
+    raw = med(results.get("raw_env", []), "env_steps_per_s")
+    d_c, r_c = med(ds, "consumed_steps_per_s"), med(rs, "consumed_steps_per_s")
+    return {
+        "bench": "train_rate_ratio", "env": env_name, "metric": "consumed_steps_per_s", "rounds": len(ds),
+        "distrl_per_s": d_c, "rllib_per_s": r_c, "ratio": _ratio(d_c, r_c),
+        "env_steps_ratio": _ratio(med(ds, "env_steps_per_s"), med(rs, "env_steps_per_s")),
+        "trained_steps_ratio": _ratio(med(ds, "trained_steps_per_s"), med(rs, "trained_steps_per_s")),
+        "per_cpu_s_ratio": _ratio(med(ds, "consumed_steps_per_cpu_s"), med(rs, "consumed_steps_per_cpu_s")),
+        "raw_env_per_s": raw,
+        "distrl_fraction_of_raw": _ratio(med(ds, "env_steps_per_s"), raw),
+        "rllib_fraction_of_raw": _ratio(med(rs, "env_steps_per_s"), raw),
+        "common_env_steps": _median(at["common"]),
+        "distrl_return_at_common": _median(at["d_ret"]), "rllib_return_at_common": _median(at["r_ret"]),
+        "distrl_success_at_common": _median(at["d_succ"]), "rllib_success_at_common": _median(at["r_succ"]),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seconds", type=float, default=120.0, help="measured seconds per training run")
+    p.add_argument("--warmup", type=float, default=20.0, help="seconds discarded at the start of each training run")
+    p.add_argument("--raw-seconds", type=float, default=20.0, help="seconds of the raw env measurement")
+    p.add_argument("--envs", type=int, default=16, help="envs per env actor / env runner / raw process")
+    p.add_argument("--env", default="MiniHack-Room-5x5-v0")
+    p.add_argument("--config", default=str(ROOT / "configs" / "quickstart.yaml"), help="distrl config")
+    p.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma list from {SYSTEMS}")
+    p.add_argument("--distrl-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra distrl config override, repeatable (e.g. replay.samples_per_insert=2.0)")
+    p.add_argument("--rllib-learners", type=int, default=1,
+                   help="RLlib learner actors (1 = a learner process, like distrl's; 0 = in the driver)")
+    p.add_argument("--rllib-venv", type=Path, default=RLLIB_VENV)
+    p.add_argument("--ray-worker-niceness", type=int, default=0,
+                   help="RAY_worker_niceness for both Ray instances (Ray's own default is 15)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rounds", type=int, default=1, help="repeat the measurements, alternating the order")
+    p.add_argument("--keep", type=Path, default=None, help="keep run dirs and child logs here")
+    p.add_argument("--curves", action="store_true", help="include the learning curves in the JSON lines")
+    p.add_argument("--quick", action="store_true", help="short smoke run: 30 s measured, 15 s warm-up, 5 s raw")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.seconds, args.warmup, args.raw_seconds = 30.0, 15.0, 5.0
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    unknown = set(systems) - set(SYSTEMS)
+    if unknown:
+        p.error(f"unknown systems {sorted(unknown)}; choose from {SYSTEMS}")
+
+    env = dict(os.environ)
+    env["RAY_worker_niceness"] = str(args.ray_worker_niceness)
+    env.pop("RAY_ADDRESS", None)  # each system starts its own local Ray
+    env["PYTHONUNBUFFERED"] = "1"
+
+    info = machine_info()
+    raylets_before = raylet_count()
+    emit({"bench": "train_rate_machine", **info, "raylets_before": raylets_before,
+          "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}})
+
+    work = Path(tempfile.mkdtemp(prefix="train_rate_")) if args.keep is None else args.keep
+    work.mkdir(parents=True, exist_ok=True)
+    results: dict[str, list[dict[str, Any]]] = {}
+    failures: dict[str, str] = {}
+    for rnd in range(args.rounds):
+        # Rounds alternate the systems, so slow drifts in the machine's background load hit each alike.
+        order = systems if rnd % 2 == 0 else [s for s in systems if s == "raw_env"] + [
+            s for s in reversed(systems) if s != "raw_env"]
+        for system in order:
+            log(f"round {rnd + 1}/{args.rounds}: measuring {system} (load average {os.getloadavg()[0]:.2f})")
+            try:
+                if system == "raw_env":
+                    res = measure_raw(args.env, args.envs, args.raw_seconds, args.seed)
+                elif system == "distrl":
+                    res = measure_distrl(args, env, work / f"round{rnd}")
+                else:
+                    res = measure_rllib(args, env, work / f"round{rnd}")
+            except Exception as e:  # report and go on: one broken side must not hide the others
+                failures[system] = str(e)
+                emit({"bench": "train_rate", "system": system, "env": args.env, "round": rnd,
+                      "error": str(e)[-2000:]})
+                continue
+            res["round"] = rnd
+            results.setdefault(system, []).append(res)
+            emit(res if args.curves else {k: v for k, v in res.items() if k != "curve"})
+
+    if results.get("distrl") and results.get("rllib_appo"):
+        emit(ratio_line(args.env, results))
+    raylets_after = raylet_count()
+    if raylets_after > raylets_before:
+        log(f"note: {raylets_after} raylets now vs {raylets_before} before; ours are gone (checked by session "
+            "pid), so the others belong to other processes on this machine")
+    if args.keep is None:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
