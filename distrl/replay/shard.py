@@ -608,15 +608,7 @@ class ReplayShard:
                 inserted=int(counters["limiter_inserted"]),
                 sampled=int(counters["limiter_sampled"]),
             )
-            for k in (
-                "fresh_low",
-                "fresh_pending",
-                "fresh_served",
-                "fresh_dropped",
-                "fresh_evicted",
-                "updates_applied",
-                "updates_ignored",
-            ):
+            for k in _PLAIN_COUNTERS:
                 setattr(self, f"_{k}", int(counters[k]))
             try:
                 self._rng.bit_generator.state = m["rng"]
@@ -643,13 +635,8 @@ class ReplayShard:
 
 
 _EMPTY_I64 = np.zeros(0, dtype=np.int64)
-_COUNTERS = (
-    "inserted",
-    "size",
-    "sampled",
-    "max_priority",
-    "limiter_inserted",
-    "limiter_sampled",
+# Counters restored as plain ints into ``self._<name>``; _COUNTERS is everything a checkpoint stores.
+_PLAIN_COUNTERS = (
     "fresh_low",
     "fresh_pending",
     "fresh_served",
@@ -658,6 +645,7 @@ _COUNTERS = (
     "updates_applied",
     "updates_ignored",
 )
+_COUNTERS = ("inserted", "size", "sampled", "max_priority", "limiter_inserted", "limiter_sampled", *_PLAIN_COUNTERS)
 
 
 def _as_f64(name: str, x: Any, n: int) -> np.ndarray:
