@@ -33,6 +33,7 @@ from distrl.config import ConfigError, ExperimentConfig, to_plain
 from distrl.envs.base import EnvSpec
 from distrl.losses.pg import (
     baseline_loss,
+    entropy,
     entropy_loss,
     kl_categorical,
     policy_gradient_loss,
@@ -40,7 +41,7 @@ from distrl.losses.pg import (
 )
 from distrl.losses.vtrace import vtrace_targets
 from distrl.models.agent import Agent, build_agent
-from distrl.types import ReplaySample, Trajectory
+from distrl.types import ReplaySample
 
 CHECKPOINT_SCHEMA = 1
 
@@ -187,7 +188,7 @@ class Learner:
             "learner/loss": float(loss.detach()),
             "learner/policy_loss": float(pg.detach()),
             "learner/baseline_loss": float(bl.detach()),
-            "learner/entropy": float((_entropy(logits.detach()) * mask).sum() / n_valid),
+            "learner/entropy": float((entropy(logits.detach()) * mask).sum() / n_valid),
             "learner/grad_norm": float(grad_norm),
             "learner/value_mean": float((values.detach() * mask).sum() / n_valid),
             "learner/vs_mean": float((vt.vs * mask).sum() / n_valid),
@@ -301,13 +302,3 @@ def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(state, dict) or "model" not in state:
         raise ValueError(f"{path}: not a distrl checkpoint (no 'model' entry)")
     return state
-
-
-def _entropy(logits: Tensor) -> Tensor:
-    logp = torch.log_softmax(logits, dim=-1)
-    return -(logp.exp() * logp).sum(-1)
-
-
-def trajectory_env_steps(traj: Trajectory, burn_in: int) -> int:
-    """Env steps a sequence represents for the learner (post-burn-in valid steps)."""
-    return int(traj.valid[burn_in:].sum())

@@ -30,6 +30,11 @@ class RunPaths:
         return self.run_dir / "replay" / f"shard_{shard_id}"
 
 
+def next_checkpoint(version: int, every: int) -> int:
+    """The next learner version at which to checkpoint (a multiple of ``every``); 0 = never (every <= 0)."""
+    return 0 if every <= 0 else (version // every + 1) * every
+
+
 def n_fresh(cfg: ExperimentConfig) -> int:
     return round(cfg.learner.online_fraction * cfg.learner.batch_size)
 

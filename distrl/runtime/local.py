@@ -24,7 +24,7 @@ from distrl.envs.registry import env_spec
 from distrl.replay.client import LocalShardClient
 from distrl.replay.sampler import ReplaySampler
 from distrl.replay.shard import ReplayShard
-from distrl.runtime.common import RunMonitor, RunPaths, n_fresh
+from distrl.runtime.common import RunMonitor, RunPaths, n_fresh, next_checkpoint
 from distrl.runtime.learner_worker import LearnerWorker
 from distrl.runtime.weights import WeightStore
 
@@ -59,7 +59,7 @@ class LocalRuntime:
         worker.publish_weights()
         actors = [EnvActor(cfg, i) for i in range(cfg.actor.num_actors)]
         monitor = RunMonitor(cfg, self.paths.run_dir, env_steps_base)
-        next_ckpt = _next_multiple(worker.version, cfg.learner.checkpoint_every)
+        next_ckpt = next_checkpoint(worker.version, cfg.learner.checkpoint_every)
         exit_code = 1
 
         def env_steps() -> int:
@@ -96,7 +96,7 @@ class LocalRuntime:
                             break
                 if next_ckpt and worker.version >= next_ckpt:
                     self._checkpoint(worker, shards, env_steps(), replay=False)
-                    next_ckpt = _next_multiple(worker.version, cfg.learner.checkpoint_every)
+                    next_ckpt = next_checkpoint(worker.version, cfg.learner.checkpoint_every)
                 monitor.maybe_log(
                     env_steps(), [s.stats() for s in shards], [a.counters() for a in actors]
                 )
@@ -134,6 +134,3 @@ class LocalRuntime:
             for s in shards:
                 s.save(self.paths.shard_dir(s.shard_id))
 
-
-def _next_multiple(version: int, every: int) -> int:
-    return 0 if every <= 0 else (version // every + 1) * every

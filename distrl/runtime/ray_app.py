@@ -38,7 +38,7 @@ from distrl.envs.base import EnvSpec
 from distrl.envs.registry import env_spec
 from distrl.learners.learner import load_checkpoint_file, save_checkpoint_file
 from distrl.replay.sampler import ReplaySampler
-from distrl.runtime.common import RunMonitor, RunPaths, n_fresh
+from distrl.runtime.common import RunMonitor, RunPaths, n_fresh, next_checkpoint
 from distrl.runtime.learner_worker import LearnerWorker
 from distrl.runtime.ray_env_actor import EnvActorHandle, restart_env_actor, start_env_actors
 from distrl.runtime.ray_replay import make_ray_shards, ray_shard_clients
@@ -213,7 +213,7 @@ class RayRuntime:
         latest_stats: dict[int, dict[str, Any]] = {}
         monitor = RunMonitor(cfg, paths.run_dir, env_steps_base)
         every = cfg.learner.checkpoint_every
-        next_ckpt = 0 if every <= 0 else (version // every + 1) * every
+        next_ckpt = next_checkpoint(version, every)
         round_refs = [lr.train.remote(64, 0.5) for lr in learners]
         exit_code = 1
 
@@ -229,7 +229,7 @@ class RayRuntime:
                     version = self._collect_round(round_refs, monitor)
                     if next_ckpt and version >= next_ckpt:
                         self._save_learner(env_steps())
-                        next_ckpt = (version // every + 1) * every
+                        next_ckpt = next_checkpoint(version, every)
                     round_refs = [lr.train.remote(64, 0.5) for lr in learners]
                 now = time.monotonic()
                 if now - last_poll >= min(1.0, cfg.logging.log_every_s):
