@@ -80,8 +80,11 @@ class EnvConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class ModelConfig:
-    encoder: Literal["auto", "nethack", "nature_cnn", "impala_cnn", "rgbd", "mlp"] = "auto"
-    """Observation encoder; 'auto' picks from the env family."""
+    encoder: Literal[
+        "auto", "nethack", "nethack_small", "nature_cnn", "small_cnn", "impala_cnn", "rgbd", "mlp"
+    ] = "auto"
+    """Observation encoder; 'auto' picks from the env family (nethack, nature_cnn, rgbd or mlp).
+    'nethack_small' (crop + blstats) and 'small_cnn' (DQN 2013) are cheap encoders for CPU-bound runs."""
     core: Literal["lstm", "identity", "hcam"] = "lstm"
     hidden_size: int = 256
     """Width of the encoder output and of the core."""

@@ -77,7 +77,8 @@ class RandomPolicy:
 
     def __init__(self, num_actions: int, seed: int = 0) -> None:
         self.num_actions = num_actions
-        self._gen = torch.Generator().manual_seed(seed)
+        self._rng = np.random.default_rng(seed)
+        self._zeros: dict[int, tuple[Tensor, Tensor]] = {}
 
     def initial_state(self, batch: int, device: Any = "cpu") -> CoreState:
         return {}
@@ -87,10 +88,13 @@ class RandomPolicy:
 
     def act(self, obs: Mapping[str, Tensor], state: CoreState, greedy: bool = False) -> ActOut:
         b = int(next(iter(obs.values())).shape[0])
+        if b not in self._zeros:  # read-only outputs, shared between calls
+            self._zeros[b] = (torch.zeros(b, self.num_actions), torch.zeros(b))
+        logits, value = self._zeros[b]
         return ActOut(
-            action=torch.randint(self.num_actions, (b,), generator=self._gen),
-            logits=torch.zeros(b, self.num_actions),
-            value=torch.zeros(b),
+            action=torch.from_numpy(self._rng.integers(0, self.num_actions, b)),
+            logits=logits,
+            value=value,
             state=state,
         )
 

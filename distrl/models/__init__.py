@@ -1,6 +1,6 @@
 """Agent models: encoder → core → heads (see :mod:`distrl.models.agent`)."""
 
-from distrl.models.agent import Agent, AgentOut, build_agent
+from distrl.models.agent import Agent, AgentOut, build_agent, sample_categorical
 from distrl.models.cores import CORES, Core, IdentityCore, LSTMCore, build_core
 from distrl.models.encoders import (
     ENCODERS,
@@ -8,7 +8,9 @@ from distrl.models.encoders import (
     MLPEncoder,
     NatureCNN,
     NetHackEncoder,
+    NetHackSmallEncoder,
     RGBDEncoder,
+    SmallCNN,
     build_encoder,
 )
 from distrl.models.heads import PolicyValueHeads
@@ -25,9 +27,12 @@ __all__ = [
     "MLPEncoder",
     "NatureCNN",
     "NetHackEncoder",
+    "NetHackSmallEncoder",
     "PolicyValueHeads",
     "RGBDEncoder",
+    "SmallCNN",
     "build_agent",
     "build_core",
     "build_encoder",
+    "sample_categorical",
 ]

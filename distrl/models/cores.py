@@ -49,6 +49,11 @@ class Core(Protocol):
         Returns (y [T, B, out_dim], state after step T-1)."""
         ...
 
+    def step(self, x: Tensor, state: CoreState) -> tuple[Tensor, CoreState]:
+        """The acting path: one step, no resets: x [B, F] → (y [B, out_dim], new state). Equal to
+        ``core(x[None], zeros, state)`` with the time dim dropped, with less per-call work."""
+        ...
+
 
 def _check_state(state: CoreState, expected: CoreState, core: str) -> None:
     if set(state) != set(expected):
@@ -60,9 +65,15 @@ def _check_state(state: CoreState, expected: CoreState, core: str) -> None:
 
 
 class CoreBase(nn.Module):
-    """Shared reset logic: rows under ``mask`` take the values of :meth:`initial_state`."""
+    """Shared reset logic: rows under ``mask`` take the values of :meth:`initial_state`; a generic
+    :meth:`step` through ``forward`` (cores override it with a cheaper one)."""
 
     out_dim: int
+
+    def step(self, x: Tensor, state: CoreState) -> tuple[Tensor, CoreState]:
+        reset = torch.zeros(1, x.shape[0], dtype=torch.bool, device=x.device)
+        y, new_state = self(x.unsqueeze(0), reset, state)
+        return y[0], new_state
 
     def initial_state(self, batch: int, device: torch.device | str = "cpu") -> CoreState:  # pragma: no cover
         raise NotImplementedError
@@ -140,11 +151,12 @@ class LSTMCore(CoreBase):
         _check_state(state, self.initial_state(0), "LSTMCore")
         t_len = x.shape[0]
         reset = reset.to(device=x.device, dtype=torch.bool)
+        if t_len == 1:  # acting: no segment search (a host sync); one fused oneDNN call on one step costs ~2x more
+            return self._step_loop(x, reset, state)
         # Segment starts: 0 and every later t where some row resets. One host sync, needed to pick the split.
         inner = torch.nonzero(reset[1:].any(dim=1)).flatten().tolist()
         bounds = [0, *(int(t) + 1 for t in inner), t_len]
-        # T = 1 (the acting path) also takes the step loop: a fused oneDNN call on one step costs ~2x more.
-        if t_len == 1 or len(bounds) - 1 > self.MAX_SEGMENTS:
+        if len(bounds) - 1 > self.MAX_SEGMENTS:
             return self._step_loop(x, reset, state)
         h, c = state["h"], state["c"]
         ys = []
@@ -158,6 +170,27 @@ class LSTMCore(CoreBase):
             ys.append(y)
         y = ys[0] if len(ys) == 1 else torch.cat(ys, dim=0)
         return y, {"h": h, "c": c}
+
+    def step(self, x: Tensor, state: CoreState) -> tuple[Tensor, CoreState]:
+        """One step, no resets, one fused ``lstm_cell`` per layer (the acting path)."""
+        h0, c0 = state["h"], state["c"]
+        if h0.dim() != 3 or h0.shape[1:] != (self.num_layers, self.hidden_size) or c0.shape != h0.shape:
+            _check_state(state, self.initial_state(0), "LSTMCore")
+            raise ValueError(f"LSTMCore.step: state h {tuple(h0.shape)} and c {tuple(c0.shape)} differ")
+        inp = x
+        hs, cs = [], []
+        for layer in range(self.num_layers):
+            h, c = torch.lstm_cell(
+                inp, (h0[:, layer], c0[:, layer]),
+                getattr(self.lstm, f"weight_ih_l{layer}"), getattr(self.lstm, f"weight_hh_l{layer}"),
+                getattr(self.lstm, f"bias_ih_l{layer}"), getattr(self.lstm, f"bias_hh_l{layer}"),
+            )
+            hs.append(h)
+            cs.append(c)
+            inp = h
+        if self.num_layers == 1:
+            return inp, {"h": hs[0].unsqueeze(1), "c": cs[0].unsqueeze(1)}
+        return inp, {"h": torch.stack(hs, dim=1), "c": torch.stack(cs, dim=1)}
 
     def _step_loop(self, x: Tensor, reset: Tensor, state: CoreState) -> tuple[Tensor, CoreState]:
         """The same LSTM written out per step (PyTorch gate order i, f, g, o), layer by layer."""
@@ -203,6 +236,9 @@ class IdentityCore(CoreBase):
         if x.dim() != 3 or reset.shape != x.shape[:2]:
             raise ValueError(f"IdentityCore: x must be [T, B, F] and reset [T, B]; got {tuple(x.shape)} and "
                              f"{tuple(reset.shape)}")
+        return x, {}
+
+    def step(self, x: Tensor, state: CoreState) -> tuple[Tensor, CoreState]:
         return x, {}
 
 

@@ -249,10 +249,27 @@ class NetHackEncoder(Encoder):
         self.fc = nn.Linear(parts, self.out_dim)
         _orthogonal_init(self)
 
+    def _map_table(self) -> Tensor:
+        """The [G, 8] projected glyph table. With autograd off (acting, evaluation) it is computed once per
+        weight update and cached: keyed by the parameters' identities and in-place versions, so
+        ``load_state_dict`` and optimizer steps (both bump ``_version``) invalidate it. At acting batch sizes
+        the projection costs as much as the whole map CNN."""
+        e, p = self.glyph_embed.weight, self.map_proj.weight
+        if torch.is_grad_enabled() and (e.requires_grad or p.requires_grad):
+            self._table_cache = None
+            return self.map_proj(e)
+        key = (e.data_ptr(), e._version, p.data_ptr(), p._version, e.device, e.dtype)
+        cache = getattr(self, "_table_cache", None)
+        if cache is None or cache[0] != key:
+            with torch.no_grad():
+                cache = (key, self.map_proj(e))
+            self._table_cache = cache
+        return cache[1]
+
     def encode(self, flat: dict[str, Tensor]) -> Tensor:
         feats = []
         if "glyphs" in flat:
-            table = self.map_proj(self.glyph_embed.weight)  # [G, 8]
+            table = self._map_table()  # [G, 8]
             # [N, 8, h, w] with NHWC strides
             x = embedding_lookup(flat["glyphs"].long(), table).permute(0, 3, 1, 2)
             feats.append(F.relu(self.map_fc(self.map_cnn(x))))
@@ -264,6 +281,56 @@ class NetHackEncoder(Encoder):
         if "message" in flat:
             m = embedding_lookup(flat["message"].long(), self.msg_embed.weight).flatten(1)  # [N, L * 8]
             feats.append(F.relu(self.msg_fc(m)))
+        return F.relu(self.fc(torch.cat(feats, dim=1)))
+
+
+class NetHackSmallEncoder(Encoder):
+    """A cheap MiniHack encoder for CPU-bound runs: an MLP over the egocentric glyph crop and the bottom-line
+    stats.
+
+    * glyphs_crop [c, c] → embedding [E] → flatten → Linear → 128
+    * blstats → symlog → Linear → 64
+    * concat → Linear → ReLU → hidden_size
+
+    The full 21×79 map and the message (if the env provides them) are ignored: on tasks whose relevant
+    surroundings fit in the crop (Room, MultiRoom's rooms and corridors as they are walked) this is enough, at
+    a fraction of :class:`NetHackEncoder`'s cost per sample (``tools/bench/actors.py`` reports both). Set
+    ``env.observation_keys=[glyphs_crop, blstats]`` with it so the unused keys are not produced or stored.
+
+    Usage::
+
+        enc = NetHackSmallEncoder(ModelConfig(encoder="nethack_small"), spec)
+        feat = enc({"glyphs_crop": c, "blstats": s})   # [T, B, hidden_size]
+    """
+
+    KEYS = ("glyphs_crop", "blstats")
+
+    def __init__(self, cfg: ModelConfig, spec: EnvSpecLike) -> None:
+        keys = [k for k in self.KEYS if k in spec.obs]
+        if "glyphs_crop" not in keys:
+            raise ValueError(
+                f"NetHackSmallEncoder needs 'glyphs_crop'; env {spec.name!r} has {sorted(spec.obs)} "
+                "(add glyphs_crop to env.observation_keys)"
+            )
+        super().__init__(spec, keys)
+        e = cfg.glyph_embedding_dim
+        h, w = self.specs["glyphs_crop"].shape
+        self.glyph_embed = nn.Embedding(num_glyphs(), e)
+        self.crop_fc = nn.Linear(h * w * e, 128)
+        parts = 128
+        if "blstats" in keys:
+            (n,) = self.specs["blstats"].shape
+            self.blstats_fc = nn.Linear(n, 64)
+            parts += 64
+        self.out_dim = cfg.hidden_size
+        self.fc = nn.Linear(parts, self.out_dim)
+        _orthogonal_init(self)
+
+    def encode(self, flat: dict[str, Tensor]) -> Tensor:
+        x = embedding_lookup(flat["glyphs_crop"].long(), self.glyph_embed.weight).flatten(1)  # [N, c*c*E]
+        feats = [F.relu(self.crop_fc(x))]
+        if "blstats" in flat:
+            feats.append(F.relu(self.blstats_fc(symlog(flat["blstats"].float()))))
         return F.relu(self.fc(torch.cat(feats, dim=1)))
 
 
@@ -317,6 +384,38 @@ class NatureCNN(Encoder):
         return F.relu(self.fc(self.cnn(x)))
 
 
+class SmallCNN(Encoder):
+    """The DQN network of Mnih et al. 2013: conv 16×8 s4, conv 32×4 s2, then Linear → hidden_size.
+
+    About a third of :class:`NatureCNN`'s multiply-adds per frame; for CPU-bound acting and quick runs. Reads
+    the same input as NatureCNN (``frames`` or the spec's single image key).
+
+    Usage::
+
+        enc = SmallCNN(ModelConfig(encoder="small_cnn"), atari_spec)
+        feat = enc({"frames": frames})     # [T, B, 4, 84, 84] uint8 -> [T, B, hidden_size]
+    """
+
+    def __init__(self, cfg: ModelConfig, spec: EnvSpecLike) -> None:
+        key = _pick_image_key(spec, ("frames",))
+        super().__init__(spec, [key])
+        self.key = key
+        self.channels_last, chw = _image_chw(spec.obs[key].shape, key)
+        self.cnn = nn.Sequential(
+            nn.Conv2d(chw[0], 16, 8, stride=4), nn.ReLU(),
+            nn.Conv2d(16, 32, 4, stride=2), nn.ReLU(),
+            nn.Flatten(),
+        )
+        self.out_dim = cfg.hidden_size
+        self.fc = nn.Linear(_conv_out(self.cnn, chw), self.out_dim)
+        _orthogonal_init(self)
+        self.chw = chw
+
+    def encode(self, flat: dict[str, Tensor]) -> Tensor:
+        x = _image_input(flat[self.key], self.channels_last, self.chw)
+        return F.relu(self.fc(self.cnn(x)))
+
+
 def _image_input(x: Tensor, channels_last: bool, chw: tuple[int, int, int]) -> Tensor:
     """[N, *spec.shape] raw → [N, C, H, W] float in [0, 1] for integer pixels."""
     if channels_last:
@@ -324,7 +423,9 @@ def _image_input(x: Tensor, channels_last: bool, chw: tuple[int, int, int]) -> T
     x = x.reshape(x.shape[0], *chw)
     if x.dtype.is_floating_point:
         return x.float()
-    return x.float() * (1.0 / 255.0)
+    # In place on the fresh float copy: ``x.float() * s`` allocates a second frame-sized buffer, and on CPU
+    # glibc hands buffers of that size back to the OS on free, so every call page-faults them in again.
+    return x.float().mul_(1.0 / 255.0)
 
 
 class _ResidualBlock(nn.Module):
@@ -476,7 +577,9 @@ class MLPEncoder(Encoder):
 
 ENCODERS: dict[str, Callable[[ModelConfig, EnvSpecLike], Encoder]] = {
     "nethack": NetHackEncoder,
+    "nethack_small": NetHackSmallEncoder,
     "nature_cnn": NatureCNN,
+    "small_cnn": SmallCNN,
     "impala_cnn": ImpalaCNN,
     "rgbd": RGBDEncoder,
     "mlp": MLPEncoder,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from distrl.config import ModelConfig
 from distrl.envs.base import ArraySpec, EnvSpec
@@ -17,9 +18,12 @@ from distrl.models import (
     MLPEncoder,
     NatureCNN,
     NetHackEncoder,
+    NetHackSmallEncoder,
     RGBDEncoder,
+    SmallCNN,
     build_agent,
     build_encoder,
+    sample_categorical,
 )
 from distrl.models.encoders import embedding_lookup, num_glyphs
 from distrl.types import ActOut
@@ -97,6 +101,9 @@ def random_obs(
         ("miniworld", "auto", RGBDEncoder),
         ("fake", "auto", MLPEncoder),
         ("minihack", "mlp", MLPEncoder),
+        ("minihack", "nethack_small", NetHackSmallEncoder),
+        ("minihack_crop_only", "nethack_small", NetHackSmallEncoder),
+        ("atari", "small_cnn", SmallCNN),
     ],
 )
 def test_encoder_shapes_and_leading_dims(name, encoder, cls):
@@ -371,6 +378,75 @@ def test_sampling_follows_the_policy():
     obs = random_obs(SPECS["fake"], (4000,))
     a = agent.act(obs, agent.initial_state(4000)).action
     assert abs(a.float().mean().item() - 0.75) < 0.03
+
+
+def test_sample_categorical_matches_softmax_chi_square():
+    """Gumbel-max sampling: the empirical action frequencies per row fit softmax(logits) (chi-square), and a
+    wrong distribution (uniform) is rejected by the same test, so it can fail."""
+    torch.manual_seed(0)
+    logits = torch.tensor([[0.0, 1.0, -1.0, 2.0, 0.5], [3.0, -2.0, 0.0, 0.0, 1.0]])
+    n = 20_000
+    samples = sample_categorical(logits.repeat(n, 1)).view(n, 2)
+    p = torch.softmax(logits, dim=-1).numpy()
+    for row in range(2):
+        counts = np.bincount(samples[:, row].numpy(), minlength=5)
+        chi2 = float((((counts - n * p[row]) ** 2) / (n * p[row])).sum())
+        assert chi2 < 18.5, f"row {row}: chi2 {chi2:.1f} (4 dof, p=0.001 bound 18.5)"  # fits softmax
+        uni = np.full(5, 0.2)
+        chi2_uniform = float((((counts - n * uni) ** 2) / (n * uni)).sum())
+        assert chi2_uniform > 100.0
+    # -inf logits (masked actions) are never drawn; dtype and shape.
+    masked = torch.tensor([[0.0, float("-inf"), 0.0]]).repeat(5000, 1)
+    a = sample_categorical(masked)
+    assert a.dtype == torch.int64 and a.shape == (5000,) and not (a == 1).any()
+
+
+def test_nethack_map_table_cache_follows_weight_updates():
+    """Acting caches the projected glyph table; loading new weights or an optimizer step must invalidate it."""
+    spec = SPECS["minihack"]
+    agent = build_agent(SMALL, spec)
+    obs = random_obs(spec, (4,), torch.Generator().manual_seed(1))
+    state = agent.initial_state(4)
+    with torch.no_grad():
+        before = agent.unroll({k: v[None] for k, v in obs.items()}, torch.zeros(1, 4, dtype=torch.bool), state)
+        again = agent.unroll({k: v[None] for k, v in obs.items()}, torch.zeros(1, 4, dtype=torch.bool), state)
+    torch.testing.assert_close(before.logits, again.logits)
+    # In-place updates of both tables (as optimizer steps do), with no forward in between that has grad on.
+    with torch.no_grad():
+        agent.encoder.glyph_embed.weight.mul_(-2.0)
+        agent.encoder.map_proj.weight.add_(0.5)
+        stepped = agent.unroll({k: v[None] for k, v in obs.items()}, torch.zeros(1, 4, dtype=torch.bool), state)
+    fresh = build_agent(SMALL, spec)
+    fresh.load_state_dict(agent.state_dict())
+    with torch.no_grad():
+        reference = fresh.unroll({k: v[None] for k, v in obs.items()}, torch.zeros(1, 4, dtype=torch.bool), state)
+    torch.testing.assert_close(stepped.logits, reference.logits)
+    assert not torch.allclose(stepped.logits, before.logits)
+    # load_state_dict into the acting copy (what an env actor does with new weights).
+    agent.load_state_dict(build_agent(SMALL, spec).state_dict())
+    with torch.no_grad():
+        loaded = agent.unroll({k: v[None] for k, v in obs.items()}, torch.zeros(1, 4, dtype=torch.bool), state)
+    assert not torch.allclose(loaded.logits, stepped.logits)
+
+
+def test_small_encoders_scale_pixels_and_ignore_unused_keys():
+    atari = SPECS["atari"]
+    enc = SmallCNN(ModelConfig(hidden_size=16, encoder="small_cnn"), atari)
+    frames = random_obs(atari, (2,))["frames"]
+    ref = F.relu(enc.fc(enc.cnn(frames.float() / 255.0)))
+    torch.testing.assert_close(enc({"frames": frames}), ref)
+    mh = SPECS["minihack"]
+    small = NetHackSmallEncoder(ModelConfig(hidden_size=16, glyph_embedding_dim=4), mh)
+    assert small.keys == ("glyphs_crop", "blstats")
+    obs = random_obs(mh, (3,))
+    y0 = small(obs)
+    obs2 = dict(obs, glyphs=torch.zeros_like(obs["glyphs"]), message=torch.zeros_like(obs["message"]))
+    torch.testing.assert_close(small(obs2), y0)
+    crop = dict(obs2, glyphs_crop=torch.flip(obs["glyphs_crop"], dims=[-1]))
+    assert not torch.allclose(small(crop), y0)
+    no_crop = EnvSpec("MiniHack-x", {"blstats": mh.obs["blstats"]}, 8, "minihack")
+    with pytest.raises(ValueError, match="glyphs_crop"):
+        NetHackSmallEncoder(ModelConfig(), no_crop)
 
 
 @pytest.mark.parametrize("name", ["minihack", "atari", "habitat", "fake"])

@@ -50,6 +50,21 @@ from typing import Any
 from distrl.envs.registry import family_of
 
 ENVS = ("MiniHack-Room-5x5-v0", "MiniHack-MultiRoom-N4-v0", "ALE/Pong-v5")
+POLICIES = ("random", "neural_small", "neural")
+
+# ``neural_small``: the small model of each family (configs/minihack_small.yaml, configs/pong_small.yaml).
+SMALL_MODELS: dict[str, dict[str, Any]] = {
+    "minihack": {"encoder": "nethack_small", "hidden_size": 128, "glyph_embedding_dim": 16},
+    "atari": {"encoder": "small_cnn", "hidden_size": 128},
+}
+
+
+def policy_model(policy: str, env: str) -> dict[str, Any]:
+    """ModelConfig fields of a bench policy: the default model for ``neural``, the small one for
+    ``neural_small``, nothing for ``random``."""
+    if policy == "neural_small":
+        return dict(SMALL_MODELS[family_of(env)[1]])
+    return {}
 
 
 @dataclass(frozen=True)
@@ -203,8 +218,8 @@ class Pool:
             p.join(30)
 
 
-def act_cost_us(env: str, batch: int, reps: int = 20) -> float:
-    """CPU microseconds per sample of one no-grad ``act`` of the default agent at batch size ``batch``."""
+def act_cost_us(env: str, batch: int, model: dict[str, Any], reps: int = 20) -> float:
+    """CPU microseconds per sample of one no-grad ``act`` of ``ModelConfig(**model)`` at batch size ``batch``."""
     import numpy as np
     import torch
 
@@ -213,7 +228,7 @@ def act_cost_us(env: str, batch: int, reps: int = 20) -> float:
     from distrl.models.agent import build_agent
 
     spec = env_spec(EnvConfig(name=env))
-    agent = build_agent(ModelConfig(), spec).eval()
+    agent = build_agent(ModelConfig(**model), spec).eval()
     rng = np.random.default_rng(0)
     obs = {k: torch.from_numpy(rng.integers(0, 100, (batch, *a.shape)).astype(a.dtype)) for k, a in spec.obs.items()}
     state = agent.initial_state(batch)
@@ -298,11 +313,12 @@ def bench_env(env: str, args: argparse.Namespace) -> None:
     pools: dict[str, Pool] = {"raw": Pool(PoolSpec("raw", env, b, procs), seed=100)}
     for mode in args.modes:
         for policy in args.policies:
+            model = policy_model(policy, env)
             if mode == "inline":
-                spec = PoolSpec("actor", env, b, procs, "inline", 1, policy)
+                spec = PoolSpec("actor", env, b, procs, "inline", 1, policy, model)
             else:
                 pre = False if mode == "subprocess_noprereset" else None
-                spec = PoolSpec("actor", env, b * procs, 1, "subprocess", procs, policy, prereset=pre)
+                spec = PoolSpec("actor", env, b * procs, 1, "subprocess", procs, policy, model, prereset=pre)
             pools[f"{mode}/{policy}"] = Pool(spec, seed=200)
     t0 = time.perf_counter()
     for p in pools.values():
@@ -337,7 +353,7 @@ def bench_env(env: str, args: argparse.Namespace) -> None:
         p.close()
     med = statistics.median
     raw, raw_cpu = med(raw_w), med(raw_c)
-    act_us = act_cost_us(env, b) if "neural" in args.policies else None
+    act_us = {p: act_cost_us(env, b, policy_model(p, env)) for p in args.policies if p != "random"}
     for k in names:
         mode, policy = k.split("/")
         row: dict[str, Any] = {
@@ -359,10 +375,11 @@ def bench_env(env: str, args: argparse.Namespace) -> None:
             "build_s": round(build_s, 1),
             "loadavg_1m": [round(load0, 2), round(load1, 2)],
         }
-        if policy == "neural" and act_us is not None:
+        if policy in act_us:
             # The CPU-bound ceiling: env CPU per step / (env CPU + inference CPU per step).
-            row["act_us_per_sample"] = round(act_us, 1)
-            row["cpu_bound_ratio"] = round(1.0 / (1.0 + act_us * 1e-6 * raw_cpu), 3)
+            row["model"] = policy_model(policy, env)
+            row["act_us_per_sample"] = round(act_us[policy], 1)
+            row["cpu_bound_ratio"] = round(1.0 / (1.0 + act_us[policy] * 1e-6 * raw_cpu), 3)
         print(json.dumps(row), flush=True)
 
 
@@ -373,7 +390,7 @@ def main(argv: list[str] | None = None) -> None:
         "--modes", nargs="+", default=["inline", "subprocess"],
         choices=["inline", "subprocess", "subprocess_noprereset"],
     )
-    ap.add_argument("--policies", nargs="+", default=["random", "neural"], choices=["random", "neural"])
+    ap.add_argument("--policies", nargs="+", default=list(POLICIES), choices=list(POLICIES))
     ap.add_argument("--procs", type=int, default=os.cpu_count() or 2, help="env-stepping processes")
     ap.add_argument("--num-envs", type=int, default=16, help="envs per env-stepping process")
     ap.add_argument("--seconds", type=float, default=1.0, help="measurement window per pool per round")
