@@ -73,6 +73,34 @@ def test_crop_is_centred_on_the_agent():
     np.testing.assert_array_equal(obs["chars_crop"], obs["chars"][r - 2 : r + 3, c - 2 : c + 3])
 
 
+@pytest.mark.parametrize("name,crop", [(ROOM, 9), ("MiniHack-MultiRoom-N4-v0", 5), ("MiniHack-Corridor-R3-v0", 9)])
+def test_own_crops_equal_minihacks_crop(name, crop):
+    """The adapter cuts glyphs/chars/colors/specials crops itself; MiniHack's own ``_crop_observation`` on the
+    same map and position is the oracle (random rollouts over several episodes, agents near map edges
+    included in the corridor task)."""
+    keys = ("glyphs", "chars", "colors", "specials", "blstats",
+            "glyphs_crop", "chars_crop", "colors_crop", "specials_crop")
+    env = mh.make(EnvConfig(name=name, observation_keys=keys, crop_size=crop), seed=3)
+    lib = env.env
+    assert "glyphs_crop" not in lib._observation_keys  # MiniHack is not asked for the crops
+    rng = np.random.default_rng(0)
+    obs, _ = env.reset()
+    edges = 0
+    for _ in range(300):
+        x, y = int(obs["blstats"][0]), int(obs["blstats"][1])
+        edges += x < crop // 2 or y < crop // 2 or x > 78 - crop // 2 or y > 20 - crop // 2
+        for layer in ("glyphs", "chars", "colors", "specials"):
+            expected = lib._crop_observation(obs[layer], np.array([x, y]))
+            np.testing.assert_array_equal(obs[f"{layer}_crop"], expected, err_msg=layer)
+            assert obs[f"{layer}_crop"].dtype == obs[layer].dtype
+        obs, _, term, trunc, _ = env.step(int(rng.integers(env.action_space.n)))
+        if term or trunc:
+            obs, _ = env.reset()
+    env.close()
+    if name == "MiniHack-Corridor-R3-v0":
+        assert edges > 0, "no step near a map edge: the padding went untested"
+
+
 def test_observations_are_copies_not_views_of_nle_buffers():
     env = mh.make(EnvConfig(name=ROOM, observation_keys=("chars",)), seed=0)
     first, _ = env.reset()
