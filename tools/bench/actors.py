@@ -23,9 +23,12 @@ Pools (``P`` = ``--procs``, default = CPU count; ``B`` = ``--num-envs`` envs per
 
 Each EnvActor runs its full loop: batched policy call, VecEnv step (per-slot timing, fault checks, autoreset,
 episode stats), truncation values, per-slot state reset and the SequenceWriter emitting a Trajectory every
-``period`` steps (dropped afterwards: replay transport is measured elsewhere). Policies: ``random``
-(:class:`~distrl.actors.env_actor.RandomPolicy`) and ``neural`` (``build_agent(ModelConfig(), spec)``, the
-default model, torch with 1 thread per process).
+``period`` steps (dropped afterwards: replay transport is measured elsewhere). Policies (torch with 1 thread per
+process): ``random`` (:class:`~distrl.actors.env_actor.RandomPolicy`), ``neural_small`` (the small model of the
+env family, :data:`SMALL_MODELS`: ``nethack_small`` + LSTM 128 for MiniHack, ``small_cnn`` + LSTM 128 for Atari)
+and ``neural`` (``build_agent(ModelConfig(), spec)``, the default model). ``act_us_per_sample`` is one no-grad
+``act`` of that model at batch B measured in the driver process afterwards, and ``cpu_bound_ratio`` the ceiling
+it implies when every core is busy: env CPU / (env CPU + inference CPU) per step.
 
 Usage::
 
