@@ -173,9 +173,9 @@ class LSTMCore(CoreBase):
 
     def step(self, x: Tensor, state: CoreState) -> tuple[Tensor, CoreState]:
         """One step, no resets, one fused ``lstm_cell`` per layer (the acting path)."""
-        h0, c0 = state["h"], state["c"]
-        if h0.dim() != 3 or h0.shape[1:] != (self.num_layers, self.hidden_size) or c0.shape != h0.shape:
-            _check_state(state, self.initial_state(0), "LSTMCore")
+        h0, c0 = state.get("h"), state.get("c")
+        if h0 is None or c0 is None or h0.shape[1:] != (self.num_layers, self.hidden_size) or c0.shape != h0.shape:
+            _check_state(state, self.initial_state(0), "LSTMCore")  # raises, naming the key or the shape
             raise ValueError(f"LSTMCore.step: state h {tuple(h0.shape)} and c {tuple(c0.shape)} differ")
         inp = x
         hs, cs = [], []

@@ -368,23 +368,27 @@ class NatureCNN(Encoder):
         super().__init__(spec, [key])
         self.key = key
         self.channels_last, chw = _image_chw(spec.obs[key].shape, key)
-        self.cnn = nn.Sequential(
-            nn.Conv2d(chw[0], 32, 8, stride=4), nn.ReLU(),
-            nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
-            nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(),
-            nn.Flatten(),
-        )
+        self.cnn = self.conv_stack(chw[0])
         self.out_dim = cfg.hidden_size
         self.fc = nn.Linear(_conv_out(self.cnn, chw), self.out_dim)
         _orthogonal_init(self)
         self.chw = chw
+
+    @staticmethod
+    def conv_stack(in_channels: int) -> nn.Sequential:
+        return nn.Sequential(
+            nn.Conv2d(in_channels, 32, 8, stride=4), nn.ReLU(),
+            nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
+            nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(),
+            nn.Flatten(),
+        )
 
     def encode(self, flat: dict[str, Tensor]) -> Tensor:
         x = _image_input(flat[self.key], self.channels_last, self.chw)
         return F.relu(self.fc(self.cnn(x)))
 
 
-class SmallCNN(Encoder):
+class SmallCNN(NatureCNN):
     """The DQN network of Mnih et al. 2013: conv 16×8 s4, conv 32×4 s2, then Linear → hidden_size.
 
     About a third of :class:`NatureCNN`'s multiply-adds per frame; for CPU-bound acting and quick runs. Reads
@@ -396,24 +400,13 @@ class SmallCNN(Encoder):
         feat = enc({"frames": frames})     # [T, B, 4, 84, 84] uint8 -> [T, B, hidden_size]
     """
 
-    def __init__(self, cfg: ModelConfig, spec: EnvSpecLike) -> None:
-        key = _pick_image_key(spec, ("frames",))
-        super().__init__(spec, [key])
-        self.key = key
-        self.channels_last, chw = _image_chw(spec.obs[key].shape, key)
-        self.cnn = nn.Sequential(
-            nn.Conv2d(chw[0], 16, 8, stride=4), nn.ReLU(),
+    @staticmethod
+    def conv_stack(in_channels: int) -> nn.Sequential:
+        return nn.Sequential(
+            nn.Conv2d(in_channels, 16, 8, stride=4), nn.ReLU(),
             nn.Conv2d(16, 32, 4, stride=2), nn.ReLU(),
             nn.Flatten(),
         )
-        self.out_dim = cfg.hidden_size
-        self.fc = nn.Linear(_conv_out(self.cnn, chw), self.out_dim)
-        _orthogonal_init(self)
-        self.chw = chw
-
-    def encode(self, flat: dict[str, Tensor]) -> Tensor:
-        x = _image_input(flat[self.key], self.channels_last, self.chw)
-        return F.relu(self.fc(self.cnn(x)))
 
 
 def _image_input(x: Tensor, channels_last: bool, chw: tuple[int, int, int]) -> Tensor:

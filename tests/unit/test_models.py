@@ -223,6 +223,24 @@ def test_lstm_state_is_batch_first_and_reset_is_pure():
 
 
 @pytest.mark.parametrize("layers", [1, 2])
+def test_lstm_step_equals_one_step_unroll_and_rejects_bad_state(layers):
+    core = _lstm(layers=layers)
+    s0 = {k: torch.randn_like(v) for k, v in core.initial_state(4).items()}
+    x = torch.randn(4, 8)
+    y, s1 = core.step(x, s0)
+    y_ref, s_ref = core(x[None], torch.zeros(1, 4, dtype=torch.bool), s0)
+    torch.testing.assert_close(y, y_ref[0], rtol=1e-5, atol=1e-6)
+    for k in s_ref:
+        torch.testing.assert_close(s1[k], s_ref[k], rtol=1e-5, atol=1e-6)
+    with pytest.raises(KeyError, match="state keys"):
+        core.step(x, {"h": s0["h"]})
+    with pytest.raises(ValueError, match=r"state\['h'\] has shape"):
+        core.step(x, {"h": s0["h"][:, :1, :3], "c": s0["c"]})
+    with pytest.raises(ValueError, match="differ"):
+        core.step(x, {"h": s0["h"], "c": s0["c"][:2]})
+
+
+@pytest.mark.parametrize("layers", [1, 2])
 def test_lstm_reset_inside_sequence_equals_separate_unrolls(layers):
     core = _lstm(layers=layers)
     b = 3
