@@ -130,6 +130,7 @@ class ReplaySampler:
         self._errors: deque[ReplayShardError] = deque()
         self._min_policy_version: int | None = None
         self._updates: queue.SimpleQueue[tuple[np.ndarray, np.ndarray, np.ndarray]] = queue.SimpleQueue()
+        self._unsent = 0  # update batches queued but not yet handed to their shard clients (under _lock)
         self._update_pending: deque[tuple[int, Pending[int]]] = deque()
         self._parts: list[_Part] | None = None  # the batch being built
         self._plan_q: np.ndarray | None = None
@@ -210,7 +211,25 @@ class ReplaySampler:
         if self._ready is None:
             self._send_updates(k, s, p)
         else:
+            with self._lock:
+                self._unsent += 1
             self._updates.put((k, s, p))
+
+    def flush_updates(self, timeout: float = 30.0) -> None:
+        """Block until every priority update queued so far has been sent and answered by its shard (or its
+        shard has failed, which the next :meth:`next_batch` reports). Call it before checkpointing a shard whose
+        snapshot must include them; raises TimeoutError after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._ready is None:
+                self._drain_updates()  # no prefetch thread: reap here
+            with self._lock:
+                unsent = self._unsent
+            if not unsent and all(pend.done() for _, pend in list(self._update_pending)):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"ReplaySampler.flush_updates: priority updates still in flight after {timeout} s")
+            time.sleep(0.002)
 
     def replace_client(self, shard: int, client: ShardClient) -> None:
         """Swap in a new client for shard index ``shard`` (e.g. a restarted actor); clears its down state."""
@@ -271,6 +290,8 @@ class ReplaySampler:
             except queue.Empty:
                 break
             self._send_updates(k, s, p)
+            with self._lock:
+                self._unsent -= 1
         # Reap finished update calls (surfacing failures); bound the number in flight.
         while self._update_pending and (len(self._update_pending) > 256 or self._update_pending[0][1].done()):
             j, pend = self._update_pending.popleft()

@@ -65,6 +65,7 @@ def test_ray_shards_serve_a_sampler_and_survive_kill_and_restore(ray_cluster, tm
     assert seen == {0, 1}
 
     # Checkpoint shard 0, change it afterwards, kill it, restore it: it holds exactly the checkpointed items.
+    sampler.flush_updates(timeout=60.0)  # priority updates are asynchronous: let the last ones land first
     path = clients[0].save(tmp_path / "shard0")
     keys_at_ckpt = ray.get(handles[0].keys.remote())
     leaves_at_ckpt, prio_at_ckpt = ray.get(handles[0].read.remote(keys_at_ckpt))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -179,6 +181,28 @@ def test_priority_updates_reach_the_right_shard_without_blocking():
     for (j, k), p in expect.items():
         assert shards[j].read(np.array([k]))[1][0] == pytest.approx(p)
     assert sampler.updates_sent == 16
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_flush_updates_waits_until_the_shards_hold_them(prefetch):
+    """With the prefetch thread still running, flush_updates returns only once every queued update has been
+    applied (what a consistent shard checkpoint needs)."""
+
+    class SlowUpdates(LocalShardClient):
+        def update_priorities_async(self, keys, priorities):
+            time.sleep(0.05)  # the shard answers late
+            return super().update_priorities_async(keys, priorities)
+
+    c, shards, _ = make_shards(sizes=(8, 8))
+    sampler = ReplaySampler([SlowUpdates(s) for s in shards], c, batch_size=16, prefetch=prefetch, seed=0)
+    b = sampler.next_batch(timeout=5.0)
+    for r in range(3):
+        sampler.update_priorities(b.keys, b.shard_ids, torch.full((16,), 10.0 + r))
+    sampler.flush_updates(timeout=10.0)
+    for j, k in zip(b.shard_ids.tolist(), b.keys.tolist()):
+        assert shards[j].read(np.array([k]))[1][0] == pytest.approx(12.0)
+    assert sampler.updates_sent == 48
+    sampler.close()
 
 
 class FlakyClient(LocalShardClient):
