@@ -336,45 +336,33 @@ class _SlotRunner:
             self.background_step()
 
     def step(self, actions: np.ndarray) -> tuple[list[EpisodeInfo], int]:
-        """Step every owned slot with ``actions[slot]`` into the buffers; returns (episodes, faults).
-
-        Per-slot results are gathered in Python lists and written to the buffers once per field at the end (a
-        few calls per step instead of ~10 per slot: right after an env step the actor's code runs with cold
-        caches, where each small numpy call costs several times its warm price)."""
+        """Step every owned slot with ``actions[slot]`` into the buffers; returns (episodes, faults)."""
         b = self.bufs
         episodes: list[EpisodeInfo] = []
         perf = time.perf_counter
-        acts = actions.tolist()
-        n = len(self.slots)
-        next_obs: list[Mapping[str, np.ndarray]] = [{}] * n
-        duration = [0.0] * n
-        rewards = [0.0] * n
-        terminated = [False] * n
-        truncated = [False] * n
-        faulted = [False] * n
         for j, i in enumerate(self.slots):
             env = self.envs[j]
             if env is None:
                 raise RuntimeError("VecEnv.step called before reset()")
             t0 = perf()
             try:
-                obs, reward, term, trunc, info = env.step(int(acts[i]))
-                duration[j] = perf() - t0
+                obs, reward, term, trunc, info = env.step(int(actions[i]))
+                b.duration[i] = perf() - t0
                 if not math.isfinite(reward):
                     raise _Fault(f"non-finite reward {reward}")
                 bad = self._nonfinite(obs)
                 if bad is not None:
                     raise _Fault(f"non-finite observation {bad!r}")
             except Exception as e:
-                duration[j] = perf() - t0
+                b.duration[i] = perf() - t0
                 self.faults += 1
-                next_obs[j] = self._on_fault(j, i, e)
-                truncated[j] = faulted[j] = True
+                self._on_fault(j, i, e)
                 continue
             self.fault_streak[j] = 0
-            rewards[j] = reward
-            terminated[j] = term
-            truncated[j] = trunc
+            b.faulted[i] = False
+            b.reward[i] = reward
+            b.terminated[i] = term
+            b.truncated[i] = trunc
             self.ep_return[j] += reward
             self.ep_len[j] += 1
             if term or trunc:
@@ -384,17 +372,10 @@ class _SlotRunner:
                     episodes.append(self._episode_info(j, i, info))
                 self.ep_return[j] = 0.0
                 self.ep_len[j] = 0
-                next_obs[j] = self._autoreset(j, i)
+                self._autoreset(j, i)
             else:
-                next_obs[j] = obs
-        sl = slice(self.slots.start, self.slots.stop)
-        b.duration[sl] = duration
-        b.reward[sl] = rewards
-        b.terminated[sl] = terminated
-        b.truncated[sl] = truncated
-        b.faulted[sl] = faulted
-        for k in self.keys:
-            np.stack([o[k] for o in next_obs], out=b.obs[k][sl])
+                for k in self.keys:
+                    b.obs[k][i] = obs[k]
         faults, self.faults = self.faults, 0
         return episodes, faults
 
@@ -408,9 +389,8 @@ class _SlotRunner:
             extra={str(k): float(v) for k, v in (info.get("extra") or {}).items()},
         )
 
-    def _autoreset(self, j: int, i: int) -> Mapping[str, np.ndarray]:
-        """Start slot j's next episode (a reset failure is a fault: a fresh instance takes over); returns its
-        first observation."""
+    def _autoreset(self, j: int, i: int) -> None:
+        """Start slot j's next episode (a reset failure is a fault: a fresh instance takes over)."""
         if self.prereset:
             obs = self._take_spare(j)
         else:
@@ -421,12 +401,10 @@ class _SlotRunner:
                 self._log_fault(i, "reset", e, 0)
                 _safe_close(self.envs[j])
                 self.envs[j], obs = self._fresh(j)
-        return obs
+        self._write_obs(i, obs)
 
-    def _on_fault(self, j: int, i: int, err: BaseException) -> Mapping[str, np.ndarray]:
-        """Slot j failed in step: close it out as truncated (its final observation is the last good one) and
-        start a fresh instance; returns the fresh instance's first observation. The caller records the step as
-        truncated, faulted and zero-reward."""
+    def _on_fault(self, j: int, i: int, err: BaseException) -> None:
+        """Slot j failed in step: close it out as truncated and start a fresh instance."""
         b = self.bufs
         self.fault_streak[j] += 1
         self._log_fault(i, "step", err, self.fault_streak[j] - 1)
@@ -436,7 +414,11 @@ class _SlotRunner:
                 f"error: {type(err).__name__}: {err}"
             ) from err
         for k in self.keys:
-            b.final_obs[k][i] = b.obs[k][i]  # last good observation (the buffers still hold step t's)
+            b.final_obs[k][i] = b.obs[k][i]  # last good observation
+        b.reward[i] = 0.0
+        b.terminated[i] = False
+        b.truncated[i] = True
+        b.faulted[i] = True
         self.ep_return[j] = 0.0
         self.ep_len[j] = 0
         _safe_close(self.envs[j])
@@ -447,7 +429,7 @@ class _SlotRunner:
             self.spares[j] = None
         else:
             self.envs[j], obs = self._fresh(j)
-        return obs
+        self._write_obs(i, obs)
 
     def close(self) -> None:
         for env in (*self.envs, *self.spares):
