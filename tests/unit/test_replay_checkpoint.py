@@ -29,6 +29,13 @@ def file_of(path: Path, name: str) -> Path:
     return path / manifest["files"][name]["file"]
 
 
+def flip_bits(f: Path, at: int, mask: int) -> None:
+    """Corrupt checkpoint file ``f`` in place: XOR byte ``at`` with ``mask`` (length unchanged)."""
+    data = bytearray(f.read_bytes())
+    data[at] ^= mask
+    f.write_bytes(bytes(data))
+
+
 def test_round_trip_restores_data_priorities_counters_and_rng(tmp_path):
     shard = filled_shard()
     path = shard.save(tmp_path / "shard3")
@@ -80,9 +87,7 @@ def test_truncated_file_is_refused_naming_it(tmp_path):
 def test_corrupt_data_is_refused_by_checksum(tmp_path):
     path = filled_shard().save(tmp_path / "ck")
     f = file_of(path, "leaf:behaviour_logits")
-    data = bytearray(f.read_bytes())
-    data[-5] ^= 0xFF
-    f.write_bytes(bytes(data))
+    flip_bits(f, -5, 0xFF)
     with pytest.raises(CheckpointError, match=rf"{f.name}: checksum mismatch"):
         ReplayShard.load(path, CFG)
 
@@ -131,9 +136,7 @@ def test_schema_or_capacity_mismatch_is_refused(tmp_path):
 def test_a_failed_restore_leaves_the_shard_unchanged(tmp_path):
     path = filled_shard().save(tmp_path / "ck")
     f = file_of(path, "leaf:core_state/h")
-    data = bytearray(f.read_bytes())
-    data[-1] ^= 1
-    f.write_bytes(bytes(data))
+    flip_bits(f, -1, 1)
     shard = ReplayShard(CFG, seed=0)
     shard.insert(example_trajectory(B=3, start=70))
     before = shard.stats()
