@@ -159,6 +159,11 @@ class EnvActor:
         self._state: CoreState = {}
         self._zeros = np.zeros(self.num_envs, dtype=np.float32)
         self._t_start = time.perf_counter()
+        # Where step() spends its wall time (cumulative seconds): the policy (acting, truncation values, state
+        # resets), the VecEnv (env steps, resets, fault handling) and, by difference, this actor's own work.
+        self.time_policy_s = 0.0
+        self.time_env_s = 0.0
+        self.time_step_s = 0.0
 
     # ---- weights -----------------------------------------------------------------------------------------
     def set_weights(self, version: int, state_dict: Mapping[str, Any]) -> None:
@@ -185,12 +190,16 @@ class EnvActor:
             self._begin()
         assert self._obs is not None
         B = self.num_envs
+        perf = time.perf_counter
+        t0 = perf()
         obs_t = {k: torch.from_numpy(v) for k, v in self._obs.items()}
         with torch.no_grad():
             out = self.policy.act(obs_t, self._state)
             bonus = None if self.bonus is None else self.bonus.step(obs_t)
             actions = out.action.cpu().numpy()
+            t1 = perf()
             res = self.venv.step(actions)
+            t2 = perf()
             done = res.terminated | res.truncated
             faulted = res.faulted
             valid = None
@@ -202,6 +211,7 @@ class EnvActor:
                 state = self.policy.reset_state(state, torch.from_numpy(done).to(self.device))
                 if self.bonus is not None:
                     self.bonus.reset(done)
+            t3 = perf()
         traj = self.writer.add(
             action=actions,
             logits=out.logits,
@@ -235,6 +245,9 @@ class EnvActor:
         self.episodes += len(res.episodes)
         if traj is not None:
             self.sequences += 1
+        self.time_policy_s += (t1 - t0) + (t3 - t2)
+        self.time_env_s += t2 - t1
+        self.time_step_s += perf() - t0
         return traj
 
     def _begin(self) -> None:
@@ -270,7 +283,10 @@ class EnvActor:
         return out
 
     def counters(self) -> dict[str, float]:
-        """Cumulative counters: env steps, env steps/s since the first step, faults, sequences, episodes."""
+        """Cumulative counters: env steps, env steps/s since the first step, faults, sequences, episodes, and
+        the wall seconds :meth:`step` spent in the policy (``time_policy_s``: acting, bonus, truncation values,
+        state resets), in the VecEnv (``time_env_s``) and in total (``time_step_s``; the rest is sequence
+        cutting and bookkeeping)."""
         dt = max(time.perf_counter() - self._t_start, 1e-9)
         return {
             "env_steps": float(self.env_steps),
@@ -279,6 +295,9 @@ class EnvActor:
             "sequences": float(self.sequences),
             "episodes": float(self.episodes),
             "policy_version": float(self.policy_version),
+            "time_policy_s": self.time_policy_s,
+            "time_env_s": self.time_env_s,
+            "time_step_s": self.time_step_s,
         }
 
     def close(self) -> None:

@@ -55,6 +55,7 @@ class RunMonitor:
         self.learner_samples = 0
         self._learner_metrics: dict[str, float] = {}
         self.last_metrics: dict[str, float] = {}
+        self._actor_times: dict[tuple[float, float], tuple[float, float, float]] = {}
 
     def add_episodes(self, episodes: Iterable[EpisodeStats]) -> None:
         self.tracker.add(episodes)
@@ -113,12 +114,40 @@ class RunMonitor:
             m["actor/steps_per_s"] = float(sum(float(a.get("steps_per_s", 0.0)) for a in actor_stats))
             m["actor/faults"] = float(sum(float(a.get("faults", 0.0)) for a in actor_stats))
             m["actor/policy_version_min"] = float(min(float(a.get("policy_version", 0)) for a in actor_stats))
+            m.update(self._actor_time_fractions(actor_stats))
         m["charts/wall_time_s"] = now - self.t_start
         if extra:
             m.update(extra)
         self.sinks.log(m, step=env_steps)
         self.last_metrics = m
         return m
+
+    def _actor_time_fractions(self, actor_stats: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+        """Share of the actors' step time spent in the policy, the envs and the rest, since the last log.
+
+        From each actor's cumulative ``time_*_s`` counters (an actor restarted since counts from zero)."""
+        totals = [0.0, 0.0, 0.0]
+        seen = {}
+        for idx, a in enumerate(actor_stats):
+            if "time_step_s" not in a:
+                continue
+            key = (float(a.get("actor_id", idx)), float(a.get("incarnation", 0)))
+            cur = (float(a["time_policy_s"]), float(a["time_env_s"]), float(a["time_step_s"]))
+            prev = self._actor_times.get(key, (0.0, 0.0, 0.0))
+            if cur[2] < prev[2]:  # counters went back: a new actor object under the same key
+                prev = (0.0, 0.0, 0.0)
+            for i in range(3):
+                totals[i] += cur[i] - prev[i]
+            seen[key] = cur
+        self._actor_times = seen
+        policy, env, step = totals
+        if step <= 0.0:
+            return {}
+        return {
+            "actor/time_frac_policy": policy / step,
+            "actor/time_frac_env": env / step,
+            "actor/time_frac_other": max(step - policy - env, 0.0) / step,
+        }
 
     def summary(self, env_steps: int) -> dict[str, Any]:
         t = self.tracker.summary()

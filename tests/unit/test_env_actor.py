@@ -179,3 +179,38 @@ def test_random_policy_actor_runs_in_subprocess_mode():
         actor.close()
     assert all(t.action.max() < 5 and t.action.min() >= 0 for t in trajs)
     assert trajs[0].core_state == {}
+
+
+class _SlowPolicy(RandomPolicy):
+    """RandomPolicy that burns ``ms`` of CPU per act call."""
+
+    def __init__(self, num_actions: int, ms: float) -> None:
+        super().__init__(num_actions)
+        self.ms = ms
+
+    def act(self, obs, state, greedy=False):
+        import time
+
+        end = time.perf_counter() + self.ms / 1e3
+        while time.perf_counter() < end:
+            pass
+        return super().act(obs, state, greedy)
+
+
+@pytest.mark.parametrize(("policy_ms", "step_ms"), [(4.0, 0.0), (0.0, 2.0)])
+def test_counters_split_step_time_between_policy_and_envs(policy_ms, step_ms):
+    # 2 envs x step_ms per batched step in the VecEnv vs policy_ms per act: whichever is set dominates.
+    cfg = _cfg(name=f"fake:counting?step_ms={step_ms}", num_envs=2, fake_episode_len=5)
+    actor = EnvActor(cfg, actor_id=0, policy=_SlowPolicy(3, policy_ms))
+    try:
+        for _ in range(20):
+            actor.step()
+        c = actor.counters()
+    finally:
+        actor.close()
+    policy, env, total = c["time_policy_s"], c["time_env_s"], c["time_step_s"]
+    assert 0.0 < policy + env <= total
+    if policy_ms:
+        assert policy >= 20 * policy_ms / 1e3 and policy > 0.8 * total and env < 0.2 * total
+    else:
+        assert env >= 20 * 2 * step_ms / 1e3 and env > 0.8 * total and policy < 0.2 * total

@@ -351,3 +351,26 @@ def test_import_is_cheap_and_wandb_is_only_imported_in_logging():
         if p.name != "logging.py" and re.search(r"^\s*(import wandb|from wandb)", p.read_text(), re.M)
     ]
     assert offenders == []
+
+
+def test_run_monitor_actor_time_fractions_are_windowed_and_survive_restarts(tmp_path):
+    from distrl.config import ExperimentConfig, LoggingConfig
+    from distrl.runtime.common import RunMonitor
+
+    cfg = ExperimentConfig(logging=LoggingConfig(wandb="disabled", progress=False, log_every_s=0.0))
+    mon = RunMonitor(cfg, tmp_path)
+
+    def stats(aid, inc, policy, env, step):
+        return {"actor_id": aid, "incarnation": inc, "time_policy_s": policy, "time_env_s": env,
+                "time_step_s": step}
+
+    m = mon.maybe_log(10, actor_stats=[stats(0, 0, 1.0, 3.0, 5.0), stats(1, 0, 1.0, 1.0, 5.0)], force=True)
+    assert m["actor/time_frac_policy"] == pytest.approx(0.2)
+    assert m["actor/time_frac_env"] == pytest.approx(0.4)
+    assert m["actor/time_frac_other"] == pytest.approx(0.4)
+    # Next window: actor 0 spent its 10 new seconds all in the policy; actor 1 restarted (counts from 0).
+    m = mon.maybe_log(20, actor_stats=[stats(0, 0, 11.0, 3.0, 15.0), stats(1, 1, 0.0, 2.0, 2.0)], force=True)
+    assert m["actor/time_frac_policy"] == pytest.approx(10.0 / 12.0)
+    assert m["actor/time_frac_env"] == pytest.approx(2.0 / 12.0)
+    assert m["actor/time_frac_other"] == pytest.approx(0.0)
+    mon.close()

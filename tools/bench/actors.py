@@ -30,6 +30,12 @@ and ``neural`` (``build_agent(ModelConfig(), spec)``, the default model). ``act_
 ``act`` of that model at batch B measured in the driver process afterwards, and ``cpu_bound_ratio`` the ceiling
 it implies when every core is busy: env CPU / (env CPU + inference CPU) per step.
 
+``in_actor_us_per_step`` splits the actors' own step time (their ``time_*_s`` counters over the measured
+windows) per env step into ``policy`` (act, truncation values, state resets), ``env`` (the VecEnv: env steps and
+resets plus per-slot bookkeeping) and ``other`` (sequence cutting, episode stats); ``cpu_bound_ratio_in_actor``
+is the ceiling with the policy cost measured there, right after the envs stepped (cold caches: typically
+1.5-2x the driver's warm figure). ``ratio_iqr`` is the interquartile range of the per-round ratios.
+
 Usage::
 
     .venv/bin/python tools/bench/actors.py            # full run (~4-5 min on 2 cores)
@@ -104,7 +110,7 @@ class _Raw:
         self.rng = np.random.default_rng(seed)
         self.num_actions = env_spec(cfg).num_actions
 
-    def run(self, seconds: float) -> tuple[int, float, float]:
+    def run(self, seconds: float) -> tuple[int, float, float, tuple[float, float, float]]:
         envs, rng, a_n, b = self.envs, self.rng, self.num_actions, len(self.envs)
         n = 0
         c0, t0 = time.process_time(), time.perf_counter()
@@ -115,7 +121,7 @@ class _Raw:
                 if term or trunc:
                     env.reset()
             n += b
-        return n, time.perf_counter() - t0, time.process_time() - c0
+        return n, time.perf_counter() - t0, time.process_time() - c0, (0.0, 0.0, 0.0)
 
     def close(self) -> None:
         for e in self.envs:
@@ -146,14 +152,16 @@ class _Actor:
             total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
         return total
 
-    def run(self, seconds: float) -> tuple[int, float, float]:
+    def run(self, seconds: float) -> tuple[int, float, float, tuple[float, float, float]]:
+        """(env steps, wall s, CPU s, (policy, env, total) wall s inside EnvActor.step)."""
         a = self.actor
-        n0 = a.env_steps
+        n0, p0, e0, s0 = a.env_steps, a.time_policy_s, a.time_env_s, a.time_step_s
         c0, t0 = self._cpu(), time.perf_counter()
         end = t0 + seconds
         while time.perf_counter() < end:
             a.step()
-        return a.env_steps - n0, time.perf_counter() - t0, self._cpu() - c0
+        times = (a.time_policy_s - p0, a.time_env_s - e0, a.time_step_s - s0)
+        return a.env_steps - n0, time.perf_counter() - t0, self._cpu() - c0, times
 
     def close(self) -> None:
         self.actor.close()
@@ -186,6 +194,8 @@ class Pool:
     def __init__(self, spec: PoolSpec, seed: int) -> None:
         ctx = mp.get_context("forkserver")  # imports (torch, NLE, ALE) happen once, in the server
         self.spec = spec
+        self.steps = 0
+        self.times = [0.0, 0.0, 0.0]
         self.conns, self.procs = [], []
         for i in range(spec.procs):
             a, b = ctx.Pipe()
@@ -201,15 +211,19 @@ class Pool:
                 raise RuntimeError(f"pool {self.spec}: {msg}")
 
     def run(self, seconds: float) -> tuple[float, float]:
-        """(steps per wall-clock second, summed over processes; steps per CPU second of the whole pool)."""
+        """(steps per wall-clock second, summed over processes; steps per CPU second of the whole pool).
+
+        Also adds to :attr:`steps` and :attr:`times` (the actors' policy / env / total step seconds)."""
         for c in self.conns:
             c.send(("run", seconds))
         rate, steps, cpu = 0.0, 0, 0.0
         for c in self.conns:
-            _, (n, dt, cpu_s) = c.recv()
+            _, (n, dt, cpu_s, times) = c.recv()
             rate += n / dt
             steps += n
             cpu += cpu_s
+            self.times = [a + b for a, b in zip(self.times, times)]
+        self.steps += steps
         return rate, steps / max(cpu, 1e-9)
 
     def close(self) -> None:
@@ -311,6 +325,14 @@ def framework_overhead(num_envs: int, reps: int = 15, steps: int = 200) -> dict[
     }
 
 
+def _iqr(xs: list[float]) -> list[float]:
+    """[25th, 75th] percentile of the per-round ratios: how far one round's ratio moves on this machine."""
+    if len(xs) < 2:
+        return [round(xs[0], 3)] * 2 if xs else []
+    q = statistics.quantiles(xs, n=4, method="inclusive")
+    return [round(q[0], 3), round(q[2], 3)]
+
+
 def bench_env(env: str, args: argparse.Namespace) -> None:
     procs, b = args.procs, args.num_envs
     pools: dict[str, Pool] = {"raw": Pool(PoolSpec("raw", env, b, procs), seed=100)}
@@ -329,6 +351,7 @@ def bench_env(env: str, args: argparse.Namespace) -> None:
     build_s = time.perf_counter() - t0
     for p in pools.values():  # warm-up: caches, allocator, first sequences
         p.run(args.warmup)
+        p.steps, p.times = 0, [0.0, 0.0, 0.0]
     # Each round: raw, d1, raw, d2, ..., raw. Every distrl window is paired with the mean of the raw windows
     # right before and after it, so slow changes in background load cancel out of the ratio.
     names = [k for k in pools if k != "raw"]
@@ -373,16 +396,26 @@ def bench_env(env: str, args: argparse.Namespace) -> None:
             "distrl_steps_per_cpu_s": round(med(dist_c[k]), 1),
             "cpu_ratio": round(med(cpu_ratios[k]), 3),
             "ratio_rounds": [round(x, 3) for x in ratios[k]],
+            "ratio_iqr": _iqr(ratios[k]),
             "rounds": args.rounds,
             "window_s": args.seconds,
             "build_s": round(build_s, 1),
             "loadavg_1m": [round(load0, 2), round(load1, 2)],
         }
+        # Inside the actors (wall time of EnvActor.step, all measured windows): policy (act + truncation
+        # values + state resets), VecEnv, and the rest (sequence cutting, bookkeeping), per env step.
+        pool = pools[k]
+        pol_us, env_us, step_us = (t / max(pool.steps, 1) * 1e6 for t in pool.times)
+        row["in_actor_us_per_step"] = {
+            "policy": round(pol_us, 1), "env": round(env_us, 1), "other": round(step_us - pol_us - env_us, 1)
+        }
         if policy in act_us:
-            # The CPU-bound ceiling: env CPU per step / (env CPU + inference CPU per step).
+            # The CPU-bound ceiling: env CPU per step / (env CPU + inference CPU per step), with the act cost
+            # measured alone in the driver (warm caches) and inside the actors (right after the env steps).
             row["model"] = policy_model(policy, env)
             row["act_us_per_sample"] = round(act_us[policy], 1)
             row["cpu_bound_ratio"] = round(1.0 / (1.0 + act_us[policy] * 1e-6 * raw_cpu), 3)
+            row["cpu_bound_ratio_in_actor"] = round(1.0 / (1.0 + pol_us * 1e-6 * raw_cpu), 3)
         print(json.dumps(row), flush=True)
 
 
