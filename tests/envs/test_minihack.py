@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -207,3 +208,55 @@ def test_import_hides_the_pkg_resources_warning():
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "pkg_resources" not in out.stderr
+
+
+MULTIROOM = "MiniHack-MultiRoom-N4-v0"
+
+
+def _nhdat(env) -> bytes:
+    with open(f"{env.env.nethack._vardir}/nhdat", "rb") as f:
+        return f.read()
+
+
+@pytest.mark.parametrize("des", ["corridor2.des", "string"])
+def test_level_patcher_builds_the_same_nhdat_as_minihacks_script(des):
+    env = mh.make(EnvConfig(name=MULTIROOM, observation_keys=("glyphs",)), seed=0)
+    assert env.fast_level_patch
+    if des == "string":  # what MiniGrid-based tasks pass: the description itself
+        with open(f"{mh._import_minihack().__path__[0]}/dat/corridor3.des") as f:
+            des = f.read()
+    type(env.env)._patch_nhdat(env.env, des)  # the library's own (bash script) path
+    expected = _nhdat(env)
+    os.remove(f"{env.env.nethack._vardir}/nhdat")
+    env.env._patch_nhdat(des)  # the adapter's patcher, on the same history (lev_comp's output depends on it)
+    assert _nhdat(env) == expected
+    env.close()
+
+
+def test_level_patcher_gives_the_same_episodes_as_the_library():
+    cfg = EnvConfig(name=MULTIROOM, observation_keys=("glyphs", "blstats"))
+    fast, slow = mh.make(cfg, seed=5), mh.make(cfg, seed=5)
+    del slow.env._patch_nhdat  # back to MiniHack's method
+    rng = np.random.default_rng(0)
+    for _ in range(3):  # each reset compiles a new MiniGrid layout
+        (of, _), (os_, _) = fast.reset(), slow.reset()
+        for k in of:
+            np.testing.assert_array_equal(of[k], os_[k])
+        for a in rng.integers(0, fast.action_space.n, 20):
+            rf, rs = fast.step(int(a)), slow.step(int(a))
+            for k in rf[0]:
+                np.testing.assert_array_equal(rf[0][k], rs[0][k])
+            assert rf[1:4] == rs[1:4]
+            if rf[2] or rf[3]:
+                break
+    fast.close()
+    slow.close()
+
+
+def test_level_patcher_names_a_bad_level_description():
+    env = mh.make(EnvConfig(name=MULTIROOM, observation_keys=("glyphs",)), seed=0)
+    with pytest.raises(RuntimeError, match="lev_comp"):
+        env.env._patch_nhdat('MAZE: "mylevel", \' \'\nNOT A LEVEL DESCRIPTION\n')
+    with pytest.raises(FileNotFoundError, match=r"no_such_level\.des"):
+        env.env._patch_nhdat("no_such_level.des")
+    env.close()
