@@ -6,10 +6,12 @@ sequences overlap by ``total - period`` steps. Sequences cross episode boundarie
 state before ``obs[t]`` where ``Trajectory.reset_mask()`` says so, and ``core_state`` is the state to use with
 ``obs[0]`` as is (already reset if ``obs[0]`` starts an episode).
 
-Storage is one ring of ``total + 1`` steps per field (``[total + 1, B, ...]`` numpy arrays), so a step costs a
-few row copies and nothing is allocated per step; an emission gathers the ring rows in time order (one copy
-per field, which is the Trajectory's own memory). Core states are kept only for the steps where a future
-sequence starts (a multiple of ``period``), cloned once.
+Storage: observations (the bulk of the data: 28 KB per Atari step) are written straight into the arrays of
+the sequences they belong to (``[total + 1, B, ...]``, allocated when a sequence starts and handed to the
+Trajectory as its own memory on emission), so each observation is copied once per sequence that contains it
+and never gathered. The small per-step fields live in one ring of ``total + 1`` rows that an emission gathers
+in time order. Core states are kept only for the steps where a future sequence starts (a multiple of
+``period``), cloned once.
 
 Step t's record is (``obs[t]``, action, logits, reward, terminated, truncated, truncation_value, duration,
 episodic bonus, policy version that chose the action, actor env-step counter); the call for step t also hands
@@ -74,7 +76,8 @@ class SequenceWriter:
         self.actor_id = actor_id
         R = self.R = total + 1
         B = num_envs
-        self._obs = {k: np.zeros((R, B, *s.shape), dtype=s.dtype) for k, s in spec.obs.items()}
+        # Observation arrays of the open sequences, oldest first: (start step, {key: [total + 1, B, ...]}).
+        self._open: collections.deque[tuple[int, dict[str, np.ndarray]]] = collections.deque()
         self._action = np.zeros((R, B), dtype=np.int64)
         self._logits = np.zeros((R, B, spec.num_actions), dtype=np.float32)
         self._reward = np.zeros((R, B), dtype=np.float32)
@@ -89,7 +92,6 @@ class SequenceWriter:
         self._states: collections.deque[tuple[int, CoreState]] = collections.deque()
         self._t = -1  # steps added so far; -1 = begin() not called
         # Gather indices for an emission whose first step sits at ring row r0 (precomputed for every r0).
-        self._obs_idx = [(r0 + np.arange(R)) % R for r0 in range(R)]
         self._step_idx = [(r0 + np.arange(total)) % R for r0 in range(R)]
 
     @property
@@ -101,9 +103,18 @@ class SequenceWriter:
         """(Re)start the streams: ``obs`` [B, ...] is obs[0], ``state`` its core state (each [B, ...])."""
         self._t = 0
         self._states.clear()
-        for k, buf in self._obs.items():
-            buf[0] = _np(obs[k])
+        self._open.clear()
+        self._open_sequence(0, obs)
         self._states.append((0, _clone_state(state)))
+
+    def _open_sequence(self, start: int, obs: Mapping[str, Any]) -> None:
+        """Allocate the observation arrays of the sequence starting at step ``start``; ``obs`` is its obs[0]."""
+        arrays = {}
+        for k, s in self.spec.obs.items():
+            a = np.empty((self.R, self.B, *s.shape), dtype=s.dtype)
+            a[0] = _np(obs[k])
+            arrays[k] = a
+        self._open.append((start, arrays))
 
     def add(
         self,
@@ -149,10 +160,12 @@ class SequenceWriter:
         self._env_step[r] = env_step
         t += 1
         self._t = t
-        r1 = t % self.R
-        for k, buf in self._obs.items():
-            buf[r1] = _np(next_obs[k])
+        for start, arrays in self._open:
+            row = t - start
+            for k, buf in arrays.items():
+                buf[row] = _np(next_obs[k])
         if t % self.period == 0:
+            self._open_sequence(t, next_obs)
             self._states.append((t, _clone_state(next_state)))
         start = t - self.total
         if start >= 0 and start % self.period == 0:
@@ -161,16 +174,17 @@ class SequenceWriter:
 
     def _emit(self, start: int) -> Trajectory:
         s_t, state = self._states.popleft()
-        assert s_t == start, f"SequenceWriter: core state queue out of order ({s_t} != {start})"
+        o_t, obs = self._open.popleft()
+        assert s_t == start == o_t, f"SequenceWriter: sequence queues out of order ({s_t}, {o_t} != {start})"
         r0 = start % self.R
-        oi, si = self._obs_idx[r0], self._step_idx[r0]
+        si = self._step_idx[r0]
         B = self.B
 
         def take(buf: np.ndarray, idx: np.ndarray) -> Tensor:
             return torch.from_numpy(buf[idx])  # fancy indexing copies: the Trajectory owns its memory
 
         return Trajectory(
-            obs={k: take(buf, oi) for k, buf in self._obs.items()},
+            obs={k: torch.from_numpy(a) for k, a in obs.items()},  # written in place: no gather
             action=take(self._action, si),
             reward=take(self._reward, si),
             terminated=take(self._terminated, si),
