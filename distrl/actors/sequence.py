@@ -160,12 +160,13 @@ class SequenceWriter:
         self._env_step[r] = env_step
         t += 1
         self._t = t
+        obs1 = {k: _np(next_obs[k]) for k in self.spec.obs}
         for start, arrays in self._open:
             row = t - start
             for k, buf in arrays.items():
-                buf[row] = _np(next_obs[k])
+                buf[row] = obs1[k]
         if t % self.period == 0:
-            self._open_sequence(t, next_obs)
+            self._open_sequence(t, obs1)
             self._states.append((t, _clone_state(next_state)))
         start = t - self.total
         if start >= 0 and start % self.period == 0:

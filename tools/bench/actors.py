@@ -50,13 +50,14 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import resource
 import statistics
 import sys
 import time
 import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any
+
+from minihack_step import cpu_s  # this directory: CPU incl. finished child processes
 
 from distrl.envs.registry import family_of
 
@@ -99,13 +100,6 @@ def _env_cfg(spec: PoolSpec) -> Any:
     )
 
 
-def _own_cpu() -> float:
-    """CPU seconds of this process and of the child processes it has waited for (MiniHack's level compiler
-    runs as one at every reset of MiniGrid-based tasks)."""
-    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
-
-
 class _Raw:
     def __init__(self, spec: PoolSpec, seed: int) -> None:
         import numpy as np
@@ -122,7 +116,7 @@ class _Raw:
     def run(self, seconds: float) -> tuple[int, float, float, tuple[float, float, float]]:
         envs, rng, a_n, b = self.envs, self.rng, self.num_actions, len(self.envs)
         n = 0
-        c0, t0 = _own_cpu(), time.perf_counter()
+        c0, t0 = cpu_s(), time.perf_counter()
         end = t0 + seconds
         while time.perf_counter() < end:
             for env, a in zip(envs, rng.integers(0, a_n, b).tolist()):
@@ -130,7 +124,7 @@ class _Raw:
                 if term or trunc:
                     env.reset()
             n += b
-        return n, time.perf_counter() - t0, _own_cpu() - c0, (0.0, 0.0, 0.0)
+        return n, time.perf_counter() - t0, cpu_s() - c0, (0.0, 0.0, 0.0)
 
     def close(self) -> None:
         for e in self.envs:
@@ -155,7 +149,7 @@ class _Actor:
     def _cpu(self) -> float:
         """CPU seconds of this process plus its VecEnv worker processes (subprocess vectorisation), each with
         the children it has waited for."""
-        total = _own_cpu()
+        total = cpu_s()
         for p in getattr(self.actor.venv, "_procs", []):
             with open(f"/proc/{p.pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
@@ -229,10 +223,10 @@ class Pool:
             c.send(("run", seconds))
         rate, steps, cpu = 0.0, 0, 0.0
         for c in self.conns:
-            _, (n, dt, cpu_s, times) = c.recv()
+            _, (n, dt, cpu_used, times) = c.recv()
             rate += n / dt
             steps += n
-            cpu += cpu_s
+            cpu += cpu_used
             self.times = [a + b for a, b in zip(self.times, times)]
         self.steps += steps
         return rate, steps / max(cpu, 1e-9)
