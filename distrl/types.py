@@ -186,12 +186,14 @@ class ReplaySample:
 
 @dataclass(frozen=True)
 class ActOut:
-    """One acting step for B env slots (no autograd)."""
+    """One acting step for B env slots (no autograd). Torch tensors from ``Agent.act``, NumPy arrays from the
+    NumPy acting path (:class:`~distrl.models.numpy_act.NumpyPolicy`) and ``RandomPolicy``; the env actor
+    takes either."""
 
-    action: Tensor  # [B] int64
-    logits: Tensor  # [B, A] float32
-    value: Tensor  # [B] float32
-    state: CoreState  # each [B, ...]: state to use with the *next* observation (before any reset)
+    action: Any  # [B] int64
+    logits: Any  # [B, A] float32
+    value: Any  # [B] float32
+    state: Any  # CoreState, each leaf [B, ...]: state to use with the *next* observation (before any reset)
 
 
 @dataclass(frozen=True)

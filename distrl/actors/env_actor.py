@@ -18,7 +18,11 @@ in a Ray actor. Per step (ALGORITHMS.md §6.1, without the bonus math):
 
 The policy is ``build_agent(cfg.model, spec)`` unless one is injected (tests, benchmarks): anything with
 ``initial_state(batch, device)``, ``reset_state(state, mask)``, ``act(obs, state) -> ActOut`` and, for
-``set_weights``, ``load_state_dict``. :class:`RandomPolicy` is such a policy.
+``set_weights``, ``load_state_dict``. :class:`RandomPolicy` is such a policy. On a CPU actor the agent runs
+through :class:`~distrl.models.numpy_act.NumpyPolicy` where it can (``actor.inference``): between env steps
+PyTorch's per-op cost is several times its warm cost, NumPy's much less (see that module). The loop hands the
+policy NumPy observations and takes NumPy or torch outputs alike, so no torch op runs per step unless the
+policy's own does.
 
 Usage::
 
@@ -46,15 +50,19 @@ from distrl.envs.base import EnvSpec, StepResult
 from distrl.envs.registry import env_spec
 from distrl.envs.vector import make_vec_env
 from distrl.models.agent import build_agent
+from distrl.models.numpy_act import NumpyPolicy, numpy_unsupported
 from distrl.types import ActOut, CoreState, EpisodeStats, Trajectory
 
 
 class Policy(Protocol):
+    """What the actor needs from a policy. It passes NumPy observations ``[B, ...]`` and NumPy ``[B]`` bool
+    masks, and takes outputs as torch tensors (any device) or NumPy arrays."""
+
     def initial_state(self, batch: int, device: Any = "cpu") -> CoreState: ...
 
-    def reset_state(self, state: CoreState, mask: Tensor) -> CoreState: ...
+    def reset_state(self, state: CoreState, mask: np.ndarray) -> CoreState: ...
 
-    def act(self, obs: Mapping[str, Tensor], state: CoreState, greedy: bool = False) -> ActOut: ...
+    def act(self, obs: Mapping[str, np.ndarray], state: CoreState, greedy: bool = False) -> ActOut: ...
 
 
 class EpisodicBonusHook(Protocol):
@@ -63,12 +71,13 @@ class EpisodicBonusHook(Protocol):
     def reset(self, mask: np.ndarray) -> None:
         """mask [B] bool: slots whose episode just ended (their next observation starts a new one)."""
 
-    def step(self, obs: Mapping[str, Tensor]) -> Any:
-        """Bonus [B] for the observations the agent acts on now (leaves [B, ...])."""
+    def step(self, obs: Mapping[str, np.ndarray]) -> Any:
+        """Bonus [B] for the observations the agent acts on now (NumPy leaves [B, ...])."""
 
 
 class RandomPolicy:
     """Uniform random actions, zero logits and values, no core state: the benchmark's and tests' policy.
+    Pure NumPy (a cold torch op between env steps costs tens of µs).
 
     Usage::
 
@@ -78,31 +87,70 @@ class RandomPolicy:
     def __init__(self, num_actions: int, seed: int = 0) -> None:
         self.num_actions = num_actions
         self._rng = np.random.default_rng(seed)
-        self._zeros: dict[int, tuple[Tensor, Tensor]] = {}
+        self._zeros: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def initial_state(self, batch: int, device: Any = "cpu") -> CoreState:
         return {}
 
-    def reset_state(self, state: CoreState, mask: Tensor) -> CoreState:
+    def reset_state(self, state: CoreState, mask: Any) -> CoreState:
         return state
 
-    def act(self, obs: Mapping[str, Tensor], state: CoreState, greedy: bool = False) -> ActOut:
+    def act(self, obs: Mapping[str, Any], state: CoreState, greedy: bool = False) -> ActOut:
         b = int(next(iter(obs.values())).shape[0])
         if b not in self._zeros:  # read-only outputs, shared between calls
-            self._zeros[b] = (torch.zeros(b, self.num_actions), torch.zeros(b))
+            logits, value = np.zeros((b, self.num_actions), np.float32), np.zeros(b, np.float32)
+            logits.flags.writeable = value.flags.writeable = False
+            self._zeros[b] = (logits, value)
         logits, value = self._zeros[b]
-        return ActOut(
-            action=torch.from_numpy(self._rng.integers(0, self.num_actions, b)),
-            logits=logits,
-            value=value,
-            state=state,
-        )
+        return ActOut(action=self._rng.integers(0, self.num_actions, b), logits=logits, value=value, state=state)
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         pass
 
     def state_dict(self) -> dict[str, Any]:
         return {}
+
+
+def acting_policy(cfg: ExperimentConfig, spec: EnvSpec, device: torch.device, seed: int) -> Policy:
+    """The actor's policy for ``cfg.model``: a fresh agent on ``device`` (eval mode), run through
+    :class:`~distrl.models.numpy_act.NumpyPolicy` when ``cfg.actor.inference`` allows and it can run the
+    model (``auto``), or must (``numpy``: raises naming what it cannot run), else the agent itself."""
+    agent = build_agent(cfg.model, spec)
+    agent.to(device)
+    agent.eval()
+    mode = cfg.actor.inference
+    if mode == "torch":
+        return agent
+    why = numpy_unsupported(agent)
+    if why is None:
+        return NumpyPolicy(agent, seed=seed)
+    if mode == "numpy":
+        raise ValueError(f"actor.inference=numpy cannot run this model: {why}; use actor.inference=auto or torch")
+    return agent
+
+
+def _np(x: Any) -> np.ndarray:
+    """A NumPy array of a policy output (NumPy already, or a tensor on any device)."""
+    return x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
+
+
+def _rows(x: Any, idx: np.ndarray) -> Any:
+    """Rows ``idx`` of a state leaf, kept in its own kind (NumPy array or tensor on its device)."""
+    if isinstance(x, Tensor):
+        return x.index_select(0, torch.from_numpy(idx).to(x.device))
+    return x[idx]
+
+
+def limit_numpy_blas_threads(n: int) -> None:
+    """Cap NumPy's OpenBLAS thread pool at ``n`` threads in this process (PyTorch's own pools are left alone).
+
+    An actor's NumPy matrix products (NumPy acting, Atari frame resizes) are too small to gain from more
+    threads, and with one env-stepping process per core an extra pool thread per process only competes with
+    the other processes: on the 2-core benchmark box, two inline MiniHack actors with OpenBLAS's default of 2
+    threads spent ~490 µs per env step in the NumPy policy against ~30 µs with 1 (``tools/bench/actors.py``)."""
+    from threadpoolctl import ThreadpoolController
+
+    ThreadpoolController().select(internal_api="openblas").limit(limits=max(1, int(n)))
 
 
 def actor_seed(env_seed: int, actor_id: int, incarnation: int = 0) -> int:
@@ -134,15 +182,11 @@ class EnvActor:
         self.incarnation = incarnation
         self.spec: EnvSpec = env_spec(cfg.env)
         self.device = torch.device(cfg.actor.device)
-        if policy is None:
-            agent = build_agent(cfg.model, self.spec)
-            agent.to(self.device)
-            agent.eval()
-            policy = agent
-        self.policy: Any = policy
+        limit_numpy_blas_threads(cfg.actor.threads)
+        seed = actor_seed(cfg.env.seed, actor_id, incarnation)
+        self.policy: Any = policy if policy is not None else acting_policy(cfg, self.spec, self.device, seed)
         self.bonus = bonus
         self.num_envs = cfg.env.num_envs
-        seed = actor_seed(cfg.env.seed, actor_id, incarnation)
         self.venv = make_vec_env(cfg.env, self.num_envs, seed, prereset=prereset)
         s = cfg.sequence
         self.writer = SequenceWriter(
@@ -192,26 +236,24 @@ class EnvActor:
         B = self.num_envs
         perf = time.perf_counter
         t0 = perf()
-        obs_t = {k: torch.from_numpy(v) for k, v in self._obs.items()}
-        with torch.no_grad():
-            out = self.policy.act(obs_t, self._state)
-            bonus = None if self.bonus is None else self.bonus.step(obs_t)
-            actions = out.action.cpu().numpy()
-            t1 = perf()
-            res = self.venv.step(actions)
-            t2 = perf()
-            done = res.terminated | res.truncated
-            faulted = res.faulted
-            valid = None
-            if res.faults and faulted is not None and faulted.any():
-                valid = ~faulted
-            tv = self._truncation_values(res, out, faulted) if res.truncated.any() else self._zeros
-            state = out.state
-            if done.any():
-                state = self.policy.reset_state(state, torch.from_numpy(done).to(self.device))
-                if self.bonus is not None:
-                    self.bonus.reset(done)
-            t3 = perf()
+        out = self.policy.act(self._obs, self._state)
+        bonus = None if self.bonus is None else self.bonus.step(self._obs)
+        actions = _np(out.action)
+        t1 = perf()
+        res = self.venv.step(actions)
+        t2 = perf()
+        done = res.terminated | res.truncated
+        faulted = res.faulted
+        valid = None
+        if res.faults and faulted is not None and faulted.any():
+            valid = ~faulted
+        tv = self._truncation_values(res, out, faulted) if res.truncated.any() else self._zeros
+        state = out.state
+        if done.any():
+            state = self.policy.reset_state(state, done)
+            if self.bonus is not None:
+                self.bonus.reset(done)
+        t3 = perf()
         traj = self.writer.add(
             action=actions,
             logits=out.logits,
@@ -263,17 +305,14 @@ class EnvActor:
         tv = np.zeros(self.num_envs, dtype=np.float32)
         trunc = res.truncated
         if faulted is not None and faulted.any():
-            tv[faulted] = out.value.float().cpu().numpy()[faulted]
+            tv[faulted] = _np(out.value)[faulted]
             trunc = trunc & ~faulted
         idx = np.flatnonzero(trunc)
         if idx.size == 0:
             return tv
-        final = {
-            k: torch.from_numpy(np.stack([res.final_obs[int(i)][k] for i in idx])) for k in self.spec.obs
-        }
-        ti = torch.from_numpy(idx).to(self.device)
-        sub = {k: v.index_select(0, ti.to(v.device)) for k, v in out.state.items()}
-        tv[idx] = self.policy.act(final, sub).value.float().cpu().numpy()
+        final = {k: np.stack([res.final_obs[int(i)][k] for i in idx]) for k in self.spec.obs}
+        sub = {k: _rows(v, idx) for k, v in out.state.items()}
+        tv[idx] = _np(self.policy.act(final, sub).value)
         return tv
 
     # ---- reporting ---------------------------------------------------------------------------------------

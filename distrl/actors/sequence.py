@@ -203,4 +203,8 @@ class SequenceWriter:
 
 
 def _clone_state(state: CoreState) -> CoreState:
-    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+    """CPU tensor copies of a core state whose leaves are tensors (any device) or NumPy arrays."""
+    return {
+        k: v.detach().to("cpu", copy=True) if isinstance(v, Tensor) else torch.from_numpy(np.array(v, copy=True))
+        for k, v in state.items()
+    }

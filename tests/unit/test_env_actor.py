@@ -31,11 +31,12 @@ class CountingPolicy:
         return {"n": torch.zeros(batch, dtype=torch.int64)}
 
     def reset_state(self, state, mask):
+        mask = torch.as_tensor(mask)  # the actor hands policies NumPy masks and observations
         return {"n": torch.where(mask, torch.zeros_like(state["n"]), state["n"])}
 
     def act(self, obs, state, greedy=False):
         self.calls += 1
-        count = obs["count"][:, 0]
+        count = torch.as_tensor(obs["count"][:, 0])
         assert torch.equal(state["n"], count), f"state {state['n'].tolist()} != count {count.tolist()}"
         logits = torch.nn.functional.one_hot(count % self.num_actions, self.num_actions).float()
         return ActOut(action=count % self.num_actions, logits=logits, value=count.float(),

@@ -1,0 +1,252 @@
+"""NumpyPolicy (distrl.models.numpy_act): the same function as Agent.act, weight loads, sampling, bad input,
+and the env actor choosing it (actor.inference)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from distrl.actors import EnvActor
+from distrl.actors.env_actor import acting_policy
+from distrl.config import EnvConfig, ExperimentConfig, ModelConfig, SequenceConfig
+from distrl.envs.base import ArraySpec, EnvSpec
+from distrl.models import Agent, build_agent
+from distrl.models.numpy_act import NumpyPolicy, numpy_unsupported
+
+
+def _a(shape: tuple[int, ...], dtype) -> ArraySpec:
+    return ArraySpec(shape, np.dtype(dtype))
+
+
+MINIHACK = EnvSpec(
+    "MiniHack-Room-5x5-v0",
+    {"glyphs_crop": _a((9, 9), np.int16), "blstats": _a((27,), np.int64), "message": _a((256,), np.uint8)},
+    8, "minihack",
+)
+CROP_ONLY = EnvSpec("MiniHack-Room-5x5-v0", {"glyphs_crop": _a((5, 5), np.int16)}, 8, "minihack")
+MIXED = EnvSpec(  # uint8 pixels (scaled by 1/255), floats and a scalar: every MLPEncoder input kind
+    "fake:spec", {"img": _a((3, 4, 4), np.uint8), "vec": _a((5,), np.float32), "t": _a((), np.int64)}, 4, "fake",
+)
+ATARI = EnvSpec("ALE/Pong-v5", {"frames": _a((4, 84, 84), np.uint8)}, 6, "atari")
+
+CASES = {
+    "nethack_small+lstm": (MINIHACK, ModelConfig(encoder="nethack_small", hidden_size=32, glyph_embedding_dim=4)),
+    "nethack_small+lstm2": (
+        MINIHACK, ModelConfig(encoder="nethack_small", hidden_size=32, glyph_embedding_dim=4, num_core_layers=2)
+    ),
+    "nethack_small_crop_only+identity": (CROP_ONLY, ModelConfig(encoder="nethack_small", hidden_size=16,
+                                                                 core="identity")),
+    "mlp+lstm": (MIXED, ModelConfig(encoder="mlp", hidden_size=24)),
+    "mlp+identity": (MIXED, ModelConfig(encoder="mlp", hidden_size=24, core="identity")),
+}
+
+
+def _obs(spec: EnvSpec, b: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    out = {}
+    for k, s in spec.obs.items():
+        if np.issubdtype(s.dtype, np.integer):
+            hi = 2000 if k.startswith("glyphs") else 255  # glyph ids < num_glyphs(); uint8 pixels
+            out[k] = rng.integers(0, hi, (b, *s.shape)).astype(s.dtype)
+        else:
+            out[k] = rng.normal(size=(b, *s.shape)).astype(s.dtype) * 3
+    return out
+
+
+def _random_state(agent: Agent, b: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return {k: torch.randn(v.shape, generator=g) for k, v in agent.initial_state(b).items()}
+
+
+def _randomise(agent: Agent, seed: int) -> None:
+    """Weights far from the init (biases included), so every term of the function shows in the outputs."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in agent.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (0.3 if p.dim() > 1 else 1.0))
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_numpy_act_equals_agent_act(case):
+    spec, mcfg = CASES[case]
+    torch.manual_seed(0)
+    agent = build_agent(mcfg, spec)
+    _randomise(agent, 0)
+    policy = NumpyPolicy(agent, seed=0)
+    obs = _obs(spec, 7, np.random.default_rng(0))
+    state = _random_state(agent, 7)
+    ref = agent.act(obs, state, greedy=True)
+    out = policy.act(obs, {k: v.numpy() for k, v in state.items()}, greedy=True)
+    assert isinstance(out.logits, np.ndarray) and out.logits.dtype == np.float32
+    assert out.action.dtype == np.int64 and out.value.dtype == np.float32
+    np.testing.assert_allclose(out.logits, ref.logits.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out.value, ref.value.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(out.action, ref.action.numpy())
+    assert sorted(out.state) == sorted(ref.state)
+    for k in ref.state:
+        assert out.state[k].shape == tuple(ref.state[k].shape)
+        np.testing.assert_allclose(out.state[k], ref.state[k].numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_numpy_act_over_a_sequence_with_resets_matches_unroll():
+    """T act calls with resets between them (the actor's loop) give unroll's logits and final state."""
+    spec, mcfg = CASES["nethack_small+lstm2"]
+    agent = build_agent(mcfg, spec)
+    _randomise(agent, 1)
+    policy = NumpyPolicy(agent, seed=0)
+    rng = np.random.default_rng(1)
+    T, B = 6, 4
+    obs = [_obs(spec, B, rng) for _ in range(T)]
+    reset = rng.random((T, B)) < 0.3
+    reset[0] = False
+    s0 = _random_state(agent, B)
+    state = {k: v.numpy().copy() for k, v in s0.items()}
+    logits = []
+    for t in range(T):
+        if t:
+            state = policy.reset_state(state, reset[t])
+        out = policy.act(obs[t], state)
+        logits.append(out.logits)
+        state = out.state
+    with torch.no_grad():
+        ref = agent.unroll({k: np.stack([o[k] for o in obs]) for k in spec.obs}, torch.from_numpy(reset), s0)
+    np.testing.assert_allclose(np.stack(logits), ref.logits.numpy(), rtol=1e-4, atol=1e-5)
+    for k in ref.state:
+        np.testing.assert_allclose(state[k], ref.state[k].numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_numpy_sampling_follows_softmax():
+    """Gumbel-max with the policy's generator: action frequencies match softmax(logits); seeded = repeatable."""
+    spec, mcfg = CASES["mlp+identity"]
+    agent = build_agent(mcfg, spec)
+    p = np.array([0.1, 0.2, 0.3, 0.4])
+    with torch.no_grad():
+        agent.heads.policy.fc.weight.zero_()
+        agent.heads.policy.fc.bias.copy_(torch.from_numpy(np.log(p)))
+    obs = _obs(spec, 4000, np.random.default_rng(0))
+    a = NumpyPolicy(agent, seed=3).act(obs, {}).action
+    freq = np.bincount(a, minlength=4) / a.size
+    assert np.abs(freq - p).max() < 0.03, freq  # ~4 standard errors
+    np.testing.assert_array_equal(NumpyPolicy(agent, seed=3).act(obs, {}).action, a)
+    assert not np.array_equal(NumpyPolicy(agent, seed=4).act(obs, {}).action, a)
+
+
+def test_load_state_dict_and_sync():
+    spec, mcfg = CASES["nethack_small+lstm"]
+    agent = build_agent(mcfg, spec)
+    policy = NumpyPolicy(agent, seed=0)
+    other = build_agent(mcfg, spec)
+    _randomise(other, 5)
+    obs = _obs(spec, 3, np.random.default_rng(2))
+    s = _random_state(agent, 3)
+    s_np = {k: v.numpy() for k, v in s.items()}
+    policy.load_state_dict(other.state_dict())
+    np.testing.assert_allclose(policy.act(obs, s_np).logits, other.act(obs, s).logits.numpy(), atol=1e-5)
+    assert policy.state_dict().keys() == other.state_dict().keys()
+    # the policy holds copies: an in-place change shows only after sync()
+    _randomise(agent, 6)
+    before = policy.act(obs, s_np, greedy=True).logits
+    np.testing.assert_allclose(before, other.act(obs, s).logits.numpy(), atol=1e-5)
+    policy.sync()
+    np.testing.assert_allclose(policy.act(obs, s_np).logits, agent.act(obs, s).logits.numpy(), atol=1e-5)
+
+
+def test_reset_state_zeroes_masked_rows_only():
+    spec, mcfg = CASES["mlp+lstm"]
+    policy = NumpyPolicy(build_agent(mcfg, spec))
+    s = {k: v.numpy() for k, v in _random_state(policy.agent, 4).items()}
+    r = policy.reset_state(s, np.array([True, False, False, True]))
+    for k in s:
+        assert not r[k][[0, 3]].any()
+        np.testing.assert_array_equal(r[k][[1, 2]], s[k][[1, 2]])
+        assert r[k] is not s[k]
+    assert policy.reset_state({}, np.ones(4, bool)) == {}
+
+
+def test_unsupported_models_are_named():
+    agent = build_agent(ModelConfig(encoder="nature_cnn"), ATARI)
+    why = numpy_unsupported(agent)
+    assert why is not None and "NatureCNN" in why
+    with pytest.raises(ValueError, match=r"NatureCNN.*actor\.inference=torch"):
+        NumpyPolicy(agent)
+    assert numpy_unsupported(build_agent(CASES["mlp+lstm"][1], MIXED)) is None
+
+
+def test_bad_input_names_the_problem():
+    spec, mcfg = CASES["nethack_small+lstm"]
+    policy = NumpyPolicy(build_agent(mcfg, spec))
+    obs = _obs(spec, 2, np.random.default_rng(0))
+    s = policy.initial_state(2)
+    with pytest.raises(KeyError, match="'glyphs_crop' missing"):
+        policy.act({"blstats": obs["blstats"]}, s)
+    with pytest.raises(ValueError, match="'blstats' has shape"):
+        policy.act({**obs, "blstats": obs["blstats"][:, :5]}, s)
+    with pytest.raises(ValueError, match="one B for all keys"):
+        policy.act({**obs, "blstats": obs["blstats"][:1]}, s)
+    with pytest.raises(ValueError, match="core state 'h' has batch 3"):
+        policy.act(obs, policy.initial_state(3))
+    with pytest.raises(KeyError, match="core state keys"):
+        policy.act(obs, {"h": s["h"]})
+
+
+def _cfg(inference: str, encoder: str = "mlp") -> ExperimentConfig:
+    return ExperimentConfig(
+        env=EnvConfig(name="fake:memory", num_envs=4, fake_episode_len=3),
+        model=ModelConfig(encoder=encoder, hidden_size=16),
+        sequence=SequenceConfig(length=5, period=5),
+        actor=dataclasses.replace(ExperimentConfig().actor, inference=inference),
+    )
+
+
+def test_actor_picks_the_acting_path():
+    from distrl.envs.registry import env_spec
+
+    cfg = _cfg("auto")
+    spec = env_spec(cfg.env)
+    assert isinstance(acting_policy(cfg, spec, torch.device("cpu"), 0), NumpyPolicy)
+    assert isinstance(acting_policy(_cfg("torch"), spec, torch.device("cpu"), 0), Agent)
+    assert isinstance(acting_policy(_cfg("numpy"), spec, torch.device("cpu"), 0), NumpyPolicy)
+    cnn = dataclasses.replace(_cfg("auto"), model=ModelConfig(encoder="small_cnn"))
+    assert isinstance(acting_policy(cnn, ATARI, torch.device("cpu"), 0), Agent)  # auto falls back to torch
+    with pytest.raises(ValueError, match=r"actor\.inference=numpy cannot run this model: encoder SmallCNN"):
+        acting_policy(dataclasses.replace(cnn, actor=_cfg("numpy").actor), ATARI, torch.device("cpu"), 0)
+
+
+@pytest.mark.parametrize("inference", ["numpy", "torch"])
+def test_actor_sequences_replay_exactly(inference):
+    """Behaviour logits and core states the actor stores are what the learner's unroll recomputes from the
+    stored sequence (resets, stored start states, weights loaded mid-run): the acting path is the agent."""
+    cfg = _cfg(inference)
+    actor = EnvActor(cfg, 0)
+    agent = actor.policy.agent if inference == "numpy" else actor.policy
+    assert isinstance(agent, Agent)
+    list(actor.run(2))
+    other = build_agent(cfg.model, actor.spec)
+    _randomise(other, 7)
+    actor.set_weights(3, other.state_dict())
+    trajs = list(actor.run(3))
+    assert any(bool(t.terminated.any()) for t in trajs)  # episode ends inside the sequences
+    for t in trajs:
+        assert int(t.policy_version[0]) == 3
+        reset = torch.zeros_like(t.terminated)
+        reset[1:] = t.terminated[:-1] | t.truncated[:-1]
+        with torch.no_grad():
+            out = other.unroll({k: v[:-1] for k, v in t.obs.items()}, reset, t.core_state)
+        torch.testing.assert_close(out.logits, t.behaviour_logits, rtol=1e-4, atol=1e-5)
+
+
+def test_actor_caps_numpy_blas_threads():
+    """An actor caps NumPy's OpenBLAS pool at actor.threads (extra pool threads only compete with the other
+    env-stepping processes); PyTorch's thread count is left alone."""
+    from threadpoolctl import ThreadpoolController
+
+    torch_threads = torch.get_num_threads()
+    actor = EnvActor(_cfg("auto"), 0)
+    try:
+        pools = ThreadpoolController().select(internal_api="openblas").info()
+        assert pools and all(p["num_threads"] == 1 for p in pools), pools
+        assert torch.get_num_threads() == torch_threads
+    finally:
+        actor.close()
