@@ -27,9 +27,13 @@ episode stats), truncation values, per-slot state reset and the SequenceWriter e
 ``period`` steps (dropped afterwards: replay transport is measured elsewhere). Policies (torch with 1 thread per
 process): ``random`` (:class:`~distrl.actors.env_actor.RandomPolicy`), ``neural_small`` (the small model of the
 env family, :data:`SMALL_MODELS`: ``nethack_small`` + LSTM 128 for MiniHack, ``small_cnn`` + LSTM 128 for Atari)
-and ``neural`` (``build_agent(ModelConfig(), spec)``, the default model). ``act_us_per_sample`` is one no-grad
-``act`` of that model at batch B measured in the driver process afterwards, and ``cpu_bound_ratio`` the ceiling
-it implies when every core is busy: env CPU / (env CPU + inference CPU) per step.
+and ``neural`` (``build_agent(ModelConfig(), spec)``, the default model). ``--inference`` picks how the actors
+run the neural policies (``actor.inference``: ``auto``, the default, runs the models NumPy can run through
+:class:`~distrl.models.numpy_act.NumpyPolicy` and the rest through ``Agent.act``; ``torch`` always the latter);
+give several to compare them in one run, and each row names the path it measured (``inference``).
+``act_us_per_sample`` is one ``act`` of that model and path at batch B measured in the driver process
+afterwards (warm caches), and ``cpu_bound_ratio`` the ceiling it implies when every core is busy: env CPU /
+(env CPU + inference CPU) per step.
 
 ``in_actor_us_per_step`` splits the actors' own step time (their ``time_*_s`` counters over the measured
 windows) per env step into ``policy`` (act, truncation values, state resets), ``env`` (the VecEnv: env steps and
@@ -42,6 +46,7 @@ Usage::
     .venv/bin/python tools/bench/actors.py            # full run (~4-5 min on 2 cores)
     .venv/bin/python tools/bench/actors.py --quick    # ~1 min smoke run
     .venv/bin/python tools/bench/actors.py --envs MiniHack-Room-5x5-v0 --modes inline --policies random
+    .venv/bin/python tools/bench/actors.py --modes inline --policies neural_small --inference auto torch
 """
 
 from __future__ import annotations
@@ -90,6 +95,7 @@ class PoolSpec:
     policy: str = "random"
     model: dict[str, Any] = field(default_factory=dict)
     prereset: bool | None = None
+    inference: str = "auto"  # actor.inference
 
 
 def _env_cfg(spec: PoolSpec) -> Any:
@@ -134,13 +140,14 @@ class _Raw:
 class _Actor:
     def __init__(self, spec: PoolSpec, seed: int) -> None:
         from distrl.actors.env_actor import EnvActor, RandomPolicy
-        from distrl.config import ExperimentConfig, ModelConfig, SequenceConfig
+        from distrl.config import ActorConfig, ExperimentConfig, ModelConfig, SequenceConfig
         from distrl.envs.registry import env_spec
 
         cfg = ExperimentConfig(
             env=replace(_env_cfg(spec), seed=seed),
             model=ModelConfig(**spec.model),
             sequence=SequenceConfig(length=40, burn_in=0, period=40),
+            actor=ActorConfig(inference=spec.inference),
         )
         policy = RandomPolicy(env_spec(cfg.env).num_actions, seed) if spec.policy == "random" else None
         self.actor = EnvActor(cfg, actor_id=seed, policy=policy, prereset=spec.prereset)
@@ -240,19 +247,35 @@ class Pool:
             p.join(30)
 
 
-def act_cost_us(env: str, batch: int, model: dict[str, Any], reps: int = 20) -> float:
-    """CPU microseconds per sample of one no-grad ``act`` of ``ModelConfig(**model)`` at batch size ``batch``."""
+def acting_path(env: str, model: dict[str, Any], inference: str) -> str:
+    """The path an actor takes for this model and ``actor.inference``: ``numpy`` or ``torch``."""
+    import torch
+
+    from distrl.actors.env_actor import acting_policy
+    from distrl.config import ActorConfig, EnvConfig, ExperimentConfig, ModelConfig
+    from distrl.envs.registry import env_spec
+    from distrl.models.numpy_act import NumpyPolicy
+
+    cfg = ExperimentConfig(env=EnvConfig(name=env), model=ModelConfig(**model), actor=ActorConfig(inference=inference))
+    policy = acting_policy(cfg, env_spec(cfg.env), torch.device("cpu"), 0)
+    return "numpy" if isinstance(policy, NumpyPolicy) else "torch"
+
+
+def act_cost_us(env: str, batch: int, model: dict[str, Any], inference: str = "torch", reps: int = 20) -> float:
+    """CPU microseconds per sample of one ``act`` at batch size ``batch`` of ``ModelConfig(**model)`` on the
+    path the actors take with ``actor.inference=inference`` (warm: measured alone, after 3 calls)."""
     import numpy as np
     import torch
 
-    from distrl.config import EnvConfig, ModelConfig
+    from distrl.actors.env_actor import acting_policy
+    from distrl.config import ActorConfig, EnvConfig, ExperimentConfig, ModelConfig
     from distrl.envs.registry import env_spec
-    from distrl.models.agent import build_agent
 
-    spec = env_spec(EnvConfig(name=env))
-    agent = build_agent(ModelConfig(**model), spec).eval()
+    cfg = ExperimentConfig(env=EnvConfig(name=env), model=ModelConfig(**model), actor=ActorConfig(inference=inference))
+    spec = env_spec(cfg.env)
+    agent = acting_policy(cfg, spec, torch.device("cpu"), 0)
     rng = np.random.default_rng(0)
-    obs = {k: torch.from_numpy(rng.integers(0, 100, (batch, *a.shape)).astype(a.dtype)) for k, a in spec.obs.items()}
+    obs = {k: rng.integers(0, 100, (batch, *a.shape)).astype(a.dtype) for k, a in spec.obs.items()}
     state = agent.initial_state(batch)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -341,15 +364,22 @@ def _iqr(xs: list[float]) -> list[float]:
 def bench_env(env: str, args: argparse.Namespace) -> None:
     procs, b = args.procs, args.num_envs
     pools: dict[str, Pool] = {"raw": Pool(PoolSpec("raw", env, b, procs), seed=100)}
+    paths: dict[str, str] = {}  # pool name -> acting path ("none" for the random policy)
     for mode in args.modes:
         for policy in args.policies:
             model = policy_model(policy, env)
-            if mode == "inline":
-                spec = PoolSpec("actor", env, b, procs, "inline", 1, policy, model)
-            else:
-                pre = False if mode == "subprocess_noprereset" else None
-                spec = PoolSpec("actor", env, b * procs, 1, "subprocess", procs, policy, model, prereset=pre)
-            pools[f"{mode}/{policy}"] = Pool(spec, seed=200)
+            for inference in (["auto"] if policy == "random" else args.inference):
+                path = "none" if policy == "random" else acting_path(env, model, inference)
+                if any(k.startswith(f"{mode}/{policy}/") and p == path for k, p in paths.items()):
+                    continue  # another --inference value runs the same path (auto = torch for CNN encoders)
+                paths[f"{mode}/{policy}/{inference}"] = path
+                if mode == "inline":
+                    spec = PoolSpec("actor", env, b, procs, "inline", 1, policy, model, inference=inference)
+                else:
+                    pre = False if mode == "subprocess_noprereset" else None
+                    spec = PoolSpec("actor", env, b * procs, 1, "subprocess", procs, policy, model, prereset=pre,
+                                    inference=inference)
+                pools[f"{mode}/{policy}/{inference}"] = Pool(spec, seed=200)
     t0 = time.perf_counter()
     for p in pools.values():
         p.wait_ready()
@@ -384,13 +414,17 @@ def bench_env(env: str, args: argparse.Namespace) -> None:
         p.close()
     med = statistics.median
     raw, raw_cpu = med(raw_w), med(raw_c)
-    act_us = {p: act_cost_us(env, b, policy_model(p, env)) for p in args.policies if p != "random"}
+    act_us = {
+        (p, i): act_cost_us(env, b, policy_model(p, env), i)
+        for p in args.policies if p != "random" for i in args.inference
+    }
     for k in names:
-        mode, policy = k.split("/")
+        mode, policy, inference = k.split("/")
         row: dict[str, Any] = {
             "bench": "actors",
             "env": env,
             "policy": policy,
+            "inference": paths[k],
             "vectorization": mode,
             "num_envs": b * procs,
             "env_processes": procs,
@@ -414,12 +448,13 @@ def bench_env(env: str, args: argparse.Namespace) -> None:
         row["in_actor_us_per_step"] = {
             "policy": round(pol_us, 1), "env": round(env_us, 1), "other": round(step_us - pol_us - env_us, 1)
         }
-        if policy in act_us:
+        if (policy, inference) in act_us:
             # The CPU-bound ceiling: env CPU per step / (env CPU + inference CPU per step), with the act cost
             # measured alone in the driver (warm caches) and inside the actors (right after the env steps).
+            us = act_us[(policy, inference)]
             row["model"] = policy_model(policy, env)
-            row["act_us_per_sample"] = round(act_us[policy], 1)
-            row["cpu_bound_ratio"] = round(1.0 / (1.0 + act_us[policy] * 1e-6 * raw_cpu), 3)
+            row["act_us_per_sample"] = round(us, 1)
+            row["cpu_bound_ratio"] = round(1.0 / (1.0 + us * 1e-6 * raw_cpu), 3)
             row["cpu_bound_ratio_in_actor"] = round(1.0 / (1.0 + pol_us * 1e-6 * raw_cpu), 3)
         print(json.dumps(row), flush=True)
 
@@ -432,6 +467,10 @@ def main(argv: list[str] | None = None) -> None:
         choices=["inline", "subprocess", "subprocess_noprereset"],
     )
     ap.add_argument("--policies", nargs="+", default=list(POLICIES), choices=list(POLICIES))
+    ap.add_argument(
+        "--inference", nargs="+", default=["auto"], choices=["auto", "torch", "numpy"],
+        help="actor.inference for the neural policies; several = one pool each (paths measured once)",
+    )
     ap.add_argument("--procs", type=int, default=os.cpu_count() or 2, help="env-stepping processes")
     ap.add_argument("--num-envs", type=int, default=16, help="envs per env-stepping process")
     ap.add_argument("--seconds", type=float, default=1.0, help="measurement window per pool per round")
