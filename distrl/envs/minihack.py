@@ -21,17 +21,17 @@ seed)`` or ``reset(seed=...)``: one seed fixes the whole stream of levels. MiniG
 ...) also seed their MiniGrid layout generator the same way.
 
 Crops of the map layers (``glyphs_crop`` etc.) are cut by the adapter from a preallocated padded buffer instead
-of MiniHack's per-step ``np.pad`` (1.3-1.4x faster steps, identical numbers). MiniHack still has NLE fill and copy
-(twice per step) all 16 NLE buffers, ``screen_descriptions`` [21, 79, 80] included, whatever keys are asked for:
-most of what remains of a step beyond NetHack itself.
+of MiniHack's per-step ``np.pad`` (1.3-1.4x faster steps, identical numbers). MiniHack has NLE fill and copy all
+16 NLE buffers on every step, whatever keys are asked for; the largest by far, ``screen_descriptions`` [21, 79,
+80] (132 KiB: a text description of every map cell), is skipped by :func:`_skip_screen_descriptions` when
+nothing can read it (not asked for, no reward manager, no wiki): ~1.4x cheaper steps with 16 envs per process
+and identical episodes (tests).
 
 Levels that a task generates at each reset (MiniGrid-based tasks such as MultiRoom, and Boxoban) are compiled
 by :class:`_LevelPatcher` instead of MiniHack's bash script: the same ``nhdat``, two child processes
 (``lev_comp``, ``dlb``) instead of six. A MultiRoom-N4 reset drops from ~20 ms to ~12 ms of wall time.
 
-Cost (one core, ``tools/bench/minihack_step.py``, CPU of child processes included, resets included, random
-actions): ~200 µs per step for Room-5x5 and ~230 µs for MultiRoom-N4 through this adapter, vs ~290 and ~440 µs
-through MiniHack's own crop and level compile.
+Cost: ``tools/bench/minihack_step.py`` compares this adapter with MiniHack's own observation path (BENCHMARKS.md).
 
 Usage::
 
@@ -229,6 +229,38 @@ def _install_level_patcher(env: Any) -> bool:
     return True
 
 
+_SCREEN_DESCRIPTIONS = "screen_descriptions"
+
+
+def _skip_screen_descriptions(env: Any, keys: tuple[str, ...]) -> bool:
+    """Stop NetHack from filling, and NLE from copying, the ``screen_descriptions`` buffer of ``env`` when
+    nothing can read it. Returns whether it did.
+
+    NLE fills every buffer it was given on every step (a description string for each of the 21x79 map cells)
+    and copies all of them again into ``last_observation``; MiniHack asks NLE for all 16 whatever keys the user
+    wants. Only MiniHack's reward-manager events (``screen_contains``) and its wiki helpers read the
+    descriptions, so with ``screen_descriptions(_crop)`` not among ``keys``, no reward manager and no wiki,
+    NetHack gets every buffer but that one, and NLE's observation tuple holds an empty array in its place:
+    anything that still indexed it would raise, not read stale data. Skipped (False) when this NLE does not
+    look like the one this mirrors (``Nethack._obs_buffers``, ``_obs``, ``_pynethack.set_buffers``)."""
+    if any(k.startswith(_SCREEN_DESCRIPTIONS) for k in keys):
+        return False
+    if getattr(env, "reward_manager", None) is not None or getattr(env, "use_wiki", False):
+        return False
+    nh = getattr(env, "nethack", None)
+    bufs = getattr(nh, "_obs_buffers", None)
+    obs = getattr(nh, "_obs", None)
+    set_buffers = getattr(getattr(nh, "_pynethack", None), "set_buffers", None)
+    if not (isinstance(bufs, dict) and _SCREEN_DESCRIPTIONS in bufs and callable(set_buffers)):
+        return False
+    if not (isinstance(obs, tuple) and len(obs) == len(bufs) and all(a is b for a, b in zip(obs, bufs.values()))):
+        return False
+    set_buffers(**{k: v for k, v in bufs.items() if k != _SCREEN_DESCRIPTIONS})
+    empty = np.zeros((0,), dtype=bufs[_SCREEN_DESCRIPTIONS].dtype)
+    nh._obs = tuple(empty if k == _SCREEN_DESCRIPTIONS else v for k, v in bufs.items())
+    return True
+
+
 class MiniHackEnv(gym.Env):
     """One MiniHack task with the distrl single-env API (see the module docstring for keys and semantics).
 
@@ -249,6 +281,7 @@ class MiniHackEnv(gym.Env):
         self.env = _build(cfg)
         self.fast_level_patch = _install_level_patcher(self.env)
         self.keys = observation_keys(cfg)
+        self.skips_screen_descriptions = _skip_screen_descriptions(self.env, self.keys)
         self._crops: dict[str, _Crop] = {}
         for k in self.keys:
             src = _own_crop_source(k)

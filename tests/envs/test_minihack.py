@@ -260,3 +260,47 @@ def test_level_patcher_names_a_bad_level_description():
     with pytest.raises(FileNotFoundError, match=r"no_such_level\.des"):
         env.env._patch_nhdat("no_such_level.des")
     env.close()
+
+
+@pytest.mark.parametrize("name", [ROOM, MULTIROOM])
+def test_skipping_screen_descriptions_gives_the_same_episodes(name, monkeypatch):
+    """With the default keys nothing reads NLE's screen descriptions: NetHack stops filling them, and the
+    episodes (observations, rewards, ends, infos) are the same as with the library's full buffer set."""
+    cfg = EnvConfig(name=name)
+    fast = mh.make(cfg, seed=3)
+    assert fast.skips_screen_descriptions
+    monkeypatch.setattr(mh, "_skip_screen_descriptions", lambda env, keys: False)
+    slow = mh.make(cfg, seed=3)
+    assert not slow.skips_screen_descriptions
+    rng = np.random.default_rng(1)
+    (of, _), (os_, _) = fast.reset(), slow.reset()
+    episodes = 0
+    for a in rng.integers(0, fast.action_space.n, 400).tolist():
+        for k in of:
+            np.testing.assert_array_equal(of[k], os_[k])
+        rf, rs = fast.step(a), slow.step(a)
+        assert rf[1:] == rs[1:]
+        of, os_ = rf[0], rs[0]
+        if rf[2] or rf[3]:
+            episodes += 1
+            (of, _), (os_, _) = fast.reset(), slow.reset()
+    assert episodes >= 2
+    assert slow.env.nethack._obs_buffers["screen_descriptions"].any()  # the library's env fills them
+    assert not fast.env.nethack._obs_buffers["screen_descriptions"].any()  # NetHack no longer writes them
+    with pytest.raises(IndexError):  # a reader that was missed fails loudly instead of reading stale text
+        fast.env.screen_contains("wall")
+    fast.close()
+    slow.close()
+
+
+def test_screen_descriptions_are_kept_where_something_reads_them():
+    env = mh.make(EnvConfig(name=ROOM, observation_keys=("glyphs", "screen_descriptions")), seed=0)
+    assert not env.skips_screen_descriptions
+    obs, _ = env.reset()
+    assert obs["screen_descriptions"].any()
+    env.close()
+    eat = mh.make(EnvConfig(name="MiniHack-Eat-v0"), seed=0)  # a reward manager: its events read them
+    assert not eat.skips_screen_descriptions
+    eat.reset()
+    assert eat.env.nethack._obs_buffers["screen_descriptions"].any()
+    eat.close()

@@ -1,8 +1,9 @@
 """MiniHack step cost: distrl's adapter vs the same env stepped the way MiniHack serves it (one JSON line per env).
 
 ``adapter``: :func:`distrl.envs.minihack.make` with the default observation keys (glyphs, glyphs_crop,
-blstats, message): the adapter asks MiniHack for the map layers only and cuts the crop itself, and compiles
-generated levels without MiniHack's bash script (:class:`distrl.envs.minihack._LevelPatcher`).
+blstats, message): the adapter asks MiniHack for the map layers only and cuts the crop itself, compiles
+generated levels without MiniHack's bash script (:class:`distrl.envs.minihack._LevelPatcher`), and has NetHack
+skip the screen descriptions nothing reads (:func:`distrl.envs.minihack._skip_screen_descriptions`).
 ``library``: ``gym.make(id, observation_keys=<same keys>)`` so MiniHack cuts the crop (``np.pad`` per step), and
 the observation is copied out of NLE's buffers exactly like the adapter does. Both step random actions and reset
 at episode ends, in one process, interleaved in blocks of ``--block`` steps over ``--rounds`` rounds; the
