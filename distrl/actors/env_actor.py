@@ -114,7 +114,8 @@ class RandomPolicy:
 def acting_policy(cfg: ExperimentConfig, spec: EnvSpec, device: torch.device, seed: int) -> Policy:
     """The actor's policy for ``cfg.model``: a fresh agent on ``device`` (eval mode), run through
     :class:`~distrl.models.numpy_act.NumpyPolicy` when ``cfg.actor.inference`` allows and it can run the
-    model (``auto``), or must (``numpy``: raises naming what it cannot run), else the agent itself."""
+    model (``auto``), or must (``numpy``: raises naming what it cannot run), else the agent itself. ``seed``
+    (the actor's env seed) also seeds the NumPy path's action sampling, through a stream of its own."""
     agent = build_agent(cfg.model, spec)
     agent.to(device)
     agent.eval()
@@ -123,7 +124,9 @@ def acting_policy(cfg: ExperimentConfig, spec: EnvSpec, device: torch.device, se
         return agent
     why = numpy_unsupported(agent)
     if why is None:
-        return NumpyPolicy(agent, seed=seed)
+        # its own stream for action sampling, not the env seed's (the VecEnv draws from that one)
+        sampling = np.random.SeedSequence(entropy=int(seed), spawn_key=(0xAC7, 0x5A3)).generate_state(1)[0]
+        return NumpyPolicy(agent, seed=int(sampling))
     if mode == "numpy":
         raise ValueError(f"actor.inference=numpy cannot run this model: {why}; use actor.inference=auto or torch")
     return agent
