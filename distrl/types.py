@@ -19,8 +19,16 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
+
+
+def as_numpy(x: Any) -> np.ndarray:
+    """``x`` as a NumPy array: a tensor (any device) detached and brought to the host, anything else through
+    ``np.asarray`` (NumPy arrays pass through uncopied)."""
+    return x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
+
 
 CoreState = dict[str, Tensor]
 """Recurrent-core state: named tensors, each batch-first ``[B, ...]`` (state has no time axis)."""

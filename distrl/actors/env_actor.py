@@ -52,6 +52,7 @@ from distrl.envs.vector import make_vec_env
 from distrl.models.agent import build_agent
 from distrl.models.numpy_act import NumpyPolicy, numpy_unsupported
 from distrl.types import ActOut, CoreState, EpisodeStats, Trajectory
+from distrl.types import as_numpy as _np
 
 
 class Policy(Protocol):
@@ -130,11 +131,6 @@ def acting_policy(cfg: ExperimentConfig, spec: EnvSpec, device: torch.device, se
     if mode == "numpy":
         raise ValueError(f"actor.inference=numpy cannot run this model: {why}; use actor.inference=auto or torch")
     return agent
-
-
-def _np(x: Any) -> np.ndarray:
-    """A NumPy array of a policy output (NumPy already, or a tensor on any device)."""
-    return x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
 
 
 def _rows(x: Any, idx: np.ndarray) -> Any:

@@ -40,12 +40,7 @@ from torch import Tensor
 
 from distrl.envs.base import EnvSpec
 from distrl.types import CoreState, Trajectory
-
-
-def _np(x: Any) -> np.ndarray:
-    if isinstance(x, Tensor):
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
+from distrl.types import as_numpy as _np
 
 
 class SequenceWriter:

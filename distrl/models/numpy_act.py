@@ -44,6 +44,7 @@ from distrl.models.agent import Agent
 from distrl.models.cores import IdentityCore, LSTMCore
 from distrl.models.encoders import MLPEncoder, NetHackSmallEncoder
 from distrl.types import ActOut, CoreState
+from distrl.types import as_numpy as _as_array
 
 Array = np.ndarray
 
@@ -85,10 +86,6 @@ def _sigmoid(x: Array) -> Array:
     x *= 0.5
     x += 0.5
     return x
-
-
-def _as_array(v: Any) -> Array:
-    return v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
 
 
 # ---- encoders ---------------------------------------------------------------------------------------------

@@ -52,7 +52,6 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -62,6 +61,7 @@ from distrl.replay.client import Pending, ReplayNotReady, ReplayShardError, Shar
 from distrl.replay.priorities import beta_at
 from distrl.replay.shard import ShardSample, ShardStats
 from distrl.types import ReplaySample, Trajectory
+from distrl.types import as_numpy as _np
 
 
 @dataclass
@@ -541,5 +541,4 @@ def _split_capped(total: int, caps: np.ndarray) -> np.ndarray:
     return np.minimum(out, caps)
 
 
-def _np(x: Any) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+

@@ -32,11 +32,10 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 import ray
-import torch
 
 from distrl.config import ReplayConfig
 from distrl.replay.shard import InsertResult, ReplayShard, ShardSample, ShardStats
-from distrl.types import Trajectory
+from distrl.types import Trajectory, as_numpy
 
 T = TypeVar("T")
 
@@ -61,9 +60,7 @@ class RayPending(Generic[T]):
 
 
 def _np(x: Any) -> np.ndarray | None:
-    if x is None:
-        return None
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    return None if x is None else as_numpy(x)
 
 
 class RayShardClient:
