@@ -27,10 +27,7 @@ def test_local_runtime_learns_a_memory_task(tmp_path):
     cfg, run_dir, _ = prepare_run(MEMORY, [f"runtime.run_dir={tmp_path}", "logging.wandb=disabled",
                                            "logging.progress=false", "runtime.total_env_steps=32000"])
     summary = LocalRuntime(cfg, run_dir).train()
-    # The sampling policy is well above chance (0.5); the greedy evaluation below checks it solves the task.
-    # (Over 11 seeds at 32k steps the last 100 sampled episodes succeeded 0.81-1.0 of the time, the greedy
-    # evaluation 1.0 where checked; at 16k a third of the seeds had not learned yet: BENCHMARKS.md session 4.)
-    assert summary["success_rate"] is not None and summary["success_rate"] >= 0.75, summary
+    assert summary["success_rate"] is not None and summary["success_rate"] >= 0.9, summary
     assert (run_dir / "checkpoints/learner.pt").is_file()
     assert (run_dir / "replay/shard_0").is_dir()
     rows = read_jsonl(run_dir / "metrics.jsonl")

@@ -26,16 +26,12 @@ def _run(tmp_path, *over):
 def test_two_learners_learn_and_stay_in_sync(ray_cluster, tmp_path):
     runtime, run_dir = _run(tmp_path, "learner.num_learners=2", "runtime.total_env_steps=32000")
     summary = runtime.train()
-    # Learned: the logged mean return (chance 0.5) reached 0.9. Not the final value: this asynchronous run
-    # sometimes collapses back to chance late and recovers (3 of 10 runs ended inside such a dip with torch
-    # acting, 4 of 10 with NumPy acting, 32k steps; a known instability, see BENCHMARKS.md session 4).
-    rows = read_jsonl(run_dir / "metrics.jsonl")
-    returns = [r["charts/episode_return"] for r in rows if "charts/episode_return" in r]
-    assert returns and max(returns) >= 0.9, (returns, summary)
+    assert summary["success_rate"] >= 0.9, summary  # chance is 0.5
     # Identical parameters on both replicas after all updates (gradient all-reduce over gloo).
     assert summary["learner_param_max_abs_diff"] == 0.0
     assert summary["learner_updates"] > 20
     assert (run_dir / "checkpoints/learner.pt").is_file() and (run_dir / "replay/shard_0").is_dir()
+    rows = read_jsonl(run_dir / "metrics.jsonl")
     assert any("learner/policy_lag_mean" in r for r in rows)
 
 
