@@ -182,20 +182,20 @@ class NumpyPolicy:
         self.agent = agent
         self.num_actions = agent.num_actions
         self._rng = np.random.default_rng(seed)
+        self._keys = agent.encoder.keys
+        self._specs = {k: agent.encoder.specs[k] for k in self._keys}
+        self._state_keys = sorted(agent.initial_state(0))
         self.sync()
 
     def sync(self) -> None:
         """Copy the agent's parameters into this policy's NumPy layout (after changing them in place)."""
         a = self.agent
-        self._keys = a.encoder.keys
-        self._specs = {k: a.encoder.specs[k] for k in self._keys}
         self._encode = _ENCODERS[type(a.encoder)](a.encoder)
         self._core = _CORES[type(a.core)](a.core)
         h = a.heads
         # policy logits and value from one matmul: columns [0, A) and A
         (pw, pb), (vw, vb) = _dense(h.policy.fc), _dense(h.value.fc)
         self._hw, self._hb = np.ascontiguousarray(np.concatenate([pw, vw], axis=1)), np.concatenate([pb, vb])
-        self._state_keys = sorted(a.initial_state(0))
 
     # ---- Policy ------------------------------------------------------------------------------------------
     def initial_state(self, batch: int, device: Any = "cpu") -> CoreState:

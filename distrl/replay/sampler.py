@@ -539,6 +539,3 @@ def _split_capped(total: int, caps: np.ndarray) -> np.ndarray:
     order = np.argsort(-(share - out), kind="stable")
     out[order[:rest]] += 1
     return np.minimum(out, caps)
-
-
-
