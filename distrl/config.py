@@ -181,7 +181,7 @@ class ActorConfig:
     device: str = "cpu"
     threads: int = 1
     inference: Literal["auto", "torch", "numpy"] = "auto"
-    """How a CPU actor runs its policy: 'numpy' (distrl.models.numpy_act: the same function, ~2-3x cheaper per
+    """How a CPU actor runs its policy: 'numpy' (distrl.models.numpy_act: the same function, ~2x cheaper per
     call between env steps, for the nethack_small/mlp encoders and lstm/identity cores), 'torch' (Agent.act),
     'auto' = numpy where it can run the model on this device, else torch."""
 

@@ -146,7 +146,7 @@ def limit_numpy_blas_threads(n: int) -> None:
     An actor's NumPy matrix products (NumPy acting, Atari frame resizes) are too small to gain from more
     threads, and with one env-stepping process per core an extra pool thread per process only competes with
     the other processes: on the 2-core benchmark box, two inline MiniHack actors with OpenBLAS's default of 2
-    threads spent ~490 µs per env step in the NumPy policy against ~30 µs with 1 (``tools/bench/actors.py``)."""
+    threads spent 487 µs per env step in the NumPy policy against 35-40 µs with 1 (``tools/bench/actors.py``)."""
     from threadpoolctl import ThreadpoolController
 
     ThreadpoolController().select(internal_api="openblas").limit(limits=max(1, int(n)))

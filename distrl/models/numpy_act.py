@@ -2,11 +2,12 @@
 
 Why: an env actor alternates a batch of env steps with one batched ``act``. After the env steps (NetHack, ALE)
 the CPU's caches and TLBs hold the simulator, not PyTorch, and every PyTorch op then pays for its cold
-dispatch path: on the 2-core benchmark box a ``torch.relu`` on 16×128 floats costs ~60 µs right after 16
-MiniHack steps against ~1.4 µs warm, an ``F.linear`` 16×1296→128 ~250 µs against ~75 µs, and the small
-MiniHack model's ``Agent.act`` on 16 slots ~1.2 ms against ~0.5 ms warm. The same math in NumPy (OpenBLAS
-sgemm and a handful of ufuncs, with far less code per op) costs ~0.35 ms in that loop.
-``tools/bench/actors.py`` measures both (``--inference``).
+dispatch path: on the 2-core benchmark box (``tools/bench/acting_cold.py``, BENCHMARKS.md session 4) a
+``torch.relu`` on 16×128 floats costs ~76 µs right after 16 MiniHack steps against ~1.3 µs warm, an
+``F.linear`` 16×1296→128 ~256 µs against ~71 µs, and the small MiniHack model's ``Agent.act`` on 16 slots
+~0.94 ms in the stepping loop against ~0.39 ms warm. The same math in NumPy (OpenBLAS sgemm and a handful of
+ufuncs, with far less code per op) costs ~0.47 ms in that loop. ``tools/bench/actors.py`` measures both
+inside the actors (``--inference``).
 
 What: :class:`NumpyPolicy` wraps an Agent and computes exactly its ``act`` (same weights, same function to
 float32 rounding: tests compare logits, values and states with the PyTorch path) for the modules it knows:
