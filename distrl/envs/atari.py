@@ -223,6 +223,8 @@ class AtariEnv(gym.Env):
         self._lives = 0
         self._continue_game = False  # next reset() continues after a life-loss episode end
         self._need_reset = True
+        self.copy_obs = True
+        """False: observations are views of buffers the next step()/reset() overwrites (distrl.envs.base)."""
 
     # -- seeding
     # -------------------------------------------------------------------------------------------------
@@ -258,7 +260,7 @@ class AtariEnv(gym.Env):
         self._lives = self.ale.lives()
         self.ale.getScreenGrayscale(self._screens[0])
         self._stack[:] = self._resize(self._screens[0])
-        return {"frames": self._stack.copy()}, {"lives": self._lives}
+        return self._obs(), {"lives": self._lives}
 
     def step(self, action: int) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         if self._need_reset:
@@ -306,7 +308,11 @@ class AtariEnv(gym.Env):
         self._lives = lives
         if self.cfg.reward_free:
             reward = 0.0
-        return {"frames": self._stack.copy()}, float(reward), terminated, truncated, info
+        return self._obs(), float(reward), terminated, truncated, info
+
+    def _obs(self) -> dict[str, np.ndarray]:
+        # The frame stack is shifted in place each step: a copy unless the caller took over (``copy_obs``).
+        return {"frames": self._stack.copy() if self.copy_obs else self._stack}
 
     def close(self) -> None:
         self.ale = None  # type: ignore[assignment]

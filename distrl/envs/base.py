@@ -5,6 +5,11 @@ observations and ``terminated`` / ``truncated`` kept apart, then batched by a Ve
 when slot i ends an episode in ``step``, the returned ``obs[i]`` is already the first observation of the next
 episode and the last observation of the finished one is in ``final_obs``.
 
+Observation ownership: a single env returns arrays the caller owns, unless it has a ``copy_obs`` attribute set
+to False: then they may be views of the env's own buffers, valid until its next ``step``/``reset``. The VecEnvs
+set it on the envs they build (they copy every observation into their batch buffers at once), which saves one
+allocation and copy per key and step; users stepping an env themselves leave it alone.
+
 Usage::
 
     venv = make_vec_env(cfg.env, num_envs=8, seed=0)

@@ -118,9 +118,10 @@ class _Crop:
         self.buf = np.full((self.h + 2 * d, self.w + 2 * d), pad, dtype=dtype)
 
     def __call__(self, layer: np.ndarray, x: int, y: int) -> np.ndarray:
+        """The crop as a view of this object's buffer (valid until the next call)."""
         d = self.d
         self.buf[d: d + self.h, d: d + self.w] = layer
-        return self.buf[y: y + self.size, x: x + self.size].copy()
+        return self.buf[y: y + self.size, x: x + self.size]
 
 
 def _check_cfg(cfg: EnvConfig) -> None:
@@ -294,6 +295,8 @@ class MiniHackEnv(gym.Env):
         self._seed(seed)
         self._return = 0.0
         self._need_reset = True
+        self.copy_obs = True
+        """False: observations are views of buffers the next step()/reset() overwrites (distrl.envs.base)."""
 
     def _seed(self, seed: int) -> None:
         self._rng = np.random.default_rng(np.random.SeedSequence(int(seed)))
@@ -303,14 +306,18 @@ class MiniHackEnv(gym.Env):
             minigrid.reset(seed=int(self._rng.integers(2**31 - 1)))
 
     def _obs(self, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        # NLE hands out views of buffers it overwrites on the next step: copy (crops are copies already).
+        # NLE hands out views of buffers it overwrites on the next step, and the crops are views of this
+        # adapter's padded buffers: copied unless the caller took over (``copy_obs``, see distrl.envs.base).
         if not self._crops:
-            return {k: np.array(raw[k], copy=True) for k in self.keys}
-        x, y = int(raw["blstats"][0]), int(raw["blstats"][1])
-        out = {}
-        for k in self.keys:
-            crop = self._crops.get(k)
-            out[k] = np.array(raw[k], copy=True) if crop is None else crop(raw[crop.source], x, y)
+            out = {k: raw[k] for k in self.keys}
+        else:
+            x, y = int(raw["blstats"][0]), int(raw["blstats"][1])
+            out = {}
+            for k in self.keys:
+                crop = self._crops.get(k)
+                out[k] = raw[k] if crop is None else crop(raw[crop.source], x, y)
+        if self.copy_obs:
+            return {k: v.copy() for k, v in out.items()}
         return out
 
     def reset(

@@ -147,6 +147,8 @@ class MiniWorldPointNavEnv(gym.Env):
         self.action_space = gym.spaces.Discrete(len(ACTIONS))
         self._pending_seed: int | None = int(seed)
         self._need_reset = True
+        self.copy_obs = True
+        """False: observations are views of buffers the next step()/reset() overwrites (distrl.envs.base)."""
 
     # -- geometry
     # ------------------------------------------------------------------------------------------------
@@ -172,6 +174,11 @@ class MiniWorldPointNavEnv(gym.Env):
             out["pointgoal"] = np.array(self._goal(), dtype=np.float32)
         return out
 
+    def _out(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # The last observation is kept (a STOP returns it again): copied unless the caller took over
+        # (``copy_obs``, see distrl.envs.base).
+        return {k: v.copy() for k, v in obs.items()} if self.copy_obs else dict(obs)
+
     # -- gymnasium API
     # -------------------------------------------------------------------------------------------
 
@@ -188,7 +195,7 @@ class MiniWorldPointNavEnv(gym.Env):
         self._d0 = self._prev_d = self._goal()[0]
         self._last = self._observe(rgb)
         self._need_reset = False
-        return {k: v.copy() for k, v in self._last.items()}, {}
+        return self._out(self._last), {}
 
     def step(self, action: int) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         if self._need_reset:
@@ -222,7 +229,7 @@ class MiniWorldPointNavEnv(gym.Env):
             self._need_reset = True
         if self.cfg.reward_free:
             reward = 0.0
-        return {k: v.copy() for k, v in obs.items()}, float(reward), terminated, truncated, info
+        return self._out(obs), float(reward), terminated, truncated, info
 
     def close(self) -> None:
         self.env.close()

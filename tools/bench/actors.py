@@ -13,7 +13,8 @@ Pools (``P`` = ``--procs``, default = CPU count; ``B`` = ``--num-envs`` envs per
 
 * ``raw``: P processes, each stepping B envs (built with the same registry/adapters as distrl) in a tight loop:
   one random action per env from NumPy, ``env.step``, ``env.reset()`` right away when an episode ends. No Ray,
-  no policy, no sequence cutting, no copies. This is the strongest simple baseline with the same envs, the
+  no policy, no sequence cutting, no copies (the adapters hand out views of their buffers, ``copy_obs=False``,
+  as they do inside a VecEnv). This is the strongest simple baseline with the same envs, the
   same env-stepping process count and the same reset handling.
 * ``inline``: P :class:`~distrl.actors.env_actor.EnvActor` processes (``env.vectorization=inline``), B envs
   each; compared with ``raw`` (same process count, same envs).
@@ -115,6 +116,8 @@ class _Raw:
         cfg = _env_cfg(spec)
         self.envs = [make_env(cfg, seed * 1000 + i) for i in range(spec.num_envs)]
         for e in self.envs:
+            if hasattr(e, "copy_obs"):  # nothing reads the observations: views of the env's buffers will do
+                e.copy_obs = False
             e.reset()
         self.rng = np.random.default_rng(seed)
         self.num_actions = env_spec(cfg).num_actions
