@@ -250,3 +250,37 @@ def test_actor_caps_numpy_blas_threads():
         assert torch.get_num_threads() == torch_threads
     finally:
         actor.close()
+
+
+@pytest.mark.parametrize("rows", [1, 8, 16, 32])
+def test_matmul_in_column_blocks_equals_one_product(rows):
+    """_Matmul picks a block count by timing; whichever it picks (and every candidate), the product is x @ w."""
+    from distrl.models.numpy_act import _Matmul
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((96, 64), dtype=np.float32)
+    x = rng.standard_normal((rows, 96), dtype=np.float32)
+    plans: dict = {}
+    mm = _Matmul(w, plans)
+    assert mm.candidates == [1, 2, 4]  # blocks of at least 16 columns
+    wide = np.full((rows, 70), np.nan, dtype=np.float32)
+    out = mm(x, wide[:, 3:67])  # a strided view, as the kernels pass
+    np.testing.assert_allclose(out, x @ w, rtol=1e-5, atol=1e-5)
+    assert np.isnan(wide[:, :3]).all() and np.isnan(wide[:, 67:]).all()  # nothing written outside the view
+    choice = plans[(96, 64, rows)]
+    assert choice in mm.candidates and (rows >= 8 or choice == 1)
+    for c in mm.candidates:  # every plan gives the same product
+        plans[(96, 64, rows)] = c
+        np.testing.assert_allclose(mm(x, np.empty((rows, 64), np.float32)), x @ w, rtol=1e-5, atol=1e-5)
+
+
+def test_block_plans_survive_weight_loads():
+    spec, mcfg = CASES["nethack_small+lstm"]
+    policy = NumpyPolicy(build_agent(mcfg, spec), seed=0)
+    rng = np.random.default_rng(0)
+    obs = {k: rng.integers(0, 50, (16, *a.shape)).astype(a.dtype) for k, a in spec.obs.items()}
+    policy.act(obs, policy.initial_state(16))
+    plans = dict(policy._plans)
+    assert plans and all(k[2] == 16 for k in plans)
+    policy.load_state_dict(build_agent(mcfg, spec).state_dict())
+    assert policy._plans == plans  # not re-timed after a weight load
