@@ -2,9 +2,11 @@
 
 For each env (MiniHack-Room-5x5, MiniHack-MultiRoom-N4, ALE/Pong-v5) it builds long-lived process pools and
 measures them in windows of ``--seconds``: each round runs raw, distrl_1, raw, distrl_2, ..., raw, and every
-distrl window is divided by the mean of the raw windows just before and after it. ``ratio`` is the median of
-these paired ratios over rounds, so load from other processes on a shared machine (the usual case here) largely
-cancels out; ``raw_steps_per_s`` / ``distrl_steps_per_s`` are medians of the windows' summed steps/s.
+distrl window is divided by the mean of the raw windows just before and after it (a distrl pool whose env config
+differs, ``neural_small`` on MiniHack, has a raw pool of its own config, measured around it the same way).
+``ratio`` is the median of these paired ratios over rounds, so load from other processes on a shared machine
+(the usual case here) largely cancels out; ``raw_steps_per_s`` / ``distrl_steps_per_s`` are medians of the
+windows' summed steps/s.
 ``cpu_ratio`` is the same paired ratio of steps per CPU-second of the whole pool (its processes' user + system
 time, VecEnv workers and finished child processes such as MiniHack's level compiler included): insensitive to
 how much CPU the pool got, but blind to idle waiting.
@@ -27,7 +29,8 @@ Each EnvActor runs its full loop: batched policy call, VecEnv step (per-slot tim
 episode stats), truncation values, per-slot state reset and the SequenceWriter emitting a Trajectory every
 ``period`` steps (dropped afterwards: replay transport is measured elsewhere). Policies (torch with 1 thread per
 process): ``random`` (:class:`~distrl.actors.env_actor.RandomPolicy`), ``neural_small`` (the small model of the
-env family, :data:`SMALL_MODELS`: ``nethack_small`` + LSTM 128 for MiniHack, ``small_cnn`` + LSTM 128 for Atari)
+env family, :data:`SMALL_MODELS`: ``nethack_small`` + LSTM 128 for MiniHack, ``small_cnn`` + LSTM 128 for Atari,
+with its config's observation keys, :data:`SMALL_ENV_KEYS`: MiniHack ``glyphs_crop`` and ``blstats``)
 and ``neural`` (``build_agent(ModelConfig(), spec)``, the default model). ``--inference`` picks how the actors
 run the neural policies (``actor.inference``: ``auto``, the default, runs the models NumPy can run through
 :class:`~distrl.models.numpy_act.NumpyPolicy` and the rest through ``Agent.act``; ``torch`` always the latter);
@@ -77,6 +80,16 @@ SMALL_MODELS: dict[str, dict[str, Any]] = {
 }
 
 
+# ``neural_small`` also takes its config's observation keys: configs/minihack_small.yaml asks MiniHack only for the
+# two the model reads. Other policies use the env's default keys.
+SMALL_ENV_KEYS: dict[str, tuple[str, ...]] = {"minihack": ("glyphs_crop", "blstats")}
+
+
+def policy_keys(policy: str, env: str) -> tuple[str, ...]:
+    """``env.observation_keys`` of a bench policy's pools (and of the raw pool it is compared with)."""
+    return SMALL_ENV_KEYS.get(family_of(env)[1], ()) if policy == "neural_small" else ()
+
+
 def policy_model(policy: str, env: str) -> dict[str, Any]:
     """ModelConfig fields of a bench policy: the default model for ``neural``, the small one for
     ``neural_small``, nothing for ``random``."""
@@ -97,13 +110,15 @@ class PoolSpec:
     model: dict[str, Any] = field(default_factory=dict)
     prereset: bool | None = None
     inference: str = "auto"  # actor.inference
+    observation_keys: tuple[str, ...] = ()  # env.observation_keys (empty: the env's default)
 
 
 def _env_cfg(spec: PoolSpec) -> Any:
     from distrl.config import EnvConfig
 
     return EnvConfig(
-        name=spec.env, num_envs=spec.num_envs, vectorization=spec.vectorization, num_workers=spec.num_workers
+        name=spec.env, num_envs=spec.num_envs, vectorization=spec.vectorization, num_workers=spec.num_workers,
+        observation_keys=spec.observation_keys,
     )
 
 
@@ -366,23 +381,31 @@ def _iqr(xs: list[float]) -> list[float]:
 
 def bench_env(env: str, args: argparse.Namespace) -> None:
     procs, b = args.procs, args.num_envs
-    pools: dict[str, Pool] = {"raw": Pool(PoolSpec("raw", env, b, procs), seed=100)}
+    pools: dict[str, Pool] = {}
+    raw_of: dict[str, str] = {}  # distrl pool -> the raw pool with the same env config
     paths: dict[str, str] = {}  # pool name -> acting path ("none" for the random policy)
     for mode in args.modes:
         for policy in args.policies:
             model = policy_model(policy, env)
+            keys = policy_keys(policy, env)
+            raw_name = "raw" if not keys else f"raw[{','.join(keys)}]"
             for inference in (["auto"] if policy == "random" else args.inference):
                 path = "none" if policy == "random" else acting_path(env, model, inference)
                 if any(k.startswith(f"{mode}/{policy}/") and p == path for k, p in paths.items()):
                     continue  # another --inference value runs the same path (auto = torch for CNN encoders)
-                paths[f"{mode}/{policy}/{inference}"] = path
+                name = f"{mode}/{policy}/{inference}"
+                paths[name] = path
                 if mode == "inline":
-                    spec = PoolSpec("actor", env, b, procs, "inline", 1, policy, model, inference=inference)
+                    spec = PoolSpec("actor", env, b, procs, "inline", 1, policy, model, inference=inference,
+                                    observation_keys=keys)
                 else:
                     pre = False if mode == "subprocess_noprereset" else None
                     spec = PoolSpec("actor", env, b * procs, 1, "subprocess", procs, policy, model, prereset=pre,
-                                    inference=inference)
-                pools[f"{mode}/{policy}/{inference}"] = Pool(spec, seed=200)
+                                    inference=inference, observation_keys=keys)
+                if raw_name not in pools:
+                    pools[raw_name] = Pool(PoolSpec("raw", env, b, procs, observation_keys=keys), seed=100)
+                pools[name] = Pool(spec, seed=200)
+                raw_of[name] = raw_name
     t0 = time.perf_counter()
     for p in pools.values():
         p.wait_ready()
@@ -390,44 +413,52 @@ def bench_env(env: str, args: argparse.Namespace) -> None:
     for p in pools.values():  # warm-up: caches, allocator, first sequences
         p.run(args.warmup)
         p.steps, p.times = 0, [0.0, 0.0, 0.0]
-    # Each round: raw, d1, raw, d2, ..., raw. Every distrl window is paired with the mean of the raw windows
-    # right before and after it, so slow changes in background load cancel out of the ratio.
-    names = [k for k in pools if k != "raw"]
-    raw_w, raw_c = [], []
+    # Each round: raw, d1, raw, d2, ..., raw (a pool whose raw pool differs from the previous one's gets its own
+    # window before it). Every distrl window is paired with the mean of its raw pool's windows right before and
+    # after it, so slow changes in background load cancel out of the ratio.
+    names = list(raw_of)
+    raw_w: dict[str, list[float]] = {r: [] for r in set(raw_of.values())}
+    raw_c: dict[str, list[float]] = {r: [] for r in raw_w}
     dist_w: dict[str, list[float]] = {k: [] for k in names}
     dist_c: dict[str, list[float]] = {k: [] for k in names}
     ratios: dict[str, list[float]] = {k: [] for k in names}
     cpu_ratios: dict[str, list[float]] = {k: [] for k in names}
     load0 = os.getloadavg()[0]
     for _ in range(args.rounds):
-        r, c = pools["raw"].run(args.seconds)
-        raw_w.append(r)
-        raw_c.append(c)
+        last: tuple[str, float, float] | None = None  # the window just measured, if it was a raw one
         for k in names:
+            rk = raw_of[k]
+            if last is None or last[0] != rk:
+                r, c = pools[rk].run(args.seconds)
+                raw_w[rk].append(r)
+                raw_c[rk].append(c)
+                last = (rk, r, c)
             dw, dc = pools[k].run(args.seconds)
-            r, c = pools["raw"].run(args.seconds)
+            r, c = pools[rk].run(args.seconds)
             dist_w[k].append(dw)
             dist_c[k].append(dc)
-            ratios[k].append(dw / ((raw_w[-1] + r) / 2))
-            cpu_ratios[k].append(dc / ((raw_c[-1] + c) / 2))
-            raw_w.append(r)
-            raw_c.append(c)
+            ratios[k].append(dw / ((last[1] + r) / 2))
+            cpu_ratios[k].append(dc / ((last[2] + c) / 2))
+            raw_w[rk].append(r)
+            raw_c[rk].append(c)
+            last = (rk, r, c)
     load1 = os.getloadavg()[0]
     for p in pools.values():
         p.close()
     med = statistics.median
-    raw, raw_cpu = med(raw_w), med(raw_c)
     act_us = {
         (p, i): act_cost_us(env, b, policy_model(p, env), i)
         for p in args.policies if p != "random" for i in args.inference
     }
     for k in names:
         mode, policy, inference = k.split("/")
+        raw, raw_cpu = med(raw_w[raw_of[k]]), med(raw_c[raw_of[k]])
         row: dict[str, Any] = {
             "bench": "actors",
             "env": env,
             "policy": policy,
             "inference": paths[k],
+            "observation_keys": list(policy_keys(policy, env)) or "default",
             "vectorization": mode,
             "num_envs": b * procs,
             "env_processes": procs,
