@@ -25,6 +25,8 @@ Semantics of :meth:`step` (both implementations):
   cut episode is not listed in ``episodes``; ``faults`` counts it, ``faulted[i]`` flags it (a
   :class:`StepResult` field) and a warning is logged. An env that fails :data:`MAX_CONSECUTIVE_FAULTS`
   times in a row on the same slot raises RuntimeError (a broken config, not bad luck).
+* Envs that have a ``copy_obs`` attribute are built with it False: they hand out views of their own buffers,
+  which the VecEnv copies into its batch buffers before the env's next call (distrl.envs.base).
 * The returned arrays are the VecEnv's own buffers: they stay valid until the next ``step``/``reset`` call.
   Copy what you keep (the env actor copies into its sequence ring anyway, so the hot path makes no extra
   copy).
