@@ -132,8 +132,9 @@ class _Matmul:
         for c in self.candidates[1:]:
             if best[c] < 0.9 * best[choice]:
                 choice = c
-        for c in list(self._blocks):  # keep only the blocks in use
-            if c != choice:
+        in_use = {choice} | {v for (k, m, _), v in self.plans.items() if (k, m) == self.w.shape}
+        for c in list(self._blocks):  # keep only the blocks some batch size's plan uses
+            if c not in in_use:
                 del self._blocks[c]
         return choice
 
