@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 LAYERS = ("raw", "vecenv", "actor_random", "actor_numpy_small")
@@ -95,19 +96,18 @@ class _SameActions:
     """Runs ``policy`` in full, then acts with ``rng``'s uniform actions (truncation-value calls: ``rng2``)."""
 
     def __init__(self, policy: Any, rng: Any, rng2: Any, batch: int, num_actions: int) -> None:
+        from distrl.actors.env_actor import RandomPolicy
+
         self.policy, self.rng, self.rng2, self.batch, self.num_actions = policy, rng, rng2, batch, num_actions
+        self.draws_itself = isinstance(policy, RandomPolicy)  # draws its actions once, like the raw loop
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.policy, name)
 
     def act(self, obs: Any, state: Any, greedy: bool = False) -> Any:
-        from dataclasses import replace
-
-        from distrl.actors.env_actor import RandomPolicy
-
         n = next(iter(obs.values())).shape[0]
         rng = self.rng if n == self.batch else self.rng2
-        if isinstance(self.policy, RandomPolicy):  # draws its actions itself, once, like the raw loop
+        if self.draws_itself:
             self.policy._rng = rng
             return self.policy.act(obs, state)
         out = self.policy.act(obs, state)
