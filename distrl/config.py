@@ -215,6 +215,9 @@ class RuntimeConfig:
     seed: int = 0
     actor_restarts: int = 3
     """Times the runtime restarts a dead env actor before failing the run."""
+    placement_timeout_s: float = 600.0
+    """Ray runtime: fail when learners or env actors are still unplaced (too few CPUs/GPUs in the cluster) after
+    this many seconds (0 = wait for ever, e.g. for an autoscaler to add nodes)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -279,6 +282,7 @@ class ExperimentConfig:
             (self.bonus.episodic == "none" and self.bonus.glob == "none",
              "bonus.episodic / bonus.glob are not implemented yet (planned; see README); set them to none"),
             (self.runtime.total_env_steps > 0, "runtime.total_env_steps must be > 0"),
+            (self.runtime.placement_timeout_s >= 0, "runtime.placement_timeout_s must be >= 0 (0 = no limit)"),
             (self.runtime.mode == "ray" or self.learner.num_learners == 1,
              "learner.num_learners > 1 needs runtime.mode=ray"),
         ]

@@ -133,6 +133,28 @@ def _actor_cpus(cfg: ExperimentConfig) -> float:
     return 1.0 if cfg.env.vectorization == "inline" else 1.0 + cfg.env.num_workers
 
 
+def cpus_needed(cfg: ExperimentConfig) -> dict[str, float]:
+    """CPUs (in Ray's accounting) this run's actors reserve, by kind; ``total`` is their sum."""
+    need = {
+        "env actors": cfg.actor.num_actors * _actor_cpus(cfg),
+        "learners": cfg.learner.num_learners * LEARNER_CPUS,
+        "replay shards": cfg.replay.num_shards * SHARD_CPUS,
+    }
+    need["total"] = sum(need.values())
+    return need
+
+
+def placement_message(cfg: ExperimentConfig, have: float) -> str:
+    """Why a run may not be placed: what it reserves against what the cluster has, and what to change."""
+    need = cpus_needed(cfg)
+    parts = ", ".join(f"{k} {v:g}" for k, v in need.items() if k != "total")
+    return (
+        f"this run reserves {need['total']:g} CPUs in Ray ({parts}) and the cluster has {have:g}. Give Ray more "
+        f"(`ray start --num-cpus N`, ray.init(num_cpus=N), or runtime.num_cpus=N for the local cluster distrl "
+        f"starts itself) or ask for less (actor.num_actors, learner.num_learners, replay.num_shards)"
+    )
+
+
 class RayRuntime:
     def __init__(self, cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False) -> None:
         self.cfg = cfg
@@ -151,11 +173,7 @@ class RayRuntime:
             ray.init(address=address, log_to_driver=False)
             return True
         cfg = self.cfg
-        need = (
-            cfg.actor.num_actors * _actor_cpus(cfg)
-            + cfg.learner.num_learners * LEARNER_CPUS
-            + cfg.replay.num_shards * SHARD_CPUS
-        )
+        need = cpus_needed(cfg)["total"]
         num_cpus = cfg.runtime.num_cpus or max(os.cpu_count() or 1, int(need + 0.999))
         ray.init(
             num_cpus=num_cpus,
@@ -196,10 +214,20 @@ class RayRuntime:
                                  restore_dirs=restore_dirs)
         store = ray.remote(num_cpus=0)(RayWeightStore).remote()
         world = cfg.learner.num_learners
+        have = float(ray.cluster_resources().get("CPU", 0.0))
+        if have + 1e-9 < cpus_needed(cfg)["total"]:
+            # An autoscaling cluster may still add nodes; otherwise Ray would wait for ever, so say it now.
+            log.warning("distrl: %s; waiting up to runtime.placement_timeout_s=%g s for more nodes",
+                        placement_message(cfg, have), cfg.runtime.placement_timeout_s)
         cls = ray.remote(**self._learner_resources())(RayLearner)
         self.learners = learners = [cls.remote(cfg, spec, shards, store, r, world) for r in range(world)]
-        init = ray.get(learners[0].dist_address.remote()) if world > 1 else None
-        ray.get([lr.setup.remote(init) for lr in learners])
+        try:
+            init = self._await_placed(learners[0].dist_address.remote(), "the learners") if world > 1 else None
+            self._await_placed([lr.setup.remote(init) for lr in learners], "the learners")
+        except BaseException:
+            for h in [*learners, *shards, store]:
+                ray.kill(h)
+            raise
         env_steps_base = 0
         if self.resume and paths.learner_checkpoint.is_file():
             state = load_checkpoint_file(paths.learner_checkpoint)
@@ -207,6 +235,12 @@ class RayRuntime:
             env_steps_base = int(state.get("extra", {}).get("env_steps", 0))
         version = ray.get(learners[0].publish_weights.remote())
         actors = start_env_actors(cfg, shards, store)
+        try:
+            self._await_placed([h.handle.ping.remote() for h in actors], "the env actors")
+        except BaseException:
+            for h in [*(a.handle for a in actors), *learners, *shards, store]:
+                ray.kill(h)
+            raise
         self.actor_handles = actors  # live view for tests and debugging (replaced entries on restart)
         restarts: dict[int, int] = {}
         actor_steps: dict[tuple[int, int], int] = {}
@@ -276,6 +310,18 @@ class RayRuntime:
             for s in shards:
                 ray.kill(s)
             ray.kill(store)
+
+    def _await_placed(self, refs: Any, what: str) -> Any:
+        """ray.get that fails with the resource arithmetic, not silence, when ``what`` cannot be placed."""
+        timeout = self.cfg.runtime.placement_timeout_s or None
+        try:
+            return ray.get(refs, timeout=timeout)
+        except ray.exceptions.GetTimeoutError as e:
+            have = float(ray.cluster_resources().get("CPU", 0.0))
+            raise RuntimeError(
+                f"{what} did not start within runtime.placement_timeout_s={timeout:g} s: "
+                f"{placement_message(self.cfg, have)}"
+            ) from e
 
     def _save_learner(self, env_steps: int) -> None:
         state = ray.get(self.learners[0].state_dict.remote())

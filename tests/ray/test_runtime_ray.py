@@ -57,3 +57,26 @@ def test_killed_env_actor_is_restarted_and_the_run_goes_on(ray_cluster, tmp_path
     assert "steps" in killed, "the test never killed the actor"
     assert summary["actor_restarts"] >= 1
     assert summary["env_steps"] >= 12000
+
+
+@pytest.mark.parametrize("over, what", [
+    # 4 learners + 0.5 (shard) CPUs on the 4-CPU test cluster: one learner never starts.
+    (("learner.num_learners=4", "runtime.placement_timeout_s=3"), "the learners"),
+    # 1 learner + 0.5 + 3 actors: the learner and two actors start, the third never does (the timeout leaves
+    # the placed learner time to import torch and set up on a loaded 2-core box).
+    (("actor.num_actors=3", "runtime.placement_timeout_s=20"), "the env actors"),
+])
+def test_a_run_the_cluster_cannot_place_fails_with_the_arithmetic(ray_cluster, tmp_path, over, what):
+    """Ray would wait for ever for CPUs it lacks; the runtime warns at once and fails after the timeout."""
+    import ray
+
+    cpus = ray.cluster_resources()["CPU"]
+    runtime, _ = _run(tmp_path, "runtime.total_env_steps=1000", *over)
+    with pytest.raises(RuntimeError, match=f"{what} did not start within") as e:
+        runtime.train()
+    assert f"and the cluster has {cpus:g}" in str(e.value) and "ray start --num-cpus" in str(e.value)
+    # Nothing it started keeps CPUs reserved for the tests after it.
+    deadline = time.monotonic() + 30
+    while ray.available_resources().get("CPU", 0) < cpus and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ray.available_resources().get("CPU", 0) == cpus

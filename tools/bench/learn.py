@@ -3,9 +3,17 @@ target, for the quickstart (MiniHack-Room-5x5) or any config.
 
     .venv/bin/python tools/bench/learn.py                          # quickstart, seed 0, target 0.9
     .venv/bin/python tools/bench/learn.py --seeds 0 1 2 --max-steps 300000 -- learner.lr=3e-4
+    # stability after learning: does a run that reached the target fall back below it?
+    .venv/bin/python tools/bench/learn.py --config configs/fake_memory.yaml --local --seeds $(seq 40 55) \
+        --max-steps 64000 --log-every 0.1 -- learner.entropy_cost=0.01
 
 Runs ``distrl train`` in a subprocess per seed (the real CLI, Ray runtime unless --local), then reads the run's
 metrics.jsonl. Prints one JSON object per seed on stdout and a summary line; progress goes to stderr.
+
+After the first crossing it also reports how the run held the target: ``rows_after_target`` logged rows from the
+crossing on, ``rows_below_target`` of them below the target, ``min_return_after_target`` and ``collapsed``
+(that minimum fell below ``--collapse``, default 0.7: for a 2-way task like fake:memory, back near chance).
+Rows are logged every ``--log-every`` seconds of the run, so short runs need a small value to see short dips.
 """
 
 from __future__ import annotations
@@ -39,6 +47,9 @@ def main() -> int:
     ap.add_argument("--max-steps", type=int, default=300_000)
     ap.add_argument("--local", action="store_true", help="single-process runtime instead of Ray")
     ap.add_argument("--run-dir", default=None, help="where runs go (default: a temp dir)")
+    ap.add_argument("--log-every", type=float, default=2.0, help="logging.log_every_s of the runs (seconds)")
+    ap.add_argument("--collapse", type=float, default=0.7,
+                    help="a return below this after the first crossing counts as a collapse")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
 
@@ -49,7 +60,7 @@ def main() -> int:
         cmd = [sys.executable, "-m", "distrl", "train", args.config, f"runtime.seed={seed}", f"env.seed={seed}",
                f"runtime.total_env_steps={args.max_steps}", f"runtime.run_dir={run_root}",
                f"runtime.run_name={name}", "logging.wandb=disabled", "logging.progress=false",
-               "logging.log_every_s=2", *args.overrides]
+               f"logging.log_every_s={args.log_every}", *args.overrides]
         if args.local:
             cmd.append("--local")
         print("running:", " ".join(cmd), file=sys.stderr)
@@ -66,6 +77,9 @@ def main() -> int:
         rows = [json.loads(line) for line in metrics.read_text().splitlines()]
         hit = first_crossing(rows, "charts/episode_return", args.target)
         last = rows[-1]
+        start = hit["charts/env_steps"] if hit is not None else float("inf")
+        after = [r["charts/episode_return"] for r in rows
+                 if "charts/episode_return" in r and r["charts/env_steps"] >= start]
         res = {
             "bench": "learn",
             "config": Path(args.config).name,
@@ -75,6 +89,10 @@ def main() -> int:
             "reached": hit is not None,
             "env_steps_to_target": hit["charts/env_steps"] if hit else None,
             "wall_s_to_target": round(hit["charts/wall_time_s"], 1) if hit else None,
+            "rows_after_target": len(after),
+            "rows_below_target": sum(v < args.target for v in after),
+            "min_return_after_target": min(after) if after else None,
+            "collapsed": bool(after) and min(after) < args.collapse,
             "final_env_steps": last.get("charts/env_steps"),
             "final_return": last.get("charts/episode_return"),
             "final_success_rate": last.get("charts/success_rate"),
@@ -93,6 +111,9 @@ def main() -> int:
         "bench": "learn_summary",
         "seeds": len(results),
         "reached": len(reached),
+        "collapsed": sum(r.get("collapsed", False) for r in results),
+        "rows_below_target": sum(r.get("rows_below_target", 0) for r in reached),
+        "rows_after_target": sum(r.get("rows_after_target", 0) for r in reached),
         "env_steps_to_target_median": sorted(r["env_steps_to_target"] for r in reached)[len(reached) // 2]
         if reached else None,
         "wall_s_to_target_median": sorted(r["wall_s_to_target"] for r in reached)[len(reached) // 2]
