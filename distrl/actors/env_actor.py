@@ -49,7 +49,7 @@ from distrl.config import ExperimentConfig
 from distrl.envs.base import EnvSpec, StepResult
 from distrl.envs.registry import env_spec
 from distrl.envs.vector import make_vec_env
-from distrl.models.agent import build_agent
+from distrl.models.agent import Agent, build_agent
 from distrl.models.numpy_act import NumpyPolicy, numpy_unsupported
 from distrl.types import ActOut, CoreState, EpisodeStats, Trajectory
 from distrl.types import as_numpy as _np
@@ -122,7 +122,7 @@ def acting_policy(cfg: ExperimentConfig, spec: EnvSpec, device: torch.device, se
     agent.eval()
     mode = cfg.actor.inference
     if mode == "torch":
-        return agent
+        return _with_precision(agent, cfg.actor.precision)
     why = numpy_unsupported(agent)
     if why is None:
         # its own stream for action sampling, not the env seed's (the VecEnv draws from that one)
@@ -130,6 +130,29 @@ def acting_policy(cfg: ExperimentConfig, spec: EnvSpec, device: torch.device, se
         return NumpyPolicy(agent, seed=int(sampling))
     if mode == "numpy":
         raise ValueError(f"actor.inference=numpy cannot run this model: {why}; use actor.inference=auto or torch")
+    return _with_precision(agent, cfg.actor.precision)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` runs bfloat16 matrix products natively (CPU: AVX512-BF16 or AMX tiles)."""
+    if device.type != "cpu":
+        return False  # GPU actors: float32 unless asked (not measured)
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
+
+
+def acting_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """The encoder dtype for ``actor.precision`` on ``device``."""
+    if precision == "bfloat16" or (precision == "auto" and native_bf16(device)):
+        return torch.bfloat16
+    return torch.float32
+
+
+def _with_precision(agent: Agent, precision: str) -> Agent:
+    dtype = acting_dtype(precision, agent.device)
+    if dtype != torch.float32:
+        agent.set_acting_dtype(dtype)
     return agent
 
 

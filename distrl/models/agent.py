@@ -65,6 +65,18 @@ class Agent(nn.Module):
         self.encoder = build_encoder(cfg, spec)
         self.core = build_core(cfg, self.encoder.out_dim)
         self.heads = PolicyValueHeads(self.core.out_dim, self.num_actions, cfg.separate_intrinsic_value)
+        self.acting_dtype = torch.float32
+
+    def set_acting_dtype(self, dtype: torch.dtype) -> None:
+        """Run the encoder in ``dtype`` (bfloat16 for cheaper acting; float32 = back to normal).
+
+        Only the encoder changes: its parameters are cast (a later ``load_state_dict`` of float32 weights casts
+        again), it runs under autocast and its output goes back to float32, so the core state, logits and values
+        stay float32. The logits an actor records are the ones it sampled from, so V-trace's correction stays
+        exact; only this agent's copy acts differently from the learner's float32 one (logits differ by ~1e-2
+        relative). For actors, not learners: autograd through bfloat16 weights is not what training wants."""
+        self.encoder.set_compute_dtype(dtype)
+        self.acting_dtype = dtype
 
     @property
     def device(self) -> torch.device:
@@ -94,6 +106,14 @@ class Agent(nn.Module):
             out[k] = v.to(dev)
         return out
 
+    def _encode(self, obs: Mapping[str, Any]) -> Tensor:
+        if self.acting_dtype == torch.float32:
+            return self.encoder(self._to_device(obs))
+        dev = self.device
+        with torch.autocast(device_type=dev.type, dtype=self.acting_dtype):
+            x = self.encoder(self._to_device(obs))
+        return x.float()
+
     def unroll(self, obs: Mapping[str, Tensor], reset: Tensor, state: CoreState) -> AgentOut:
         """Run a sequence.
 
@@ -105,7 +125,7 @@ class Agent(nn.Module):
             :class:`AgentOut` with ``logits [T, B, A]``, ``value [T, B]``, ``value_int [T, B] | None`` and the
             state after step T-1.
         """
-        x = self.encoder(self._to_device(obs))  # [T, B, F]
+        x = self._encode(obs)  # [T, B, F]
         if x.dim() != 3:
             raise ValueError(
                 f"unroll expects observations [T, B, ...]; the encoder produced {tuple(x.shape)}"
@@ -131,7 +151,7 @@ class Agent(nn.Module):
         """
         # The unroll path on one step without its generic per-call work: the encoder takes [B, ...] leaves
         # directly and the core's step() skips the reset handling (act never resets inside).
-        x = self.encoder(self._to_device(obs))  # [B, F]
+        x = self._encode(obs)  # [B, F]
         if x.dim() != 2:
             raise ValueError(f"act expects observations [B, ...]; the encoder produced {tuple(x.shape)}")
         dev = x.device

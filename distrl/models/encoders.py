@@ -156,10 +156,19 @@ def embedding_lookup(idx: Tensor, table: Tensor) -> Tensor:
 
 
 class Encoder(nn.Module):
-    """Base class: ``forward(obs) -> [*lead, out_dim]``; subclasses implement ``encode`` on ``[N, ...]``."""
+    """Base class: ``forward(obs) -> [*lead, out_dim]``; subclasses implement ``encode`` on ``[N, ...]``.
+
+    ``compute_dtype`` is the dtype of the parameters and of the pixels fed to them: float32 unless
+    :meth:`set_compute_dtype` changed it (bfloat16 acting, see :meth:`Agent.set_acting_dtype`)."""
 
     out_dim: int
     keys: tuple[str, ...]
+    compute_dtype: torch.dtype = torch.float32
+
+    def set_compute_dtype(self, dtype: torch.dtype) -> None:
+        """Cast the parameters to ``dtype``; image inputs are then converted straight to it (one pass)."""
+        self.to(dtype)
+        self.compute_dtype = dtype
 
     def __init__(self, spec: EnvSpecLike, keys: Sequence[str]) -> None:
         super().__init__()
@@ -384,7 +393,7 @@ class NatureCNN(Encoder):
         )
 
     def encode(self, flat: dict[str, Tensor]) -> Tensor:
-        x = _image_input(flat[self.key], self.channels_last, self.chw)
+        x = _image_input(flat[self.key], self.channels_last, self.chw, self.compute_dtype)
         return F.relu(self.fc(self.cnn(x)))
 
 
@@ -409,16 +418,18 @@ class SmallCNN(NatureCNN):
         )
 
 
-def _image_input(x: Tensor, channels_last: bool, chw: tuple[int, int, int]) -> Tensor:
-    """[N, *spec.shape] raw → [N, C, H, W] float in [0, 1] for integer pixels."""
+def _image_input(
+    x: Tensor, channels_last: bool, chw: tuple[int, int, int], dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """[N, *spec.shape] raw → [N, C, H, W] of ``dtype`` (in [0, 1] for integer pixels)."""
     if channels_last:
         x = x.permute(0, 3, 1, 2)
     x = x.reshape(x.shape[0], *chw)
     if x.dtype.is_floating_point:
-        return x.float()
+        return x.to(dtype)
     # In place on the fresh float copy: ``x.float() * s`` allocates a second frame-sized buffer, and on CPU
     # glibc hands buffers of that size back to the OS on free, so every call page-faults them in again.
-    return x.float().mul_(1.0 / 255.0)
+    return x.to(dtype).mul_(1.0 / 255.0)
 
 
 class _ResidualBlock(nn.Module):
@@ -463,7 +474,7 @@ class ImpalaCNN(Encoder):
         self.chw = chw
 
     def encode(self, flat: dict[str, Tensor]) -> Tensor:
-        x = _image_input(flat[self.key], self.channels_last, self.chw)
+        x = _image_input(flat[self.key], self.channels_last, self.chw, self.compute_dtype)
         return F.relu(self.fc(self.cnn(x)))
 
 
@@ -520,7 +531,7 @@ class RGBDEncoder(Encoder):
         _orthogonal_init(self)
 
     def encode(self, flat: dict[str, Tensor]) -> Tensor:
-        imgs = [_image_input(flat[k], *self.layouts[k]) for k in self.img_keys]
+        imgs = [_image_input(flat[k], *self.layouts[k], self.compute_dtype) for k in self.img_keys]
         feats = [F.relu(self.img_fc(self.cnn(torch.cat(imgs, dim=1))))]
         if self.vec_mlp is not None:
             n = feats[0].shape[0]

@@ -509,3 +509,35 @@ def test_agent_on_cuda_matches_cpu():
     torch.testing.assert_close(b.logits.cpu(), a.logits, rtol=1e-3, atol=1e-3)
     step = gpu.act({k: v[0] for k, v in obs.items()}, s0)
     assert step.action.is_cuda and step.state["h"].is_cuda
+
+
+@pytest.mark.parametrize(
+    "name,encoder",
+    [("minihack", "auto"), ("minihack", "nethack_small"), ("atari", "auto"), ("atari", "small_cnn"),
+     ("atari", "impala_cnn"), ("habitat", "auto"), ("habitat_hwc", "auto"), ("miniworld", "auto"),
+     ("fake", "auto")],
+)
+def test_bfloat16_acting_stays_close_to_float32_and_takes_float32_weights(name, encoder):
+    """actor.precision=bfloat16: the encoder runs in bfloat16, everything the actor records stays float32."""
+    import dataclasses
+
+    spec = SPECS[name]
+    cfg = dataclasses.replace(SMALL, encoder=encoder)
+    ref = build_agent(cfg, spec).eval()
+    bf = build_agent(cfg, spec).eval()
+    bf.set_acting_dtype(torch.bfloat16)
+    bf.load_state_dict(ref.state_dict())  # the learner's float32 weights, cast on load
+    assert {p.dtype for p in bf.encoder.parameters()} == {torch.bfloat16}
+    assert {p.dtype for m in (bf.core, bf.heads) for p in m.parameters()} == {torch.float32}
+    gen = torch.Generator().manual_seed(0)
+    obs = random_obs(spec, (5,), gen)
+    s0 = {k: 0.5 * torch.randn(v.shape, generator=gen) for k, v in ref.initial_state(5).items()}
+    a, b = ref.act(obs, s0), bf.act(obs, s0)
+    assert b.logits.dtype == b.value.dtype == torch.float32
+    assert all(v.dtype == torch.float32 for v in b.state.values())
+    assert not torch.equal(a.logits, b.logits)  # it did run in bfloat16
+    for x, y in [(a.logits, b.logits), (a.value, b.value), *((a.state[k], b.state[k]) for k in a.state)]:
+        torch.testing.assert_close(y, x, rtol=0.0, atol=0.03 * float(x.abs().max()) + 1e-6)
+    # unroll takes the same path as act
+    out = bf.unroll({k: v[None] for k, v in obs.items()}, torch.zeros(1, 5, dtype=torch.bool), s0)
+    torch.testing.assert_close(out.logits[0], b.logits, rtol=1e-5, atol=1e-6)

@@ -214,11 +214,36 @@ def test_actor_picks_the_acting_path():
         acting_policy(dataclasses.replace(cnn, actor=_cfg("numpy").actor), ATARI, torch.device("cpu"), 0)
 
 
-@pytest.mark.parametrize("inference", ["numpy", "torch"])
-def test_actor_sequences_replay_exactly(inference):
+def test_actor_precision_sets_the_torch_encoder_dtype(monkeypatch):
+    from distrl.actors import env_actor
+
+    cnn = dataclasses.replace(_cfg("auto"), model=ModelConfig(encoder="small_cnn", hidden_size=16))
+
+    def encoder_dtype(precision: str) -> torch.dtype:
+        cfg = dataclasses.replace(cnn, actor=dataclasses.replace(cnn.actor, precision=precision))
+        agent = acting_policy(cfg, ATARI, torch.device("cpu"), 0)
+        return next(agent.encoder.parameters()).dtype
+
+    assert encoder_dtype("float32") == torch.float32
+    assert encoder_dtype("bfloat16") == torch.bfloat16
+    monkeypatch.setattr(env_actor, "native_bf16", lambda device: True)
+    assert encoder_dtype("auto") == torch.bfloat16
+    monkeypatch.setattr(env_actor, "native_bf16", lambda device: False)
+    assert encoder_dtype("auto") == torch.float32
+    # The NumPy path is float32 whatever the setting.
+    from distrl.envs.registry import env_spec
+
+    numpy_cfg = dataclasses.replace(_cfg("auto"), actor=dataclasses.replace(_cfg("auto").actor, precision="bfloat16"))
+    assert isinstance(acting_policy(numpy_cfg, env_spec(numpy_cfg.env), torch.device("cpu"), 0), NumpyPolicy)
+
+
+@pytest.mark.parametrize("inference,precision", [("numpy", "float32"), ("torch", "float32"), ("torch", "bfloat16")])
+def test_actor_sequences_replay_exactly(inference, precision):
     """Behaviour logits and core states the actor stores are what the learner's unroll recomputes from the
-    stored sequence (resets, stored start states, weights loaded mid-run): the acting path is the agent."""
+    stored sequence (resets, stored start states, weights loaded mid-run): the acting path is the agent
+    (with a bfloat16 encoder: up to bfloat16's rounding)."""
     cfg = _cfg(inference)
+    cfg = dataclasses.replace(cfg, actor=dataclasses.replace(cfg.actor, precision=precision))
     actor = EnvActor(cfg, 0)
     agent = actor.policy.agent if inference == "numpy" else actor.policy
     assert isinstance(agent, Agent)
@@ -234,7 +259,12 @@ def test_actor_sequences_replay_exactly(inference):
         reset[1:] = t.terminated[:-1] | t.truncated[:-1]
         with torch.no_grad():
             out = other.unroll({k: v[:-1] for k, v in t.obs.items()}, reset, t.core_state)
-        torch.testing.assert_close(out.logits, t.behaviour_logits, rtol=1e-4, atol=1e-5)
+        if precision == "float32":
+            torch.testing.assert_close(out.logits, t.behaviour_logits, rtol=1e-4, atol=1e-5)
+        else:
+            scale = float(out.logits.abs().max())
+            torch.testing.assert_close(out.logits, t.behaviour_logits, rtol=0.0, atol=0.03 * scale)
+            assert not torch.equal(out.logits, t.behaviour_logits)
 
 
 def test_actor_caps_numpy_blas_threads():

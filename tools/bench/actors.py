@@ -34,7 +34,9 @@ with its config's observation keys, :data:`SMALL_ENV_KEYS`: MiniHack ``glyphs_cr
 and ``neural`` (``build_agent(ModelConfig(), spec)``, the default model). ``--inference`` picks how the actors
 run the neural policies (``actor.inference``: ``auto``, the default, runs the models NumPy can run through
 :class:`~distrl.models.numpy_act.NumpyPolicy` and the rest through ``Agent.act``; ``torch`` always the latter);
-give several to compare them in one run, and each row names the path it measured (``inference``).
+give several to compare them in one run, and each row names the path it measured (``inference``: ``numpy``,
+``torch`` or ``torch-bfloat16``). ``--precision`` does the same for ``actor.precision`` (``auto``, the default:
+a bfloat16 encoder on CPUs with native bfloat16 dot products; ``float32``; ``bfloat16``).
 ``act_us_per_sample`` is one ``act`` of that model and path at batch B measured in the driver process
 afterwards (warm caches), and ``cpu_bound_ratio`` the ceiling it implies when every core is busy: env CPU /
 (env CPU + inference CPU) per step.
@@ -51,6 +53,8 @@ Usage::
     .venv/bin/python tools/bench/actors.py --quick    # ~1 min smoke run
     .venv/bin/python tools/bench/actors.py --envs MiniHack-Room-5x5-v0 --modes inline --policies random
     .venv/bin/python tools/bench/actors.py --modes inline --policies neural_small --inference auto torch
+    .venv/bin/python tools/bench/actors.py --envs ALE/Pong-v5 --modes inline --policies neural_small \
+        --precision float32 bfloat16
 """
 
 from __future__ import annotations
@@ -110,6 +114,7 @@ class PoolSpec:
     model: dict[str, Any] = field(default_factory=dict)
     prereset: bool | None = None
     inference: str = "auto"  # actor.inference
+    precision: str = "auto"  # actor.precision
     observation_keys: tuple[str, ...] = ()  # env.observation_keys (empty: the env's default)
 
 
@@ -165,7 +170,7 @@ class _Actor:
             env=replace(_env_cfg(spec), seed=seed),
             model=ModelConfig(**spec.model),
             sequence=SequenceConfig(length=40, burn_in=0, period=40),
-            actor=ActorConfig(inference=spec.inference),
+            actor=ActorConfig(inference=spec.inference, precision=spec.precision),
         )
         policy = RandomPolicy(env_spec(cfg.env).num_actions, seed) if spec.policy == "random" else None
         self.actor = EnvActor(cfg, actor_id=seed, policy=policy, prereset=spec.prereset)
@@ -265,8 +270,9 @@ class Pool:
             p.join(30)
 
 
-def acting_path(env: str, model: dict[str, Any], inference: str) -> str:
-    """The path an actor takes for this model and ``actor.inference``: ``numpy`` or ``torch``."""
+def acting_path(env: str, model: dict[str, Any], inference: str, precision: str = "auto") -> str:
+    """The path an actor takes for this model, ``actor.inference`` and ``actor.precision``: ``numpy``,
+    ``torch`` or ``torch-bfloat16``."""
     import torch
 
     from distrl.actors.env_actor import acting_policy
@@ -274,12 +280,17 @@ def acting_path(env: str, model: dict[str, Any], inference: str) -> str:
     from distrl.envs.registry import env_spec
     from distrl.models.numpy_act import NumpyPolicy
 
-    cfg = ExperimentConfig(env=EnvConfig(name=env), model=ModelConfig(**model), actor=ActorConfig(inference=inference))
+    cfg = ExperimentConfig(env=EnvConfig(name=env), model=ModelConfig(**model),
+                           actor=ActorConfig(inference=inference, precision=precision))
     policy = acting_policy(cfg, env_spec(cfg.env), torch.device("cpu"), 0)
-    return "numpy" if isinstance(policy, NumpyPolicy) else "torch"
+    if isinstance(policy, NumpyPolicy):
+        return "numpy"
+    return "torch" if policy.acting_dtype == torch.float32 else f"torch-{str(policy.acting_dtype).split('.')[-1]}"
 
 
-def act_cost_us(env: str, batch: int, model: dict[str, Any], inference: str = "torch", reps: int = 20) -> float:
+def act_cost_us(
+    env: str, batch: int, model: dict[str, Any], inference: str = "torch", precision: str = "auto", reps: int = 20
+) -> float:
     """CPU microseconds per sample of one ``act`` at batch size ``batch`` of ``ModelConfig(**model)`` on the
     path the actors take with ``actor.inference=inference`` (warm: measured alone, after 3 calls)."""
     import numpy as np
@@ -289,7 +300,8 @@ def act_cost_us(env: str, batch: int, model: dict[str, Any], inference: str = "t
     from distrl.config import ActorConfig, EnvConfig, ExperimentConfig, ModelConfig
     from distrl.envs.registry import env_spec
 
-    cfg = ExperimentConfig(env=EnvConfig(name=env), model=ModelConfig(**model), actor=ActorConfig(inference=inference))
+    cfg = ExperimentConfig(env=EnvConfig(name=env), model=ModelConfig(**model),
+                           actor=ActorConfig(inference=inference, precision=precision))
     spec = env_spec(cfg.env)
     agent = acting_policy(cfg, spec, torch.device("cpu"), 0)
     rng = np.random.default_rng(0)
@@ -389,19 +401,21 @@ def bench_env(env: str, args: argparse.Namespace) -> None:
             model = policy_model(policy, env)
             keys = policy_keys(policy, env)
             raw_name = "raw" if not keys else f"raw[{','.join(keys)}]"
-            for inference in (["auto"] if policy == "random" else args.inference):
-                path = "none" if policy == "random" else acting_path(env, model, inference)
+            variants = [("auto", "auto")] if policy == "random" else [
+                (i, p) for i in args.inference for p in args.precision]
+            for inference, precision in variants:
+                path = "none" if policy == "random" else acting_path(env, model, inference, precision)
                 if any(k.startswith(f"{mode}/{policy}/") and p == path for k, p in paths.items()):
-                    continue  # another --inference value runs the same path (auto = torch for CNN encoders)
-                name = f"{mode}/{policy}/{inference}"
+                    continue  # another --inference/--precision value runs the same path (auto = torch for CNNs)
+                name = f"{mode}/{policy}/{inference}/{precision}"
                 paths[name] = path
                 if mode == "inline":
                     spec = PoolSpec("actor", env, b, procs, "inline", 1, policy, model, inference=inference,
-                                    observation_keys=keys)
+                                    precision=precision, observation_keys=keys)
                 else:
                     pre = False if mode == "subprocess_noprereset" else None
                     spec = PoolSpec("actor", env, b * procs, 1, "subprocess", procs, policy, model, prereset=pre,
-                                    inference=inference, observation_keys=keys)
+                                    inference=inference, precision=precision, observation_keys=keys)
                 if raw_name not in pools:
                     pools[raw_name] = Pool(PoolSpec("raw", env, b, procs, observation_keys=keys), seed=100)
                 pools[name] = Pool(spec, seed=200)
@@ -447,17 +461,18 @@ def bench_env(env: str, args: argparse.Namespace) -> None:
         p.close()
     med = statistics.median
     act_us = {
-        (p, i): act_cost_us(env, b, policy_model(p, env), i)
-        for p in args.policies if p != "random" for i in args.inference
+        (p, i, q): act_cost_us(env, b, policy_model(p, env), i, q)
+        for p in args.policies if p != "random" for i in args.inference for q in args.precision
     }
     for k in names:
-        mode, policy, inference = k.split("/")
+        mode, policy, inference, precision = k.split("/")
         raw, raw_cpu = med(raw_w[raw_of[k]]), med(raw_c[raw_of[k]])
         row: dict[str, Any] = {
             "bench": "actors",
             "env": env,
             "policy": policy,
             "inference": paths[k],
+            "precision": precision,
             "observation_keys": list(policy_keys(policy, env)) or "default",
             "vectorization": mode,
             "num_envs": b * procs,
@@ -482,10 +497,10 @@ def bench_env(env: str, args: argparse.Namespace) -> None:
         row["in_actor_us_per_step"] = {
             "policy": round(pol_us, 1), "env": round(env_us, 1), "other": round(step_us - pol_us - env_us, 1)
         }
-        if (policy, inference) in act_us:
+        if (policy, inference, precision) in act_us:
             # The CPU-bound ceiling: env CPU per step / (env CPU + inference CPU per step), with the act cost
             # measured alone in the driver (warm caches) and inside the actors (right after the env steps).
-            us = act_us[(policy, inference)]
+            us = act_us[(policy, inference, precision)]
             row["model"] = policy_model(policy, env)
             row["act_us_per_sample"] = round(us, 1)
             row["cpu_bound_ratio"] = round(1.0 / (1.0 + us * 1e-6 * raw_cpu), 3)
@@ -504,6 +519,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--inference", nargs="+", default=["auto"], choices=["auto", "torch", "numpy"],
         help="actor.inference for the neural policies; several = one pool each (paths measured once)",
+    )
+    ap.add_argument(
+        "--precision", nargs="+", default=["auto"], choices=["auto", "float32", "bfloat16"],
+        help="actor.precision for the neural policies' torch path; several = one pool each",
     )
     ap.add_argument("--procs", type=int, default=os.cpu_count() or 2, help="env-stepping processes")
     ap.add_argument("--num-envs", type=int, default=16, help="envs per env-stepping process")
