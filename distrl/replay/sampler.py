@@ -336,7 +336,8 @@ class ReplaySampler:
             raise err
 
     def _refresh_stats(self) -> None:
-        """Poll shards not heard from in 20 ms (sample responses carry stats too); collect finished polls."""
+        """Poll shards not heard from in 20 ms (sample responses carry stats too), in-process ones every time;
+        collect finished polls."""
         now = time.monotonic()
         for j in range(len(self._clients)):
             with self._lock:
@@ -344,7 +345,8 @@ class ReplaySampler:
                 pend = self._stats_pending[j]
             if down:
                 continue
-            if pend is None and now - self._heard_at[j] >= 0.02 and now - self._stats_at[j] >= 0.02:
+            stale = now - self._heard_at[j] >= 0.02 and now - self._stats_at[j] >= 0.02
+            if pend is None and (stale or getattr(client, "stats_are_free", False)):
                 self._stats_at[j] = now
                 try:
                     pend = client.stats_async()
