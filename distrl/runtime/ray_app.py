@@ -221,21 +221,17 @@ class RayRuntime:
                         placement_message(cfg, have), cfg.runtime.placement_timeout_s)
         cls = ray.remote(**self._learner_resources())(RayLearner)
         self.learners = learners = [cls.remote(cfg, spec, shards, store, r, world) for r in range(world)]
-        try:
+        actors: list[EnvActorHandle] = []
+        try:  # set-up: what it started is killed if it fails (the main loop's finally covers the rest)
             init = self._await_placed(learners[0].dist_address.remote(), "the learners") if world > 1 else None
             self._await_placed([lr.setup.remote(init) for lr in learners], "the learners")
-        except BaseException:
-            for h in [*learners, *shards, store]:
-                ray.kill(h)
-            raise
-        env_steps_base = 0
-        if self.resume and paths.learner_checkpoint.is_file():
-            state = load_checkpoint_file(paths.learner_checkpoint)
-            ray.get([lr.load_state_dict.remote(state, str(paths.learner_checkpoint)) for lr in learners])
-            env_steps_base = int(state.get("extra", {}).get("env_steps", 0))
-        version = ray.get(learners[0].publish_weights.remote())
-        actors = start_env_actors(cfg, shards, store)
-        try:
+            env_steps_base = 0
+            if self.resume and paths.learner_checkpoint.is_file():
+                state = load_checkpoint_file(paths.learner_checkpoint)
+                ray.get([lr.load_state_dict.remote(state, str(paths.learner_checkpoint)) for lr in learners])
+                env_steps_base = int(state.get("extra", {}).get("env_steps", 0))
+            version = ray.get(learners[0].publish_weights.remote())
+            actors = start_env_actors(cfg, shards, store)
             self._await_placed([h.handle.ping.remote() for h in actors], "the env actors")
         except BaseException:
             for h in [*(a.handle for a in actors), *learners, *shards, store]:
