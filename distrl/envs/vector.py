@@ -271,8 +271,8 @@ class _SlotRunner:
                     self.cfg.name, slot, where, type(err).__name__, err, streak + 1)
 
     def _write_obs(self, i: int, obs: Mapping[str, np.ndarray]) -> None:
-        for k in self.keys:
-            self.bufs.obs[k][i] = obs[k]
+        for k, row in self._obs_rows[i - self.slots.start]:
+            row[...] = obs[k]
 
     def _reset_existing(self, env: Any) -> dict[str, np.ndarray]:
         raw, _ = env.reset()
@@ -364,7 +364,7 @@ class _SlotRunner:
             except Exception as e:
                 out[j] = e
             dur[j] = perf() - t0
-        keys, float_keys, obs_rows = self.keys, self.float_keys, self._obs_rows
+        keys, float_keys = self.keys, self.float_keys
         episodes: list[EpisodeInfo] = []
         rew = [0.0] * n
         term, trunc, faulted = [False] * n, [False] * n, [False] * n
@@ -398,8 +398,7 @@ class _SlotRunner:
                 self.ep_len[j] = 0
                 self._autoreset(j, i)
             else:
-                for k, row in obs_rows[j]:
-                    row[...] = obs[k]
+                self._write_obs(lo + j, obs)
         b.duration[lo:hi] = dur
         b.reward[lo:hi] = rew
         b.terminated[lo:hi] = term

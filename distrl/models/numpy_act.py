@@ -174,7 +174,7 @@ def _nethack_small(enc: NetHackSmallEncoder, ws: _Workspace) -> Encode:
     crop_w, crop_b = _dense(enc.crop_fc)
     fc_w, fc_b = _dense(enc.fc)
     bl = _dense(enc.blstats_fc) if "blstats" in enc.keys else None
-    width = fc_w.shape[0]  # 128 crop features (+ 64 blstats features)
+    width, n_crop = fc_w.shape[0], crop_w.shape[1]  # crop features (+ blstats features)
     hidden_b = crop_b if bl is None else np.concatenate([crop_b, bl[1]])
     crop_mm, fc_mm = ws.matmul(crop_w), ws.matmul(fc_w)
     bl_mm = None if bl is None else ws.matmul(bl[0])
@@ -182,12 +182,12 @@ def _nethack_small(enc: NetHackSmallEncoder, ws: _Workspace) -> Encode:
     def encode(obs: Mapping[str, Array], n: int, out: Array) -> None:
         hidden = ws.get("nethack_small", n, width)  # [crop features | blstats features]
         x = table.take(obs["glyphs_crop"].reshape(n, -1), axis=0).reshape(n, -1)  # [N, c*c*E]
-        crop_mm(x, hidden[:, :128])
+        crop_mm(x, hidden[:, :n_crop])
         if bl_mm is not None:
             s = np.abs(obs["blstats"], dtype=np.float32)  # symlog: sign(s) * log(1 + |s|)
             np.log1p(s, out=s)
             np.copysign(s, obs["blstats"], out=s)
-            bl_mm(s, hidden[:, 128:])
+            bl_mm(s, hidden[:, n_crop:])
         hidden += hidden_b
         np.maximum(hidden, 0.0, out=hidden)
         _affine_relu(hidden, fc_mm, fc_b, out)
