@@ -270,19 +270,28 @@ class Pool:
             p.join(30)
 
 
-def acting_path(env: str, model: dict[str, Any], inference: str, precision: str = "auto") -> str:
-    """The path an actor takes for this model, ``actor.inference`` and ``actor.precision``: ``numpy``,
-    ``torch`` or ``torch-bfloat16``."""
+def _acting_policy(env: str, model: dict[str, Any], inference: str, precision: str) -> tuple[Any, Any]:
+    """(the policy a CPU actor builds for this model, ``actor.inference`` and ``actor.precision``, env spec)."""
     import torch
 
     from distrl.actors.env_actor import acting_policy
     from distrl.config import ActorConfig, EnvConfig, ExperimentConfig, ModelConfig
     from distrl.envs.registry import env_spec
-    from distrl.models.numpy_act import NumpyPolicy
 
     cfg = ExperimentConfig(env=EnvConfig(name=env), model=ModelConfig(**model),
                            actor=ActorConfig(inference=inference, precision=precision))
-    policy = acting_policy(cfg, env_spec(cfg.env), torch.device("cpu"), 0)
+    spec = env_spec(cfg.env)
+    return acting_policy(cfg, spec, torch.device("cpu"), 0), spec
+
+
+def acting_path(env: str, model: dict[str, Any], inference: str, precision: str = "auto") -> str:
+    """The path an actor takes for this model, ``actor.inference`` and ``actor.precision``: ``numpy``,
+    ``torch`` or ``torch-bfloat16``."""
+    import torch
+
+    from distrl.models.numpy_act import NumpyPolicy
+
+    policy, _ = _acting_policy(env, model, inference, precision)
     if isinstance(policy, NumpyPolicy):
         return "numpy"
     return "torch" if policy.acting_dtype == torch.float32 else f"torch-{str(policy.acting_dtype).split('.')[-1]}"
@@ -296,14 +305,7 @@ def act_cost_us(
     import numpy as np
     import torch
 
-    from distrl.actors.env_actor import acting_policy
-    from distrl.config import ActorConfig, EnvConfig, ExperimentConfig, ModelConfig
-    from distrl.envs.registry import env_spec
-
-    cfg = ExperimentConfig(env=EnvConfig(name=env), model=ModelConfig(**model),
-                           actor=ActorConfig(inference=inference, precision=precision))
-    spec = env_spec(cfg.env)
-    agent = acting_policy(cfg, spec, torch.device("cpu"), 0)
+    agent, spec = _acting_policy(env, model, inference, precision)
     rng = np.random.default_rng(0)
     obs = {k: rng.integers(0, 100, (batch, *a.shape)).astype(a.dtype) for k, a in spec.obs.items()}
     state = agent.initial_state(batch)
