@@ -78,8 +78,14 @@ def test_env_actor_inserts_pulls_weights_and_restarts_after_kill(ray_cluster):
         before = size()
         h = restart_env_actor(cfg, h, [shard], store, num_cpus=0.25)
         assert h.incarnation == 1
-        _wait_for(lambda: size() >= before + 8, what="inserts after restart")
+        # Wait on the new actor's own acknowledged inserts: the shard's size alone can grow by the killed
+        # actor's last in-flight inserts (up to max_inflight_inserts sequences) before the new one has stepped.
+        _wait_for(
+            lambda: ray.get(h.handle.stats.remote())["inserts_accepted_rows"] >= 8, what="inserts after restart"
+        )
+        assert size() >= before + 8
         stats = ray.get(h.handle.stats.remote())
+        # The restarted actor pulled the current weights before its first step.
         assert stats["incarnation"] == 1 and stats["policy_version"] == 4
 
         # A graceful stop flushes in-flight inserts and returns the final counters.
