@@ -15,7 +15,7 @@ Tensors here are torch tensors on the CPU unless a component moved them. Observa
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -158,16 +158,117 @@ class Trajectory:
             }
         )
 
-    def batch_major(self) -> dict[str, Tensor]:
-        """Leaves with the batch axis first (``[B, T, ...]``): the layout replay storage uses."""
-        return {k: (v.transpose(0, 1) if self.is_time_leaf(k) else v) for k, v in self.flatten().items()}
+    def batch_major(self, frame_stacks: Collection[str] = ()) -> dict[str, Tensor]:
+        """Leaves with the batch axis first (``[B, T, ...]``): the layout replay storage uses.
+
+        ``frame_stacks``: observation keys that are frame stacks (``EnvSpec.frame_stacks``); each is stored as
+        its newest frame per step plus the older frames of step 0 (:func:`pack_frame_stacks`), a
+        ``k``-fold saving for a stack of ``k``. :meth:`from_batch_major` rebuilds the stacks."""
+        leaves = {k: (v.transpose(0, 1) if self.is_time_leaf(k) else v) for k, v in self.flatten().items()}
+        return pack_frame_stacks(leaves, frame_stacks) if frame_stacks else leaves
 
     @staticmethod
     def from_batch_major(leaves: Mapping[str, Tensor]) -> Trajectory:
         """Inverse of :meth:`batch_major`: the one boundary where replay's ``[B, T]`` becomes ``[T, B]``."""
+        leaves = unpack_frame_stacks(leaves)
         return Trajectory.unflatten(
             {k: (v.transpose(0, 1) if Trajectory.is_time_leaf(k) else v) for k, v in leaves.items()}
         )
+
+
+# ---- frame stacks in replay -------------------------------------------------------------------------------------
+# A frame stack [k, ...] (Atari's 4 x 84 x 84) repeats each frame k times along a sequence. Replay keeps the
+# newest frame of every step under the obs key and the k - 1 older frames of step 0 under "obs_stack/<key>"
+# (a per-row leaf); the stacks follow from those and the episode boundaries, because the env shifts its stack
+# by one frame per step and starts an episode with its first frame repeated (EnvSpec.frame_stacks).
+STACK_PREFIX = "obs_stack/"
+
+
+def pack_frame_stacks(leaves: Mapping[str, Tensor], keys: Collection[str]) -> dict[str, Tensor]:
+    """Batch-major leaves with each ``obs/<key>`` ``[B, T + 1, k, ...]`` replaced by its newest frames
+    ``[B, T + 1, ...]`` and ``obs_stack/<key>`` ``[B, k - 1, ...]`` (step 0's older frames). Raises ValueError
+    naming the key, row and step where the stacks do not follow the frame-stack rule, since replay would then
+    rebuild observations the actor never saw."""
+    out = dict(leaves)
+    done = torch.as_tensor(leaves["terminated"]) | torch.as_tensor(leaves["truncated"])  # [B, T]
+    for key in keys:
+        name = f"obs/{key}"
+        if name not in leaves:
+            raise KeyError(f"frame stack {key!r}: no observation leaf {name!r} (have {sorted(leaves)})")
+        x = torch.as_tensor(leaves[name])
+        if x.dim() < 3 or x.shape[2] < 2:
+            raise ValueError(f"frame stack {key!r}: expected [B, T + 1, k >= 2, ...], got {tuple(x.shape)}")
+        _check_frame_stack(key, x, done)
+        out[name] = x[:, :, -1]
+        out[STACK_PREFIX + key] = x[:, 0, :-1]
+    return out
+
+
+def _check_frame_stack(key: str, x: Tensor, done: Tensor) -> None:
+    """Step t + 1 shifts step t's stack by one frame, or, after an episode end, repeats its newest frame."""
+    if x.shape[1] < 2:
+        return
+    w = _words(x)  # [B, T + 1, k, words]: compared 8 bytes at a time where the frame size allows
+    shifted = (w[:, 1:, :-1] == w[:, :-1, 1:]).flatten(2).all(dim=2)  # [B, T]
+    bad = ~shifted & ~done
+    rows, steps = torch.nonzero(done, as_tuple=True)
+    if rows.numel():
+        first = w[rows, steps + 1]  # [n, k, words]: first stacks of new episodes
+        repeated = (first == first[:, -1:]).flatten(1).all(dim=1)
+        bad[rows[~repeated], steps[~repeated]] = True
+    if bool(bad.any()):
+        b, t = (int(i) for i in torch.nonzero(bad)[0])
+        raise ValueError(
+            f"observation {key!r} is declared a frame stack (EnvSpec.frame_stacks), but at row {b}, step {t + 1} "
+            "it neither shifts the previous step's stack by one frame nor, after an episode end, repeats its "
+            "first frame; replay could not rebuild it (declare only true frame stacks)"
+        )
+
+
+def _words(x: Tensor) -> Tensor:
+    """``[B, T, k, ...]`` with each frame flattened, as int64 words when its bytes allow (an 84 x 84 uint8
+    frame is 882 words): the same equality, an eighth of the elements to compare."""
+    tm = x.transpose(0, 1)  # batch_major's leaves are views of time-major tensors: work on those, no copy
+    if not tm.is_contiguous():
+        tm = tm.contiguous()
+    frame = tm.flatten(3) if tm.dim() > 3 else tm.unsqueeze(-1)  # [T + 1, B, k, n]
+    if (frame.shape[-1] * frame.element_size()) % 8 == 0 and frame.element_size() < 8:
+        frame = frame.view(torch.int64)
+    return frame.transpose(0, 1)
+
+
+def unpack_frame_stacks(leaves: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Inverse of :func:`pack_frame_stacks` (leaves without ``obs_stack/*`` pass through unchanged)."""
+    names = [n for n in leaves if n.startswith(STACK_PREFIX)]
+    if not names:
+        return dict(leaves)
+    out = dict(leaves)
+    done = torch.as_tensor(leaves["terminated"]) | torch.as_tensor(leaves["truncated"])  # [B, T]
+    for name in names:
+        obs = "obs/" + name[len(STACK_PREFIX):]
+        out[obs] = rebuild_frame_stacks(torch.as_tensor(out.pop(name)), torch.as_tensor(leaves[obs]), done)
+    return out
+
+
+def rebuild_frame_stacks(head: Tensor, newest: Tensor, done: Tensor) -> Tensor:
+    """Stacks ``[B, T + 1, k, ...]`` from step 0's older frames ``head [B, k - 1, ...]``, the newest frames
+    ``newest [B, T + 1, ...]`` and the episode ends ``done [B, T]``: position j of step t's stack (lag
+    L = k - 1 - j) is the newest frame of step max(t - L, s_t), s_t being the start of t's episode."""
+    B, T1 = newest.shape[:2]
+    k = head.shape[1] + 1
+    frames = torch.cat([head, newest], dim=1)  # [B, k - 1 + T + 1, ...]: frame of step t at index t + k - 1
+    out = torch.empty((B, T1, k, *newest.shape[2:]), dtype=newest.dtype)
+    for j in range(k):  # lag k - 1 - j: one time-shifted slice each
+        out[:, :, j] = frames[:, j: j + T1]
+    if bool(done.any()):  # the first k - 1 steps of an episode repeat its first frame instead
+        t = torch.arange(T1)
+        start = torch.full((B, T1), -k, dtype=torch.int64)  # -k: the episode began before this sequence
+        start[:, 1:] = torch.where(done.to(torch.bool), t[1:], torch.tensor(-k))
+        start = start.cummax(dim=1).values  # [B, T + 1]
+        lag = torch.arange(k - 1, -1, -1)
+        b, tt, j = torch.nonzero(start[:, :, None] > t[None, :, None] - lag, as_tuple=True)
+        out[b, tt, j] = frames[b, start[b, tt] + (k - 1)]
+    return out
 
 
 @dataclass(frozen=True)

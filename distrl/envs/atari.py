@@ -341,6 +341,7 @@ def spec(cfg: EnvConfig) -> EnvSpec:
         obs={"frames": ArraySpec((cfg.frame_stack, size, size), np.dtype(np.uint8))},
         num_actions=_num_actions(cfg.name),
         family="atari",
+        frame_stacks=("frames",) if cfg.frame_stack > 1 else (),
     )
 
 

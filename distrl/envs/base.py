@@ -52,6 +52,10 @@ class EnvSpec:
     obs: Mapping[str, ArraySpec]
     num_actions: int
     family: str  # "minihack" | "atari" | "habitat" | "miniworld" | "fake"
+    frame_stacks: tuple[str, ...] = ()
+    """Observation keys that are frame stacks ``[k, ...]``, oldest first: each step shifts the stack by one
+    frame, and the first observation of an episode is its first frame repeated k times. Replay stores only
+    the newest frame of each step for these keys (``Trajectory.batch_major(frame_stacks=...)``)."""
 
     def zeros(self, batch: int) -> dict[str, np.ndarray]:
         return {k: np.zeros((batch, *s.shape), dtype=s.dtype) for k, s in self.obs.items()}

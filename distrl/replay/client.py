@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Collection
 from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
@@ -106,8 +107,9 @@ class LocalShardClient:
     # what a batch holds then depends on counts alone, and a seeded local run repeats itself exactly.
     stats_are_free = True
 
-    def __init__(self, shard: ReplayShard) -> None:
+    def __init__(self, shard: ReplayShard, frame_stacks: Collection[str] = ()) -> None:
         self.shard = shard
+        self.frame_stacks = tuple(frame_stacks)  # EnvSpec.frame_stacks of what this client inserts
 
     def sample_async(self, n: int, n_fresh: int = 0, min_policy_version: int | None = None) -> Resolved[ShardSample]:
         return _call(self.shard.sample, n, n_fresh, min_policy_version)
@@ -119,7 +121,7 @@ class LocalShardClient:
         return _call(self.shard.stats)
 
     def insert_async(self, traj: Trajectory, priorities: Any = None, prior: Any = None) -> Resolved[InsertResult]:
-        return _call(self.shard.insert, traj, priorities, prior=prior)
+        return _call(self.shard.insert, traj, priorities, prior=prior, frame_stacks=self.frame_stacks)
 
 
 class _Backoff:

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -273,9 +273,11 @@ class ReplayShard:
         *,
         prior: np.ndarray | torch.Tensor | None = None,
         timeout: float = 0.0,
+        frame_stacks: Collection[str] = (),
     ) -> InsertResult:
-        """Store the B rows of ``traj`` ([T, B]); returns their keys. See :meth:`insert_leaves`."""
-        return self.insert_leaves(traj.batch_major(), priorities, prior=prior, timeout=timeout)
+        """Store the B rows of ``traj`` ([T, B]); returns their keys. See :meth:`insert_leaves`;
+        ``frame_stacks`` (``EnvSpec.frame_stacks``) are stored as newest frames (``Trajectory.batch_major``)."""
+        return self.insert_leaves(traj.batch_major(frame_stacks), priorities, prior=prior, timeout=timeout)
 
     def insert_leaves(
         self,

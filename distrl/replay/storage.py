@@ -9,6 +9,10 @@ dtype. :class:`SequenceStorage` holds one numpy array ``[capacity, *item_shape]`
   sampling n rows is one ``np.take`` per leaf. dtypes are kept (uint8 observations stay uint8), so the bytes
   stored per step equal the raw bytes plus a few bytes of bookkeeping per sequence.
 * ``np.empty`` reserves the arrays without touching them; the OS commits pages only as the ring fills.
+* Frame stacks (Atari's ``frames`` [4, 84, 84], declared in ``EnvSpec.frame_stacks``) arrive packed by the
+  inserting side (``Trajectory.batch_major(frame_stacks)``): ``obs/frames`` holds one frame per step and the
+  per-row ``obs_stack/frames`` step 0's three older frames, about a quarter of the bytes; the stacks are
+  rebuilt exactly when a sample becomes a Trajectory again (``Trajectory.from_batch_major``).
 * Core state (large for HCAM memory): a per-row leaf like any other, so it is stored once per *sequence*,
   not per step. ``core_state_dtype="float16"`` stores float ``core_state/*`` leaves at half precision (read
   back in their original dtype); the recurrent state is re-warmed by burn-in anyway, which is what makes the

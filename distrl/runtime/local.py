@@ -76,7 +76,7 @@ class LocalRuntime:
                     if traj is None:
                         continue
                     shard = shards[i % J]
-                    while not shard.insert(traj).ok:
+                    while not shard.insert(traj, frame_stacks=spec.frame_stacks).ok:
                         # The rate limiter holds inserts back until the learner has sampled enough.
                         report = worker.train(max_updates=1, timeout_s=5.0)
                         if not report["updates"]:

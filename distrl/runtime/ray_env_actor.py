@@ -77,7 +77,7 @@ class RayEnvActor:
         self.actor = EnvActor(cfg, actor_id, policy, incarnation=incarnation)
         self.shard_id = actor_id % len(shards)
         self.inserter = BoundedInserter(
-            RayShardClient(shards[self.shard_id], self.shard_id),
+            RayShardClient(shards[self.shard_id], self.shard_id, env_spec(cfg.env).frame_stacks),
             cfg.replay.max_inflight_inserts,
             timeout=insert_timeout_s,
         )

@@ -27,6 +27,7 @@ Usage::
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -66,9 +67,10 @@ def _np(x: Any) -> np.ndarray | None:
 class RayShardClient:
     """:class:`~distrl.replay.client.ShardClient` for a shard actor made by :func:`make_ray_shards`."""
 
-    def __init__(self, handle: Any, shard_id: int) -> None:
+    def __init__(self, handle: Any, shard_id: int, frame_stacks: Collection[str] = ()) -> None:
         self.handle = handle
         self.shard_id = int(shard_id)
+        self.frame_stacks = tuple(frame_stacks)  # EnvSpec.frame_stacks: packed here, before the transfer
 
     def sample_async(self, n: int, n_fresh: int = 0, min_policy_version: int | None = None) -> RayPending[ShardSample]:
         return RayPending(self.handle.sample.remote(n, n_fresh, min_policy_version))
@@ -80,7 +82,7 @@ class RayShardClient:
         return RayPending(self.handle.stats.remote())
 
     def insert_async(self, traj: Trajectory, priorities: Any = None, prior: Any = None) -> RayPending[InsertResult]:
-        leaves = {k: v.detach().cpu().numpy() for k, v in traj.batch_major().items()}
+        leaves = {k: v.detach().cpu().numpy() for k, v in traj.batch_major(self.frame_stacks).items()}
         return RayPending(self.handle.insert_leaves.remote(leaves, _np(priorities), prior=_np(prior)))
 
     def save(self, path: str | Path, timeout: float = 600.0) -> Path:

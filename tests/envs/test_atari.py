@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from distrl.config import EnvConfig
 from distrl.envs.atari import AreaResize, area_weights
@@ -190,6 +191,37 @@ def test_life_loss_ends_learning_episodes_and_reports_the_full_game():
         assert env.ale.lives() == start_lives - segments  # the game went on: no real reset
     assert segments == start_lives and terminated
     assert info["episode_return"] == game_total > 0
+
+
+@envs
+@pytest.mark.parametrize(
+    "env_cfg",
+    [
+        EnvConfig(name=PONG, num_envs=3, max_episode_steps=23),  # games cut by the time limit
+        EnvConfig(name="ALE/Asterix-v5", num_envs=3, terminal_on_life_loss=True),  # life-loss episode ends
+    ],
+    ids=["pong-time-limit", "asterix-life-loss"],
+)
+def test_actor_sequences_are_stored_as_newest_frames_and_rebuilt_exactly(env_cfg):
+    """The spec declares the stack, so replay keeps one frame per step; what the learner gets back is what the
+    actor saw, across every kind of episode end (real reset, time limit, life loss)."""
+    from distrl.actors.env_actor import EnvActor, RandomPolicy
+    from distrl.config import ExperimentConfig, SequenceConfig
+    from distrl.types import Trajectory
+
+    spec = env_spec(env_cfg)
+    assert spec.frame_stacks == ("frames",)
+    assert env_spec(EnvConfig(name=PONG, frame_stack=1)).frame_stacks == ()
+    cfg = ExperimentConfig(env=env_cfg, sequence=SequenceConfig(length=40, burn_in=0, period=40))
+    actor = EnvActor(cfg, 0, RandomPolicy(spec.num_actions, seed=0))
+    ends = 0
+    for traj in actor.run(num_sequences=6):
+        ends += int(traj.done().sum())
+        packed = traj.batch_major(frame_stacks=spec.frame_stacks)
+        assert packed["obs/frames"].shape == (traj.B, traj.T + 1, 84, 84)
+        assert torch.equal(Trajectory.from_batch_major(packed).obs["frames"], traj.obs["frames"])
+    actor.close()
+    assert ends >= 3  # episode ends inside the sequences were exercised
 
 
 @envs

@@ -115,3 +115,39 @@ def test_env_actor_loop_error_surfaces_on_run_ref(ray_cluster):
     finally:
         ray.kill(h.handle, no_restart=True)
         ray.kill(shard, no_restart=True)
+
+
+def test_an_atari_actor_sends_newest_frames_and_the_learner_side_gets_full_stacks(ray_cluster):
+    pytest.importorskip("ale_py")
+    ray = ray_cluster
+    cfg = ExperimentConfig(
+        env=EnvConfig(name="ALE/Pong-v5", num_envs=2, vectorization="inline", max_episode_steps=15),
+        model=ModelConfig(encoder="small_cnn", hidden_size=16),
+        sequence=SequenceConfig(length=8, burn_in=0, period=8),
+        replay=ReplayConfig(capacity=256, min_size=1, samples_per_insert=0.0, max_inflight_inserts=2),
+    )
+    shard = make_ray_shard(cfg.replay, 0, num_cpus=0.25, seed=0)
+    h = start_env_actor(cfg, 0, [shard], None, num_cpus=0.25)
+    try:
+        _wait_for(lambda: ray.get(shard.stats.remote()).size >= 8, what="Atari inserts")
+        sample = ray.get(shard.sample.remote(8))
+        assert sample.ok
+        # Stored and sent as one 84x84 frame per step (+ step 0's 3 older frames per row) ...
+        assert sample.leaves["obs/frames"].shape == (8, 9, 84, 84)
+        assert sample.leaves["obs_stack/frames"].shape == (8, 3, 84, 84)
+        # ... and handed to the learner as the stacks the actor saw: each step shifts the previous stack by one
+        # frame, or starts an episode with its first frame repeated.
+        traj = sample.trajectory()
+        f = traj.obs["frames"]
+        assert f.shape == (9, 8, 4, 84, 84)
+        done = traj.done()
+        assert done.any()  # 15-step games inside 8-step sequences
+        for t in range(8):
+            for b in range(8):
+                if done[t, b]:
+                    assert all(torch.equal(f[t + 1, b, i], f[t + 1, b, 3]) for i in range(3))
+                else:
+                    assert torch.equal(f[t + 1, b, :3], f[t, b, 1:])
+    finally:
+        ray.kill(h.handle, no_restart=True)
+        ray.kill(shard, no_restart=True)
