@@ -199,8 +199,9 @@ def pack_frame_stacks(leaves: Mapping[str, Tensor], keys: Collection[str]) -> di
         if x.dim() < 3 or x.shape[2] < 2:
             raise ValueError(f"frame stack {key!r}: expected [B, T + 1, k >= 2, ...], got {tuple(x.shape)}")
         _check_frame_stack(key, x, done)
-        out[name] = x[:, :, -1]
-        out[STACK_PREFIX + key] = x[:, 0, :-1]
+        # contiguous: the leaves are about to be copied out (to a Ray object or the storage ring) in one piece
+        out[name] = x[:, :, -1].contiguous()
+        out[STACK_PREFIX + key] = x[:, 0, :-1].contiguous()
     return out
 
 
@@ -256,10 +257,11 @@ def rebuild_frame_stacks(head: Tensor, newest: Tensor, done: Tensor) -> Tensor:
     L = k - 1 - j) is the newest frame of step max(t - L, s_t), s_t being the start of t's episode."""
     B, T1 = newest.shape[:2]
     k = head.shape[1] + 1
-    frames = torch.cat([head, newest], dim=1)  # [B, k - 1 + T + 1, ...]: frame of step t at index t + k - 1
     out = torch.empty((B, T1, k, *newest.shape[2:]), dtype=newest.dtype)
-    for j in range(k):  # lag k - 1 - j: one time-shifted slice each
-        out[:, :, j] = frames[:, j: j + T1]
+    for j in range(k):  # lag L = k - 1 - j: step t takes step t - L's newest frame, or head's for t < L
+        lag = min(k - 1 - j, T1)
+        out[:, :lag, j] = head[:, j: j + lag]
+        out[:, lag:, j] = newest[:, : T1 - lag]
     if bool(done.any()):  # the first k - 1 steps of an episode repeat its first frame instead
         t = torch.arange(T1)
         start = torch.full((B, T1), -k, dtype=torch.int64)  # -k: the episode began before this sequence
@@ -267,7 +269,7 @@ def rebuild_frame_stacks(head: Tensor, newest: Tensor, done: Tensor) -> Tensor:
         start = start.cummax(dim=1).values  # [B, T + 1]
         lag = torch.arange(k - 1, -1, -1)
         b, tt, j = torch.nonzero(start[:, :, None] > t[None, :, None] - lag, as_tuple=True)
-        out[b, tt, j] = frames[b, start[b, tt] + (k - 1)]
+        out[b, tt, j] = newest[b, start[b, tt]]  # such a start is a step of this sequence (>= 1)
     return out
 
 

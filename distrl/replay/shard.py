@@ -88,6 +88,9 @@ class ShardStats:
     sample_status: Status
     min_mass: float | None = None
     """Smallest leaf mass m_j (only filled by :meth:`ReplayShard.stats`; O(size))."""
+    row_nbytes: int = 0
+    """Bytes one stored sequence row takes (all leaves, stored dtypes); 0 before the first insert. The
+    storage holds ``size * row_nbytes`` bytes of data (``capacity * row_nbytes`` when full)."""
 
     @property
     def can_sample(self) -> bool:
@@ -238,6 +241,7 @@ class ReplayShard:
             insert_status=self._limiter.insert_status(),
             sample_status=self._limiter.sample_status(self._size),
             min_mass=min_mass,
+            row_nbytes=0 if self._schema is None else int(self._schema.item_nbytes),
         )
 
     def stats(self) -> ShardStats:

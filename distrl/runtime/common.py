@@ -104,6 +104,7 @@ class RunMonitor:
         live = [s for s in shard_stats if s is not None]
         if live:
             m["replay/size"] = float(sum(s.size for s in live))
+            m["replay/stored_gb"] = float(sum(s.size * s.row_nbytes for s in live)) / 1e9
             m["replay/inserted"] = float(sum(s.inserted for s in live))
             m["replay/sampled"] = float(sum(s.sampled for s in live))
             m["replay/fresh_pending"] = float(sum(s.fresh_pending for s in live))

@@ -122,6 +122,8 @@ def test_replay_stores_newest_frames_and_samples_full_stacks():
     assert stored["obs/frames"].shape == (16, traj.T + 1, 84, 84)
     assert stored[STACK_PREFIX + "frames"].shape == (16, 3, 84, 84)
     ratio = plain._storage.nbytes / packed._storage.nbytes
+    assert plain.stats().row_nbytes / packed.stats().row_nbytes == pytest.approx(ratio)
+    assert packed.stats().row_nbytes == packed._storage.nbytes // 16
     assert ratio == pytest.approx(4 * (traj.T + 1) / (traj.T + 1 + 3), rel=0.02)  # 3.5 at T = 20
     sample = packed.sample(traj.B)
     got = sample.trajectory()
