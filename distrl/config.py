@@ -182,13 +182,16 @@ class ActorConfig:
     threads: int = 1
     inference: Literal["auto", "torch", "numpy"] = "auto"
     """How a CPU actor runs its policy: 'numpy' (distrl.models.numpy_act: the same function, ~2x cheaper per
-    call between env steps, for the nethack_small/mlp encoders and lstm/identity cores), 'torch' (Agent.act),
-    'auto' = numpy where it can run the model on this device, else torch."""
+    call between env steps, for the nethack_small/mlp encoders, the Atari CNNs (their convolutions through
+    PyTorch) and lstm/identity cores), 'torch' (Agent.act), 'auto' = numpy where it can run the model on this
+    device, else torch."""
     precision: Literal["auto", "float32", "bfloat16"] = "auto"
     """Dtype of the encoder when an actor acts through torch (the NumPy path is always float32): 'bfloat16'
     casts the encoder's weights and inputs (core, heads and recorded logits stay float32; the learner always
-    trains in float32), 'auto' = bfloat16 on CPUs with native bfloat16 dot products (AVX512-BF16 or AMX),
-    where it measured 1.3-1.7x cheaper per act for the Atari CNNs, else float32."""
+    trains in float32), 'auto' = bfloat16 where the CPU has native bfloat16 dot products (AVX512-BF16 or
+    AMX) and the actor, timing one encoder call in each dtype at its batch size when it starts, measures it
+    at least 10% faster, else float32 (bfloat16 was 1.3-1.7x cheaper per act for the Atari CNNs on an AMD
+    EPYC, but 1.1-2x dearer on an Intel Xeon that also reports AVX512-BF16)."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -66,6 +66,8 @@ class Agent(nn.Module):
         self.core = build_core(cfg, self.encoder.out_dim)
         self.heads = PolicyValueHeads(self.core.out_dim, self.num_actions, cfg.separate_intrinsic_value)
         self.acting_dtype = torch.float32
+        self.acting_dtype_timings_us: dict[str, float] | None = None
+        """Encoder µs per act in each dtype, when ``actor.precision=auto`` measured them (else None)."""
 
     def set_acting_dtype(self, dtype: torch.dtype) -> None:
         """Run the encoder in ``dtype`` (bfloat16 for cheaper acting; float32 = back to normal).

@@ -31,6 +31,8 @@ MIXED = EnvSpec(  # uint8 pixels (scaled by 1/255), floats and a scalar: every M
     "fake:spec", {"img": _a((3, 4, 4), np.uint8), "vec": _a((5,), np.float32), "t": _a((), np.int64)}, 4, "fake",
 )
 ATARI = EnvSpec("ALE/Pong-v5", {"frames": _a((4, 84, 84), np.uint8)}, 6, "atari")
+SMALL_IMG = EnvSpec("fake:img", {"rgb": _a((3, 36, 36), np.uint8)}, 5, "fake")  # IMPALA CNN, cheaper frames
+HWC_IMG = EnvSpec("fake:img", {"rgb": _a((40, 40, 3), np.uint8)}, 5, "fake")  # channels last, like [H, W, C]
 
 CASES = {
     "nethack_small+lstm": (MINIHACK, ModelConfig(encoder="nethack_small", hidden_size=32, glyph_embedding_dim=4)),
@@ -41,6 +43,11 @@ CASES = {
                                                                  core="identity")),
     "mlp+lstm": (MIXED, ModelConfig(encoder="mlp", hidden_size=24)),
     "mlp+identity": (MIXED, ModelConfig(encoder="mlp", hidden_size=24, core="identity")),
+    # CNN encoders: conv stack through PyTorch (first conv's weights pre-scaled by 1/255), the rest in NumPy
+    "small_cnn+lstm": (ATARI, ModelConfig(encoder="small_cnn", hidden_size=16)),
+    "nature_cnn+identity": (ATARI, ModelConfig(encoder="nature_cnn", hidden_size=16, core="identity")),
+    "impala_cnn+lstm": (SMALL_IMG, ModelConfig(encoder="impala_cnn", hidden_size=16)),
+    "nature_cnn_channels_last+lstm": (HWC_IMG, ModelConfig(encoder="nature_cnn", hidden_size=16)),
 }
 
 
@@ -81,13 +88,17 @@ def test_numpy_act_equals_agent_act(case):
     out = policy.act(obs, {k: v.numpy() for k, v in state.items()}, greedy=True)
     assert isinstance(out.logits, np.ndarray) and out.logits.dtype == np.float32
     assert out.action.dtype == np.int64 and out.value.dtype == np.float32
-    np.testing.assert_allclose(out.logits, ref.logits.numpy(), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(out.value, ref.value.numpy(), rtol=1e-5, atol=1e-5)
+    # CNNs: pixels scaled through the first conv's weights instead of the input, and hundreds of terms per
+    # conv output, so float32 rounding shows at ~1e-5 relative to the (large, random-weight) logits
+    tol = 1e-4 if "cnn" in case else 1e-5
+    scale = max(1.0, float(np.abs(ref.logits.numpy()).max()))
+    np.testing.assert_allclose(out.logits, ref.logits.numpy(), rtol=tol, atol=tol * scale)
+    np.testing.assert_allclose(out.value, ref.value.numpy(), rtol=tol, atol=tol * scale)
     np.testing.assert_array_equal(out.action, ref.action.numpy())
     assert sorted(out.state) == sorted(ref.state)
     for k in ref.state:
         assert out.state[k].shape == tuple(ref.state[k].shape)
-        np.testing.assert_allclose(out.state[k], ref.state[k].numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(out.state[k], ref.state[k].numpy(), rtol=tol, atol=tol)
 
 
 def test_numpy_act_over_a_sequence_with_resets_matches_unroll():
@@ -165,11 +176,26 @@ def test_reset_state_zeroes_masked_rows_only():
     assert policy.reset_state({}, np.ones(4, bool)) == {}
 
 
+def test_numpy_act_runs_a_cnn_in_bfloat16_on_request():
+    """conv_dtype=bfloat16 (actor.precision): the conv stack runs in bfloat16 and the outputs stay float32,
+    close to the float32 function (bfloat16 rounding) but not equal to it."""
+    spec, mcfg = CASES["small_cnn+lstm"]
+    agent = build_agent(mcfg, spec)
+    policy32, policy16 = NumpyPolicy(agent, seed=0), NumpyPolicy(agent, seed=0, conv_dtype=torch.bfloat16)
+    obs = _obs(spec, 5, np.random.default_rng(3))
+    s = policy32.initial_state(5)
+    ref, out = policy32.act(obs, s, greedy=True), policy16.act(obs, s, greedy=True)
+    assert out.logits.dtype == np.float32 and out.state["h"].dtype == np.float32
+    scale = float(np.abs(ref.logits).max())
+    np.testing.assert_allclose(out.logits, ref.logits, rtol=0.0, atol=0.03 * scale)
+    assert not np.array_equal(out.logits, ref.logits)
+
+
 def test_unsupported_models_are_named():
-    agent = build_agent(ModelConfig(encoder="nature_cnn"), ATARI)
+    agent = build_agent(ModelConfig(encoder="nethack"), MINIHACK)
     why = numpy_unsupported(agent)
-    assert why is not None and "NatureCNN" in why
-    with pytest.raises(ValueError, match=r"NatureCNN.*actor\.inference=torch"):
+    assert why is not None and "NetHackEncoder" in why
+    with pytest.raises(ValueError, match=r"NetHackEncoder.*actor\.inference=torch"):
         NumpyPolicy(agent)
     assert numpy_unsupported(build_agent(CASES["mlp+lstm"][1], MIXED)) is None
 
@@ -209,9 +235,11 @@ def test_actor_picks_the_acting_path():
     assert isinstance(acting_policy(_cfg("torch"), spec, torch.device("cpu"), 0), Agent)
     assert isinstance(acting_policy(_cfg("numpy"), spec, torch.device("cpu"), 0), NumpyPolicy)
     cnn = dataclasses.replace(_cfg("auto"), model=ModelConfig(encoder="small_cnn"))
-    assert isinstance(acting_policy(cnn, ATARI, torch.device("cpu"), 0), Agent)  # auto falls back to torch
-    with pytest.raises(ValueError, match=r"actor\.inference=numpy cannot run this model: encoder SmallCNN"):
-        acting_policy(dataclasses.replace(cnn, actor=_cfg("numpy").actor), ATARI, torch.device("cpu"), 0)
+    assert isinstance(acting_policy(cnn, ATARI, torch.device("cpu"), 0), NumpyPolicy)  # convs through torch
+    nethack = dataclasses.replace(_cfg("auto"), model=ModelConfig(encoder="nethack"))
+    assert isinstance(acting_policy(nethack, MINIHACK, torch.device("cpu"), 0), Agent)  # auto falls back
+    with pytest.raises(ValueError, match=r"actor\.inference=numpy cannot run this model: encoder NetHackEncoder"):
+        acting_policy(dataclasses.replace(nethack, actor=_cfg("numpy").actor), MINIHACK, torch.device("cpu"), 0)
 
 
 def test_actor_precision_sets_the_torch_encoder_dtype(monkeypatch):
@@ -219,22 +247,58 @@ def test_actor_precision_sets_the_torch_encoder_dtype(monkeypatch):
 
     cnn = dataclasses.replace(_cfg("auto"), model=ModelConfig(encoder="small_cnn", hidden_size=16))
 
-    def encoder_dtype(precision: str) -> torch.dtype:
-        cfg = dataclasses.replace(cnn, actor=dataclasses.replace(cnn.actor, precision=precision))
-        agent = acting_policy(cfg, ATARI, torch.device("cpu"), 0)
-        return next(agent.encoder.parameters()).dtype
+    def encoder_dtype(precision: str, inference: str = "torch") -> torch.dtype:
+        """The acting dtype of the CNN: the torch agent's encoder, or the NumPy path's conv stack."""
+        actor = dataclasses.replace(cnn.actor, precision=precision, inference=inference)
+        policy = acting_policy(dataclasses.replace(cnn, actor=actor), ATARI, torch.device("cpu"), 0)
+        if inference == "torch":
+            return next(policy.encoder.parameters()).dtype
+        assert isinstance(policy, NumpyPolicy)
+        return policy.conv_dtype
 
-    assert encoder_dtype("float32") == torch.float32
-    assert encoder_dtype("bfloat16") == torch.bfloat16
+    for inference in ("torch", "auto"):
+        assert encoder_dtype("float32", inference) == torch.float32
+        assert encoder_dtype("bfloat16", inference) == torch.bfloat16
+    # auto: bfloat16 only on a bfloat16-capable CPU where it also measures >= 10% faster at the actor's batch.
     monkeypatch.setattr(env_actor, "native_bf16", lambda device: True)
+    timed: list[int] = []
+
+    def fake_timings(bf16_us: float):
+        def timings(agent, spec, batch, reps=5):
+            timed.append(batch)
+            return {"float32": 100.0, "bfloat16": bf16_us}
+        return timings
+
+    monkeypatch.setattr(env_actor, "time_acting_dtypes", fake_timings(80.0))
     assert encoder_dtype("auto") == torch.bfloat16
+    monkeypatch.setattr(env_actor, "time_acting_dtypes", fake_timings(95.0))
+    assert encoder_dtype("auto") == torch.float32
+    assert encoder_dtype("auto", inference="auto") == torch.float32
+    monkeypatch.setattr(env_actor, "time_acting_dtypes", fake_timings(80.0))
+    assert encoder_dtype("auto", inference="auto") == torch.bfloat16
+    assert timed == [cnn.env.num_envs] * 4
     monkeypatch.setattr(env_actor, "native_bf16", lambda device: False)
     assert encoder_dtype("auto") == torch.float32
+    assert encoder_dtype("auto", inference="auto") == torch.float32
+    assert len(timed) == 4  # no bfloat16 kernels: nothing to time
     # The NumPy path is float32 whatever the setting.
     from distrl.envs.registry import env_spec
 
     numpy_cfg = dataclasses.replace(_cfg("auto"), actor=dataclasses.replace(_cfg("auto").actor, precision="bfloat16"))
     assert isinstance(acting_policy(numpy_cfg, env_spec(numpy_cfg.env), torch.device("cpu"), 0), NumpyPolicy)
+
+
+def test_time_acting_dtypes_measures_both_and_leaves_the_agent_alone():
+    from distrl.actors.env_actor import time_acting_dtypes
+
+    agent = build_agent(ModelConfig(encoder="small_cnn", hidden_size=16), ATARI)
+    before = {k: v.clone() for k, v in agent.state_dict().items()}
+    timings = time_acting_dtypes(agent, ATARI, batch=3, reps=2)
+    assert set(timings) == {"float32", "bfloat16"}
+    assert all(0.0 < t < float("inf") for t in timings.values())
+    assert next(agent.encoder.parameters()).dtype == torch.float32 and agent.acting_dtype == torch.float32
+    after = agent.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
 
 
 @pytest.mark.parametrize("inference,precision", [("numpy", "float32"), ("torch", "float32"), ("torch", "bfloat16")])

@@ -286,14 +286,17 @@ def _acting_policy(env: str, model: dict[str, Any], inference: str, precision: s
 
 def acting_path(env: str, model: dict[str, Any], inference: str, precision: str = "auto") -> str:
     """The path an actor takes for this model, ``actor.inference`` and ``actor.precision``: ``numpy``,
-    ``torch`` or ``torch-bfloat16``."""
+    ``numpy+torch-conv`` (a CNN encoder's conv stack through PyTorch, the rest in NumPy; ``-bfloat16`` when
+    the convs run in bfloat16), ``torch`` or ``torch-bfloat16``."""
     import torch
 
-    from distrl.models.numpy_act import NumpyPolicy
+    from distrl.models.numpy_act import NumpyPolicy, has_torch_convs
 
     policy, _ = _acting_policy(env, model, inference, precision)
     if isinstance(policy, NumpyPolicy):
-        return "numpy"
+        if not has_torch_convs(policy.agent):
+            return "numpy"
+        return "numpy+torch-conv" + ("" if policy.conv_dtype == torch.float32 else "-bfloat16")
     return "torch" if policy.acting_dtype == torch.float32 else f"torch-{str(policy.acting_dtype).split('.')[-1]}"
 
 
@@ -408,7 +411,7 @@ def bench_env(env: str, args: argparse.Namespace) -> None:
             for inference, precision in variants:
                 path = "none" if policy == "random" else acting_path(env, model, inference, precision)
                 if any(k.startswith(f"{mode}/{policy}/") and p == path for k, p in paths.items()):
-                    continue  # another --inference/--precision value runs the same path (auto = torch for CNNs)
+                    continue  # another --inference/--precision value runs the same path
                 name = f"{mode}/{policy}/{inference}/{precision}"
                 paths[name] = path
                 if mode == "inline":
