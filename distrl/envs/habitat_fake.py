@@ -1,9 +1,9 @@
 """FAKE habitat-lab for tests: NOT Habitat. A stand-in for the slice of habitat-lab's API that the PointNav
 adapter (:mod:`distrl.envs.habitat`) uses, built from data RECORDED from a real habitat-sim 0.3.3 +
-habitat-lab 0.3.320260507 run (``../shared/habitat/habitat_pointnav_recording.json`` +
-``habitat_pointnav_frames.npz``; see ``HABITAT.md`` there). habitat-sim cannot be installed on the project's
-machines, so the adapter's code path is exercised against this fake; a separate test runs the adapter on real
-Habitat where habitat-sim exists.
+habitat-lab 0.3.320260507 run (``habitat_pointnav_recording.json`` + ``habitat_pointnav_frames.npz``, shipped
+in ``distrl/envs/habitat_data/`` as copies of the project's ``shared/habitat/``; see ``HABITAT.md`` there).
+habitat-sim cannot be installed on the project's machines, so the adapter's code path is exercised against
+this fake; a separate test runs the adapter on real Habitat where habitat-sim exists.
 
 What is mimicked (same names and calls as habitat-lab, see HABITAT.md §3.1):
 
@@ -50,7 +50,7 @@ import gymnasium as gym
 import numpy as np
 import yaml
 
-#: Env var naming the folder with the recording (default: ``<repo>/../shared/habitat``).
+#: Env var naming the folder with the recording (default: :data:`PACKAGED_DIR`).
 HABITAT_DIR_ENV = "DISTRL_HABITAT_DIR"
 RECORDING_FILE = "habitat_pointnav_recording.json"
 FRAMES_FILE = "habitat_pointnav_frames.npz"
@@ -62,12 +62,16 @@ _TURN_DEG = 10.0
 _HFOV_DEG = 90.0
 
 
+#: The copies of the project's shared/habitat files that ship with distrl (see its README.md).
+PACKAGED_DIR = Path(__file__).resolve().parent / "habitat_data"
+
+
 def habitat_dir() -> Path:
-    """Folder of the recording, two_rooms.glb, make_episodes.py: $DISTRL_HABITAT_DIR or ../shared/habitat."""
+    """Folder of the recording, two_rooms.glb, make_episodes.py: $DISTRL_HABITAT_DIR or :data:`PACKAGED_DIR`."""
     env = os.environ.get(HABITAT_DIR_ENV)
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2].parent / "shared" / "habitat"
+    return PACKAGED_DIR
 
 
 @functools.lru_cache(maxsize=4)
@@ -78,7 +82,7 @@ def load_recording(folder: str | None = None) -> tuple[dict[str, Any], dict[str,
     if not rec_path.is_file() or not frames_path.is_file():
         raise FileNotFoundError(
             f"FakeHabitat needs {RECORDING_FILE} and {FRAMES_FILE} in {root}; set {HABITAT_DIR_ENV} to the "
-            "folder that holds them (the project's shared/habitat)"
+            f"folder that holds them (distrl ships them in {PACKAGED_DIR})"
         )
     with np.load(frames_path) as z:
         frames = {k: z[k] for k in z.files}

@@ -20,10 +20,7 @@ from distrl.envs import habitat as hab
 from distrl.envs import habitat_fake
 from distrl.envs.registry import env_spec, make_env
 
-try:
-    RECORDING, FRAMES = habitat_fake.load_recording()
-except FileNotFoundError as e:  # pragma: no cover - only without the shared/ folder
-    pytest.skip(f"FakeHabitat recording not found: {e}", allow_module_level=True)
+RECORDING, FRAMES = habitat_fake.load_recording()  # shipped with distrl: distrl/envs/habitat_data/
 
 FAKE = hab.FAKE_ID
 RECORDED_LIMIT = 60  # the recording ran with habitat.environment.max_episode_steps=60
@@ -300,6 +297,24 @@ def test_bad_action_is_rejected():
     env.reset()
     with pytest.raises(ValueError, match="out of range"):
         env.step(4)
+
+
+def test_shipped_habitat_data_matches_the_shared_folder():
+    """distrl/envs/habitat_data/ holds copies of the project's shared/habitat/ files: byte-identical."""
+    from pathlib import Path
+
+    shared = Path(__file__).resolve().parents[2].parent / "shared" / "habitat"
+    if not shared.is_dir():
+        pytest.skip(f"no {shared} on this machine to compare with")
+    names = ["HABITAT.md", "habitat_pointnav_recording.json", "habitat_pointnav_frames.npz", "two_rooms.glb",
+             "make_episodes.py", "make_scene.py"]
+    for name in names:
+        assert (habitat_fake.PACKAGED_DIR / name).read_bytes() == (shared / name).read_bytes(), name
+
+
+def test_missing_recording_names_the_folder_and_the_env_var(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"DISTRL_HABITAT_DIR"):
+        habitat_fake.load_recording(str(tmp_path))
 
 
 # ------------------------------------------------------------------------------------------------------------
