@@ -225,6 +225,45 @@ def test_actor_sequences_are_stored_as_newest_frames_and_rebuilt_exactly(env_cfg
 
 
 @envs
+def test_cnn_actor_on_the_numpy_path_records_what_the_learner_recomputes():
+    """An actor running the small CNN on the NumPy path (convolutions through PyTorch, 1/255 folded into the
+    first conv's weights) stores behaviour logits and start states that the learner's float32 unroll of the
+    stored (frame-packed) sequence reproduces, across time-limit episode ends and a weight load."""
+    from distrl.actors.env_actor import EnvActor
+    from distrl.config import ActorConfig, ExperimentConfig, ModelConfig, SequenceConfig
+    from distrl.models import build_agent
+    from distrl.models.numpy_act import NumpyPolicy
+    from distrl.types import Trajectory
+
+    cfg = ExperimentConfig(
+        env=EnvConfig(name=PONG, num_envs=2, max_episode_steps=9),
+        model=ModelConfig(encoder="small_cnn", hidden_size=16),
+        sequence=SequenceConfig(length=6, burn_in=2, period=6),
+        actor=ActorConfig(inference="auto", precision="float32"),
+    )
+    actor = EnvActor(cfg, 0)
+    assert isinstance(actor.policy, NumpyPolicy)
+    list(actor.run(1))
+    other = build_agent(cfg.model, actor.spec)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    actor.set_weights(2, other.state_dict())
+    list(actor.run(1))  # its burn-in overlaps steps acted before the load
+    ends = 0
+    for traj in actor.run(4):
+        traj = Trajectory.from_batch_major(traj.batch_major(frame_stacks=actor.spec.frame_stacks))
+        ends += int(traj.done().sum())
+        reset = torch.zeros_like(traj.terminated)
+        reset[1:] = traj.terminated[:-1] | traj.truncated[:-1]
+        with torch.no_grad():
+            out = other.unroll({k: v[:-1] for k, v in traj.obs.items()}, reset, traj.core_state)
+        torch.testing.assert_close(out.logits, traj.behaviour_logits, rtol=1e-4, atol=1e-4)
+    actor.close()
+    assert ends >= 2
+
+
+@envs
 def test_without_life_loss_mode_a_lost_life_does_not_end_the_episode():
     env = atari.make(EnvConfig(name="ALE/Asterix-v5"), seed=0)
     env.reset()
