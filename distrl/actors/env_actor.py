@@ -158,10 +158,14 @@ BF16_MIN_GAIN = 0.9
 """``actor.precision=auto`` keeps bfloat16 only where its encoder call takes at most this fraction of float32's."""
 
 
-def time_acting_dtypes(agent: Agent, spec: EnvSpec, batch: int, reps: int = 5) -> dict[str, float]:
-    """Best-of-``reps`` µs of one encoder call at ``batch`` in float32 and in bfloat16 on this machine
+def time_acting_dtypes(agent: Agent, spec: EnvSpec, batch: int, reps: int = 7) -> dict[str, float]:
+    """Best-of-``reps`` CPU µs of one encoder call at ``batch`` in float32 and in bfloat16 on this machine
     (interleaved, after a warm-up; zero observations of the spec's shapes and dtypes). ``agent`` is left as
     it was; the bfloat16 run uses a copy of its encoder.
+
+    CPU time, not wall time: actors start while other processes step at full load, and a call that loses
+    the core for a moment would otherwise count that wait against its dtype (the thread's CPU time with one
+    torch thread, the process's with more).
 
     Why measure rather than trust the CPU flags: oneDNN's bfloat16 kernels are not faster everywhere that
     reports AVX512-BF16. On the session-6 AMD EPYC box they were 1.3-1.7x cheaper per act for the Atari
@@ -178,16 +182,17 @@ def time_acting_dtypes(agent: Agent, spec: EnvSpec, batch: int, reps: int = 5) -
     bf16.set_compute_dtype(torch.bfloat16)
     encoders = {"float32": (agent.encoder, None), "bfloat16": (bf16, torch.bfloat16)}
     best = {name: float("inf") for name in encoders}
+    clock = time.thread_time if torch.get_num_threads() == 1 else time.process_time
     with torch.no_grad():
         for rep in range(reps + 2):
             for name, (enc, dtype) in encoders.items():
-                t0 = time.perf_counter()
+                t0 = clock()
                 if dtype is None:
                     enc(obs)
                 else:
                     with torch.autocast(device_type=agent.device.type, dtype=dtype):
                         enc(obs)
-                dt = time.perf_counter() - t0
+                dt = clock() - t0
                 if rep >= 2:  # the first two rounds warm up (oneDNN primitive creation, caches)
                     best[name] = min(best[name], dt * 1e6)
     return best

@@ -212,7 +212,7 @@ def _worker(conn: Any, spec: PoolSpec, seed: int) -> None:
     except BaseException as e:
         conn.send(("error", repr(e)))
         raise
-    conn.send(("ready", None))
+    conn.send(("ready", policy_path(runner.actor.policy) if isinstance(runner, _Actor) else None))
     while True:
         cmd, arg = conn.recv()
         if cmd == "run":
@@ -240,10 +240,13 @@ class Pool:
             self.procs.append(p)
 
     def wait_ready(self) -> None:
+        self.paths: list[str] = []  # each actor's acting path, as it chose it
         for c in self.conns:
             status, msg = c.recv()
             if status != "ready":
                 raise RuntimeError(f"pool {self.spec}: {msg}")
+            if msg is not None:
+                self.paths.append(msg)
 
     def run(self, seconds: float) -> tuple[float, float]:
         """(steps per wall-clock second, summed over processes; steps per CPU second of the whole pool).
@@ -287,12 +290,21 @@ def _acting_policy(env: str, model: dict[str, Any], inference: str, precision: s
 def acting_path(env: str, model: dict[str, Any], inference: str, precision: str = "auto") -> str:
     """The path an actor takes for this model, ``actor.inference`` and ``actor.precision``: ``numpy``,
     ``numpy+torch-conv`` (a CNN encoder's conv stack through PyTorch, the rest in NumPy; ``-bfloat16`` when
-    the convs run in bfloat16), ``torch`` or ``torch-bfloat16``."""
+    the convs run in bfloat16), ``torch`` or ``torch-bfloat16``. With ``precision=auto`` the dtype part is
+    this process's own timing; the JSON rows report what the actors themselves chose (:func:`policy_path`)."""
+    policy, _ = _acting_policy(env, model, inference, precision)
+    return policy_path(policy)
+
+
+def policy_path(policy: Any) -> str:
+    """:func:`acting_path`'s label for a built policy (``none`` for the random policy)."""
     import torch
 
+    from distrl.actors.env_actor import RandomPolicy
     from distrl.models.numpy_act import NumpyPolicy, has_torch_convs
 
-    policy, _ = _acting_policy(env, model, inference, precision)
+    if isinstance(policy, RandomPolicy):
+        return "none"
     if isinstance(policy, NumpyPolicy):
         if not has_torch_convs(policy.agent):
             return "numpy"
@@ -476,7 +488,9 @@ def bench_env(env: str, args: argparse.Namespace) -> None:
             "bench": "actors",
             "env": env,
             "policy": policy,
-            "inference": paths[k],
+            # what the pool's actors chose (with precision=auto each times the dtypes itself; a mixed pool
+            # shows both, "a/b"); the driver's own guess was only used to skip duplicate variants
+            "inference": "/".join(sorted(set(pools[k].paths))) or paths[k],
             "precision": precision,
             "observation_keys": list(policy_keys(policy, env)) or "default",
             "vectorization": mode,
