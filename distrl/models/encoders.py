@@ -418,13 +418,19 @@ class SmallCNN(NatureCNN):
         )
 
 
+def image_nchw(x: Tensor, channels_last: bool, chw: tuple[int, int, int]) -> Tensor:
+    """[N, *spec.shape] raw → [N, C, H, W] view, dtype unchanged (``channels_last, chw`` from the spec's
+    image shape, as the image encoders keep them)."""
+    if channels_last:
+        x = x.permute(0, 3, 1, 2)
+    return x.reshape(x.shape[0], *chw)
+
+
 def _image_input(
     x: Tensor, channels_last: bool, chw: tuple[int, int, int], dtype: torch.dtype = torch.float32
 ) -> Tensor:
     """[N, *spec.shape] raw → [N, C, H, W] of ``dtype`` (in [0, 1] for integer pixels)."""
-    if channels_last:
-        x = x.permute(0, 3, 1, 2)
-    x = x.reshape(x.shape[0], *chw)
+    x = image_nchw(x, channels_last, chw)
     if x.dtype.is_floating_point:
         return x.to(dtype)
     # In place on the fresh float copy: ``x.float() * s`` allocates a second frame-sized buffer, and on CPU

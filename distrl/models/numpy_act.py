@@ -54,7 +54,7 @@ import torch
 
 from distrl.models.agent import Agent
 from distrl.models.cores import IdentityCore, LSTMCore
-from distrl.models.encoders import ImpalaCNN, MLPEncoder, NatureCNN, NetHackSmallEncoder, SmallCNN
+from distrl.models.encoders import ImpalaCNN, MLPEncoder, NatureCNN, NetHackSmallEncoder, SmallCNN, image_nchw
 from distrl.types import ActOut, CoreState
 from distrl.types import as_numpy as _as_array
 
@@ -77,7 +77,7 @@ def numpy_unsupported(agent: Agent) -> str | None:
 
 def has_torch_convs(agent: Agent) -> bool:
     """Whether :class:`NumpyPolicy` runs part of ``agent``'s encoder (its conv stack) through PyTorch."""
-    return type(agent.encoder) in (NatureCNN, SmallCNN, ImpalaCNN)
+    return type(agent.encoder) in _TORCH_CONV_ENCODERS
 
 
 def _dense(layer: torch.nn.Linear) -> tuple[Array, Array]:
@@ -227,8 +227,8 @@ def _pixel_cnn(enc: NatureCNN | ImpalaCNN, ws: _Workspace) -> Encode:
     """Atari CNNs: the conv stack through PyTorch (oneDNN convolutions; NumPy has none), the rest in NumPy.
 
     The conv stack is a copy of the encoder's with the first conv's weights divided by 255 at load, so the
-    uint8 pixels go in as they are (cast to float32 into a reused buffer) instead of being scaled by 1/255
-    per call: conv(x / 255, W) + b = conv(x, W / 255) + b (the same function; float32 rounding differs in
+    uint8 pixels go in as they are (cast to the conv dtype into a reused buffer) instead of being scaled by
+    1/255 per call: conv(x / 255, W) + b = conv(x, W / 255) + b (the same function; float32 rounding differs in
     the last bits). The flattened conv features then go through the final Linear + ReLU in NumPy, and the
     core and heads follow in NumPy as for every other encoder."""
     import copy
@@ -247,10 +247,7 @@ def _pixel_cnn(enc: NatureCNN | ImpalaCNN, ws: _Workspace) -> Encode:
     inputs: dict[int, torch.Tensor] = {}
 
     def encode(obs: Mapping[str, Array], n: int, out: Array) -> None:
-        x = torch.from_numpy(np.ascontiguousarray(obs[key]))
-        if channels_last:
-            x = x.permute(0, 3, 1, 2)
-        x = x.reshape(n, *chw)
+        x = image_nchw(torch.from_numpy(np.ascontiguousarray(obs[key])), channels_last, chw)
         buf = inputs.get(n)
         if buf is None:
             buf = inputs[n] = torch.empty((n, *chw), dtype=dtype)
@@ -264,12 +261,11 @@ def _pixel_cnn(enc: NatureCNN | ImpalaCNN, ws: _Workspace) -> Encode:
     return encode
 
 
+_TORCH_CONV_ENCODERS = (NatureCNN, SmallCNN, ImpalaCNN)
 _ENCODERS: dict[type, Callable[[Any, _Workspace], Encode]] = {
     NetHackSmallEncoder: _nethack_small,
     MLPEncoder: _mlp,
-    NatureCNN: _pixel_cnn,
-    SmallCNN: _pixel_cnn,
-    ImpalaCNN: _pixel_cnn,
+    **{cls: _pixel_cnn for cls in _TORCH_CONV_ENCODERS},
 }
 
 
