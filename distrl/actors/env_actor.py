@@ -160,8 +160,8 @@ BF16_MIN_GAIN = 0.9
 
 def time_acting_dtypes(agent: Agent, spec: EnvSpec, batch: int, reps: int = 7) -> dict[str, float]:
     """Best-of-``reps`` CPU µs of one encoder call at ``batch`` in float32 and in bfloat16 on this machine
-    (interleaved, after a warm-up; zero observations of the spec's shapes and dtypes). ``agent`` is left as
-    it was; the bfloat16 run uses a copy of its encoder.
+    (interleaved, after a warm-up; zero observations of the spec's shapes and dtypes), each through the
+    agent's own encoding step as ``act`` runs it. ``agent`` is left as it was; the bfloat16 run uses a copy.
 
     CPU time, not wall time: actors start while other processes step at full load, and a call that loses
     the core for a moment would otherwise count that wait against its dtype (the thread's CPU time with one
@@ -173,37 +173,29 @@ def time_acting_dtypes(agent: Agent, spec: EnvSpec, batch: int, reps: int = 7) -
     31 GMAC/s against 65 in float32 and the small CNN's act took 1.14x longer."""
     import copy
 
-    obs = {
-        k: torch.zeros((batch, *spec.obs[k].shape), dtype=torch.from_numpy(np.zeros(0, spec.obs[k].dtype)).dtype)
-        for k in agent.encoder.keys
-    }
-    obs = {k: v.to(agent.device) for k, v in obs.items()}
-    bf16 = copy.deepcopy(agent.encoder)
-    bf16.set_compute_dtype(torch.bfloat16)
-    encoders = {"float32": (agent.encoder, None), "bfloat16": (bf16, torch.bfloat16)}
-    best = {name: float("inf") for name in encoders}
+    obs = {k: np.zeros((batch, *spec.obs[k].shape), spec.obs[k].dtype) for k in agent.encoder.keys}
+    bf16 = copy.deepcopy(agent)
+    bf16.set_acting_dtype(torch.bfloat16)
+    agents = {"float32": agent, "bfloat16": bf16}
+    best = {name: float("inf") for name in agents}
     clock = time.thread_time if torch.get_num_threads() == 1 else time.process_time
     with torch.no_grad():
         for rep in range(reps + 2):
-            for name, (enc, dtype) in encoders.items():
+            for name, a in agents.items():
                 t0 = clock()
-                if dtype is None:
-                    enc(obs)
-                else:
-                    with torch.autocast(device_type=agent.device.type, dtype=dtype):
-                        enc(obs)
+                a._encode(obs)
                 dt = clock() - t0
                 if rep >= 2:  # the first two rounds warm up (oneDNN primitive creation, caches)
                     best[name] = min(best[name], dt * 1e6)
     return best
 
 
-def _choose_dtype(agent: Agent, precision: str, spec: EnvSpec | None, batch: int) -> torch.dtype:
+def _choose_dtype(agent: Agent, precision: str, spec: EnvSpec, batch: int) -> torch.dtype:
     """The acting dtype for ``actor.precision``: ``auto`` with a bfloat16-capable CPU times both dtypes at
     ``batch`` (:func:`time_acting_dtypes`) and keeps bfloat16 only if it measured faster; the timings are
-    left on ``agent.acting_dtype_timings_us`` for logs and benchmarks."""
+    left on ``agent.acting_dtype_timings_us`` (``tools/bench/actors.py`` reports them)."""
     dtype = acting_dtype(precision, agent.device)
-    if dtype != torch.float32 and precision == "auto" and spec is not None and batch > 0:
+    if dtype != torch.float32 and precision == "auto":
         timings = time_acting_dtypes(agent, spec, batch)
         agent.acting_dtype_timings_us = timings
         if timings["bfloat16"] > BF16_MIN_GAIN * timings["float32"]:
@@ -211,7 +203,7 @@ def _choose_dtype(agent: Agent, precision: str, spec: EnvSpec | None, batch: int
     return dtype
 
 
-def _with_precision(agent: Agent, precision: str, spec: EnvSpec | None = None, batch: int = 0) -> Agent:
+def _with_precision(agent: Agent, precision: str, spec: EnvSpec, batch: int) -> Agent:
     """Set ``agent``'s acting dtype for ``actor.precision`` (:func:`_choose_dtype`)."""
     dtype = _choose_dtype(agent, precision, spec, batch)
     if dtype != torch.float32:

@@ -212,7 +212,12 @@ def _worker(conn: Any, spec: PoolSpec, seed: int) -> None:
     except BaseException as e:
         conn.send(("error", repr(e)))
         raise
-    conn.send(("ready", policy_path(runner.actor.policy) if isinstance(runner, _Actor) else None))
+    if isinstance(runner, _Actor):
+        policy = runner.actor.policy
+        timings = getattr(getattr(policy, "agent", policy), "acting_dtype_timings_us", None)
+        conn.send(("ready", (policy_path(policy), timings)))
+    else:
+        conn.send(("ready", None))
     while True:
         cmd, arg = conn.recv()
         if cmd == "run":
@@ -241,12 +246,16 @@ class Pool:
 
     def wait_ready(self) -> None:
         self.paths: list[str] = []  # each actor's acting path, as it chose it
+        self.dtype_timings: list[dict[str, float]] = []  # what its actor.precision=auto timing measured, if any
         for c in self.conns:
             status, msg = c.recv()
             if status != "ready":
                 raise RuntimeError(f"pool {self.spec}: {msg}")
             if msg is not None:
-                self.paths.append(msg)
+                path, timings = msg
+                self.paths.append(path)
+                if timings is not None:
+                    self.dtype_timings.append({k: round(v, 1) for k, v in timings.items()})
 
     def run(self, seconds: float) -> tuple[float, float]:
         """(steps per wall-clock second, summed over processes; steps per CPU second of the whole pool).
@@ -509,6 +518,8 @@ def bench_env(env: str, args: argparse.Namespace) -> None:
             "build_s": round(build_s, 1),
             "loadavg_1m": [round(load0, 2), round(load1, 2)],
         }
+        if pools[k].dtype_timings:  # CPU µs per encoder call, one dict per actor (why it chose its dtype)
+            row["acting_dtype_timings_us"] = pools[k].dtype_timings
         # Inside the actors (wall time of EnvActor.step, all measured windows): policy (act + truncation
         # values + state resets), VecEnv, and the rest (sequence cutting, bookkeeping), per env step.
         pool = pools[k]
