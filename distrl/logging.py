@@ -340,6 +340,9 @@ class ProgressSink:
 
     It reads ``charts/sps``, ``charts/episode_return``, ``charts/success_rate`` and ``learner/updates_per_s``
     from the logged metrics; when a rate is missing it derives it from ``step`` and ``learner/updates``.
+    The final state (the last plain line, or the bar when it stops) shows the rates averaged from the first
+    to the last ``log`` call instead (``steps/s avg``, ``updates/s avg``): the last report of a run often
+    comes after its actors stopped, when the current rate is 0.
 
     Usage::
 
@@ -367,6 +370,9 @@ class ProgressSink:
         self._state: dict[str, float | None] = {"sps": None, "ret": None, "succ": None, "ups": None}
         self._steps_rate = RateMeter()
         self._updates_rate = RateMeter()
+        # (time, env steps, learner updates or None) at the first and the latest log call: the run's averages
+        self._first: tuple[float, int, float | None] | None = None
+        self._latest: tuple[float, int, float | None] | None = None
         self._progress: Any = None
         self._task: Any = None
         self._closed = False
@@ -400,6 +406,14 @@ class ProgressSink:
 
     def _update_state(self, clean: Mapping[str, float], step: int) -> None:
         self._step = step
+        updates = clean.get(LEARNER_UPDATES)
+        if self._latest is not None and updates is None:
+            updates = self._latest[2]
+        self._latest = (time.monotonic(), step, updates)
+        if self._first is None:
+            self._first = self._latest
+        elif self._first[2] is None and updates is not None:
+            self._first = (self._first[0], self._first[1], 0.0)  # the counter starts at 0 with the run
         derived_sps = self._steps_rate.update(step)
         self._state["sps"] = clean.get(SPS, derived_sps if derived_sps is not None else self._state["sps"])
         if EPISODE_RETURN in clean:
@@ -412,18 +426,34 @@ class ProgressSink:
         elif derived_ups is not None:
             self._state["ups"] = derived_ups
 
-    def _stats_text(self) -> str:
+    def _averages(self) -> tuple[float | None, float | None]:
+        """(env steps/s, learner updates/s) from the first to the latest log call; None where undefined."""
+        if self._first is None or self._latest is None or self._latest[0] <= self._first[0]:
+            return None, None
+        (t0, n0, u0), (t1, n1, u1) = self._first, self._latest
+        sps = (n1 - n0) / (t1 - t0)
+        ups = None if u0 is None or u1 is None else (u1 - u0) / (t1 - t0)
+        return sps, ups
+
+    def _stats_text(self, final: bool = False) -> str:
         s = self._state
-        parts = [f"{_fmt(s['sps'], ',.0f')} steps/s", f"return {_fmt(s['ret'], '.3g')}"]
+        sps, ups, tag = s["sps"], s["ups"], ""
+        if final:
+            avg_sps, avg_ups = self._averages()
+            if avg_sps is not None:
+                sps, tag = avg_sps, " avg"
+                ups = avg_ups if avg_ups is not None else ups
+        parts = [f"{_fmt(sps, ',.0f')} steps/s{tag}", f"return {_fmt(s['ret'], '.3g')}"]
         if s["succ"] is not None:
             parts.append(f"success {_fmt(s['succ'], '.2f')}")
-        parts.append(f"{_fmt(s['ups'], ',.1f')} updates/s")
+        parts.append(f"{_fmt(ups, ',.1f')} updates/s{tag}")
         return " | ".join(parts)
 
-    def line(self) -> str:
-        """The plain-text status line for the current state."""
+    def line(self, final: bool = False) -> str:
+        """The plain-text status line for the current state (``final``: with the run's average rates)."""
         pct = 100.0 * self._step / self.total_steps if self.total_steps > 0 else 0.0
-        return f"[distrl] {self._step:,}/{self.total_steps:,} env steps ({pct:.1f}%) | {self._stats_text()}"
+        stats = self._stats_text(final)
+        return f"[distrl] {self._step:,}/{self.total_steps:,} env steps ({pct:.1f}%) | {stats}"
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         if self._closed:
@@ -447,9 +477,10 @@ class ProgressSink:
             return
         self._closed = True
         if self._progress is not None:
+            self._progress.update(self._task, stats=self._stats_text(final=True))
             self._progress.stop()  # final refresh shows the last state
         elif self._step > 0:
-            self._print(self.line() + " | done")
+            self._print(self.line(final=True) + " | done")
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import distrl.logging as distrl_logging
 from distrl.config import ExperimentConfig, LoggingConfig, RuntimeConfig
 from distrl.logging import (
     CsvSink,
@@ -188,6 +189,23 @@ def test_progress_plain_lines_when_not_a_tty():
     assert lines[1].startswith("[distrl] 600/1,000 env steps (60.0%) |")
     assert "return 0.75 | success 0.50" in lines[1] and lines[1].endswith("| done")
     assert "\x1b[" not in out.getvalue()  # no terminal control codes in a log file
+
+
+def test_progress_final_line_shows_the_run_average_rates(monkeypatch):
+    now = [10.0]
+    monkeypatch.setattr(distrl_logging.time, "monotonic", lambda: now[0])
+    out = io.StringIO()
+    progress = ProgressSink(2000, rich=False, interval_s=3600.0, stream=out)
+    progress.log({"charts/sps": 80.0, "learner/updates": 2}, step=100)
+    now[0] = 20.0
+    progress.log({"charts/sps": 100.0, "learner/updates": 12}, step=1100)
+    now[0] = 30.0  # the last report comes after the actors stopped: its current rate is 0
+    progress.log({"charts/sps": 0.0, "learner/updates": 22}, step=1100)
+    assert "| 0 steps/s |" in progress.line()
+    progress.close()
+    final = out.getvalue().splitlines()[-1]
+    # (1100 - 100) steps and (22 - 2) updates over the 20 s between the first and the last report
+    assert final == "[distrl] 1,100/2,000 env steps (55.0%) | 50 steps/s avg | return - | 1.0 updates/s avg | done"
 
 
 def test_progress_disabled_gives_plain_lines_even_on_a_tty():
