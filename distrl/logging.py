@@ -217,6 +217,33 @@ class RateMeter:
         return (float(count) - last[0]) / (now - last[1])
 
 
+class AverageRate:
+    """Rate of a monotone counter per wall-clock second, from the first ``update`` call to the latest.
+
+    Usage::
+
+        avg = AverageRate()
+        avg.update(env_steps)
+        avg.rate                   # None until two calls with time between them
+    """
+
+    def __init__(self) -> None:
+        self._first: tuple[float, float] | None = None
+        self._latest: tuple[float, float] | None = None
+
+    def update(self, count: float, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        self._latest = (float(count), now)
+        if self._first is None:
+            self._first = self._latest
+
+    @property
+    def rate(self) -> float | None:
+        if self._first is None or self._latest is None or self._latest[1] <= self._first[1]:
+            return None
+        return (self._latest[0] - self._first[0]) / (self._latest[1] - self._first[1])
+
+
 # ------------------------------------------------------------------------------------------------------------
 # File sinks
 # ------------------------------------------------------------------------------------------------------------
@@ -370,9 +397,8 @@ class ProgressSink:
         self._state: dict[str, float | None] = {"sps": None, "ret": None, "succ": None, "ups": None}
         self._steps_rate = RateMeter()
         self._updates_rate = RateMeter()
-        # (time, env steps, learner updates or None) at the first and the latest log call: the run's averages
-        self._first: tuple[float, int, float | None] | None = None
-        self._latest: tuple[float, int, float | None] | None = None
+        self._steps_avg = AverageRate()  # the final line's rates: over the whole run
+        self._updates_avg = AverageRate()
         self._progress: Any = None
         self._task: Any = None
         self._closed = False
@@ -406,14 +432,9 @@ class ProgressSink:
 
     def _update_state(self, clean: Mapping[str, float], step: int) -> None:
         self._step = step
-        updates = clean.get(LEARNER_UPDATES)
-        if self._latest is not None and updates is None:
-            updates = self._latest[2]
-        self._latest = (time.monotonic(), step, updates)
-        if self._first is None:
-            self._first = self._latest
-        elif self._first[2] is None and updates is not None:
-            self._first = (self._first[0], self._first[1], 0.0)  # the counter starts at 0 with the run
+        self._steps_avg.update(step)
+        if LEARNER_UPDATES in clean:
+            self._updates_avg.update(clean[LEARNER_UPDATES])
         derived_sps = self._steps_rate.update(step)
         self._state["sps"] = clean.get(SPS, derived_sps if derived_sps is not None else self._state["sps"])
         if EPISODE_RETURN in clean:
@@ -426,27 +447,18 @@ class ProgressSink:
         elif derived_ups is not None:
             self._state["ups"] = derived_ups
 
-    def _averages(self) -> tuple[float | None, float | None]:
-        """(env steps/s, learner updates/s) from the first to the latest log call; None where undefined."""
-        if self._first is None or self._latest is None or self._latest[0] <= self._first[0]:
-            return None, None
-        (t0, n0, u0), (t1, n1, u1) = self._first, self._latest
-        sps = (n1 - n0) / (t1 - t0)
-        ups = None if u0 is None or u1 is None else (u1 - u0) / (t1 - t0)
-        return sps, ups
-
     def _stats_text(self, final: bool = False) -> str:
         s = self._state
-        sps, ups, tag = s["sps"], s["ups"], ""
-        if final:
-            avg_sps, avg_ups = self._averages()
-            if avg_sps is not None:
-                sps, tag = avg_sps, " avg"
-                ups = avg_ups if avg_ups is not None else ups
-        parts = [f"{_fmt(sps, ',.0f')} steps/s{tag}", f"return {_fmt(s['ret'], '.3g')}"]
+        sps, sps_tag = s["sps"], ""
+        ups, ups_tag = s["ups"], ""
+        if final and self._steps_avg.rate is not None:
+            sps, sps_tag = self._steps_avg.rate, " avg"
+        if final and self._updates_avg.rate is not None:
+            ups, ups_tag = self._updates_avg.rate, " avg"
+        parts = [f"{_fmt(sps, ',.0f')} steps/s{sps_tag}", f"return {_fmt(s['ret'], '.3g')}"]
         if s["succ"] is not None:
             parts.append(f"success {_fmt(s['succ'], '.2f')}")
-        parts.append(f"{_fmt(ups, ',.1f')} updates/s{tag}")
+        parts.append(f"{_fmt(ups, ',.1f')} updates/s{ups_tag}")
         return " | ".join(parts)
 
     def line(self, final: bool = False) -> str:

@@ -18,6 +18,7 @@ import torch
 import distrl.logging as distrl_logging
 from distrl.config import ExperimentConfig, LoggingConfig, RuntimeConfig
 from distrl.logging import (
+    AverageRate,
     CsvSink,
     EpisodeTracker,
     JsonlSink,
@@ -189,6 +190,16 @@ def test_progress_plain_lines_when_not_a_tty():
     assert lines[1].startswith("[distrl] 600/1,000 env steps (60.0%) |")
     assert "return 0.75 | success 0.50" in lines[1] and lines[1].endswith("| done")
     assert "\x1b[" not in out.getvalue()  # no terminal control codes in a log file
+
+
+def test_average_rate_runs_from_the_first_update_to_the_latest():
+    avg = AverageRate()
+    assert avg.rate is None
+    avg.update(100, now=10.0)
+    assert avg.rate is None  # one point: no rate
+    avg.update(600, now=15.0)
+    avg.update(600, now=20.0)  # the counter stopped: the average falls, it does not drop to 0
+    assert avg.rate == 50.0
 
 
 def test_progress_final_line_shows_the_run_average_rates(monkeypatch):
