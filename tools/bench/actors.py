@@ -63,14 +63,13 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import resource
 import statistics
 import sys
 import time
 import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any
-
-from minihack_step import cpu_s  # this directory: CPU incl. finished child processes
 
 from distrl.envs.registry import family_of
 
@@ -87,6 +86,12 @@ SMALL_MODELS: dict[str, dict[str, Any]] = {
 # ``neural_small`` also takes its config's observation keys: configs/minihack_small.yaml asks MiniHack only for the
 # two the model reads. Other policies use the env's default keys.
 SMALL_ENV_KEYS: dict[str, tuple[str, ...]] = {"minihack": ("glyphs_crop", "blstats")}
+
+
+def cpu_s() -> float:
+    """CPU seconds of this process and of its finished child processes (user + system)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def policy_keys(policy: str, env: str) -> tuple[str, ...]:
@@ -286,9 +291,9 @@ def _acting_policy(env: str, model: dict[str, Any], inference: str, precision: s
     """(the policy a CPU actor builds for this model, ``actor.inference`` and ``actor.precision``, env spec)."""
     import torch
 
-    from distrl.actors.env_actor import acting_policy
     from distrl.config import ActorConfig, EnvConfig, ExperimentConfig, ModelConfig
     from distrl.envs.registry import env_spec
+    from distrl.models.acting import build_acting_policy as acting_policy
 
     cfg = ExperimentConfig(env=EnvConfig(name=env), model=ModelConfig(**model),
                            actor=ActorConfig(inference=inference, precision=precision))

@@ -8,15 +8,16 @@ much, for the reason behind ``actor.inference`` (``distrl/models/numpy_act.py``)
 * ``{"bench": "acting_cold_op", ...}``: for each probe (a few PyTorch and NumPy ops at acting sizes), the median
   wall µs of one call made right after B env steps (random actions, ``--reps`` times, probes interleaved), and
   the mean µs of a warm loop.
-* ``{"bench": "acting_cold_act", ...}``: the small model of the env family (``tools/bench/actors.py``'s
-  ``SMALL_MODELS``) acting on the B envs' real observations in a stepping loop, ``torch`` and ``numpy`` paths
+* ``{"bench": "acting_cold_act", ...}``: the small model of the env family (the ``model`` section of
+  ``configs/minihack_small.yaml`` or ``configs/pong_small.yaml``, as ``tools/bench/actors.py``'s
+  ``neural_small``) acting on the B envs' real observations in a stepping loop, ``torch`` and ``numpy`` paths
   alternating in blocks of ``--block`` steps: mean µs per ``act`` call in the loop and warm, and the share of
   the loop's time that stepping takes (the ratio a CPU-bound actor would reach with nothing else to do).
 
 NumPy's OpenBLAS is capped at one thread, as env actors do. Usage::
 
-    .venv/bin/python tools/bench/acting_cold.py                               # MiniHack-Room-5x5, B = 16
-    .venv/bin/python tools/bench/acting_cold.py --env MiniHack-MultiRoom-N4-v0 --num-envs 32
+    .venv/bin/python tools/dev/acting_cold.py                               # MiniHack-Room-5x5, B = 16
+    .venv/bin/python tools/dev/acting_cold.py --env MiniHack-MultiRoom-N4-v0 --num-envs 32
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +36,25 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from actors import SMALL_MODELS  # this directory
-
 from distrl.actors.env_actor import limit_numpy_blas_threads
-from distrl.config import EnvConfig, ModelConfig
+from distrl.config import EnvConfig, ModelConfig, load_config
 from distrl.envs.registry import env_spec, family_of, make_env
 from distrl.models.agent import build_agent
 from distrl.models.numpy_act import NumpyPolicy, numpy_unsupported
+
+# The small model of each env family: the ``model`` section of these configs (repo root relative).
+SMALL_CONFIGS = {"minihack": "configs/minihack_small.yaml", "atari": "configs/pong_small.yaml"}
+
+
+def small_model(env: str) -> ModelConfig:
+    """The env family's small model, read from its config in this checkout."""
+    return load_config(Path(__file__).resolve().parents[2] / SMALL_CONFIGS[family_of(env)[1]]).model
+
+
+def non_defaults(model: ModelConfig) -> dict[str, Any]:
+    """The fields of ``model`` that differ from ``ModelConfig()`` (what a result row names)."""
+    default = ModelConfig()
+    return {f.name: getattr(model, f.name) for f in fields(model) if getattr(model, f.name) != getattr(default, f.name)}
 
 
 class Envs:
@@ -107,8 +119,8 @@ def op_probes(envs: Envs, reps: int) -> list[dict[str, Any]]:
     return rows
 
 
-def act_paths(envs: Envs, model: dict[str, Any], rounds: int, block: int) -> list[dict[str, Any]]:
-    agent = build_agent(ModelConfig(**model), envs.spec).eval()
+def act_paths(envs: Envs, model: ModelConfig, rounds: int, block: int) -> list[dict[str, Any]]:
+    agent = build_agent(model, envs.spec).eval()
     paths: dict[str, Any] = {"torch": agent}
     if numpy_unsupported(agent) is None:
         paths["numpy"] = NumpyPolicy(agent, seed=0)
@@ -136,7 +148,8 @@ def act_paths(envs: Envs, model: dict[str, Any], rounds: int, block: int) -> lis
         s = pol.initial_state(envs.b)
         loop_us = t_act[k] / n[k] * 1e6
         rows.append({
-            "bench": "acting_cold_act", "env": envs.spec.name, "num_envs": envs.b, "path": k, "model": model,
+            "bench": "acting_cold_act", "env": envs.spec.name, "num_envs": envs.b, "path": k,
+            "model": non_defaults(model),
             "act_us_in_loop": round(loop_us, 1),
             "act_us_warm": round(_warm_us(lambda p=pol, s=s: p.act(obs, s), 300), 1),
             "env_us_per_batch": round(t_env[k] / n[k] * 1e6, 1),
@@ -159,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     envs = Envs(args.env, args.num_envs)
     for row in op_probes(envs, args.reps):
         print(json.dumps(row), flush=True)
-    for row in act_paths(envs, SMALL_MODELS[family_of(args.env)[1]], args.rounds, args.block):
+    for row in act_paths(envs, small_model(args.env), args.rounds, args.block):
         print(json.dumps(row), flush=True)
 
 

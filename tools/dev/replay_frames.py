@@ -17,8 +17,8 @@ stdout.
 
 Usage::
 
-    .venv/bin/python tools/bench/replay_frames.py
-    .venv/bin/python tools/bench/replay_frames.py --rounds 30 --num-envs 32
+    .venv/bin/python tools/dev/replay_frames.py
+    .venv/bin/python tools/dev/replay_frames.py --rounds 30 --num-envs 32
 """
 
 from __future__ import annotations

@@ -21,8 +21,8 @@ to compare layers and commits, and wall-clock benchmarks for speed. Needs ``valg
 
 Usage::
 
-    .venv/bin/python tools/bench/actor_instructions.py
-    .venv/bin/python tools/bench/actor_instructions.py --layers raw vecenv --short 60 --long 160
+    .venv/bin/python tools/dev/actor_instructions.py
+    .venv/bin/python tools/dev/actor_instructions.py --layers raw vecenv --short 60 --long 160
 """
 
 from __future__ import annotations

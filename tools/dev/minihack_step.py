@@ -16,8 +16,8 @@ cancels out; ``*_wall_us_per_step`` are the same medians in wall time.
 
 Usage::
 
-    .venv/bin/python tools/bench/minihack_step.py
-    .venv/bin/python tools/bench/minihack_step.py --envs MiniHack-Room-5x5-v0 --rounds 40 --num-envs 32
+    .venv/bin/python tools/dev/minihack_step.py
+    .venv/bin/python tools/dev/minihack_step.py --envs MiniHack-Room-5x5-v0 --rounds 40 --num-envs 32
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ as in ``tools/bench/actors.py``. Sequences of 40 steps are cut and dropped, as t
 Usage::
 
     git worktree add /tmp/old <commit>
-    .venv/bin/python tools/bench/actors_ab.py --old /tmp/old --new . --policy random --rounds 10 --seconds 2
+    .venv/bin/python tools/dev/actors_ab.py --old /tmp/old --new . --policy random --rounds 10 --seconds 2
 """
 
 from __future__ import annotations
