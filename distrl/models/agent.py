@@ -108,7 +108,10 @@ class Agent(nn.Module):
             out[k] = v.to(dev)
         return out
 
-    def _encode(self, obs: Mapping[str, Any]) -> Tensor:
+    def encode(self, obs: Mapping[str, Any]) -> Tensor:
+        """The encoder step as :meth:`act` and :meth:`unroll` run it: obs leaves ``[*lead, ...]`` (torch or
+        NumPy) moved to the agent's device, the encoder in the acting dtype (under autocast when it is not
+        float32), features ``[*lead, F]`` float32. No autograd handling: wrap in ``torch.no_grad()`` to act."""
         if self.acting_dtype == torch.float32:
             return self.encoder(self._to_device(obs))
         dev = self.device
@@ -127,7 +130,7 @@ class Agent(nn.Module):
             :class:`AgentOut` with ``logits [T, B, A]``, ``value [T, B]``, ``value_int [T, B] | None`` and the
             state after step T-1.
         """
-        x = self._encode(obs)  # [T, B, F]
+        x = self.encode(obs)  # [T, B, F]
         if x.dim() != 3:
             raise ValueError(
                 f"unroll expects observations [T, B, ...]; the encoder produced {tuple(x.shape)}"
@@ -153,7 +156,7 @@ class Agent(nn.Module):
         """
         # The unroll path on one step without its generic per-call work: the encoder takes [B, ...] leaves
         # directly and the core's step() skips the reset handling (act never resets inside).
-        x = self._encode(obs)  # [B, F]
+        x = self.encode(obs)  # [B, F]
         if x.dim() != 2:
             raise ValueError(f"act expects observations [B, ...]; the encoder produced {tuple(x.shape)}")
         dev = x.device

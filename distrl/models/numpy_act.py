@@ -2,35 +2,40 @@
 
 Why: an env actor alternates a batch of env steps with one batched ``act``. After the env steps (NetHack, ALE)
 the CPU's caches and TLBs hold the simulator, not PyTorch, and every PyTorch op then pays for its cold
-dispatch path: on the 2-core benchmark box (``tools/bench/acting_cold.py``, BENCHMARKS.md session 4) a
-``torch.relu`` on 16×128 floats costs ~76 µs right after 16 MiniHack steps against ~1.3 µs warm, an
-``F.linear`` 16×1296→128 ~256 µs against ~71 µs, and the small MiniHack model's ``Agent.act`` on 16 slots
-~0.94 ms in the stepping loop against ~0.39 ms warm. The same math in NumPy (OpenBLAS sgemm and a handful of
-ufuncs, with far less code per op) costs ~0.47 ms in that loop. ``tools/bench/actors.py`` measures both
-inside the actors (``--inference``).
+dispatch path, several times its warm cost. The same math in NumPy (OpenBLAS sgemm and a handful of ufuncs,
+with far less code per op) costs much less in that loop. ``tools/bench/actors.py`` measures both inside the
+actors (``--inference``); see BENCHMARKS.md for the figures.
 
-What: :class:`NumpyPolicy` wraps an Agent and computes exactly its ``act`` (same weights, same function to
-float32 rounding: tests compare logits, values and states with the PyTorch path) for the modules it knows:
+What: :class:`NumpyPolicy` wraps an Agent and computes its ``act`` (same weights, same function to float32
+rounding) for the parts listed in :func:`numpy_unsupported`'s allow-list, and nothing else:
 
-* encoders ``nethack_small`` and ``mlp``; the Atari CNNs (``small_cnn``, ``nature_cnn``, ``impala_cnn``)
+* model options (:class:`~distrl.config.ModelConfig` fields) ``encoder``, ``core``, ``hidden_size``,
+  ``glyph_embedding_dim``, ``num_core_layers``, ``separate_intrinsic_value`` (``act`` does not read the
+  intrinsic value head); any other option is refused by name until this module says it implements it;
+* encoders ``nethack_small`` and ``mlp``, and the Atari CNNs (``small_cnn``, ``nature_cnn``, ``impala_cnn``)
   with their conv stack through PyTorch's oneDNN convolutions (NumPy has none; float32, or bfloat16 when
   ``actor.precision`` picks it) and their final Linear in NumPy; cores ``lstm`` (any number of layers) and
-  ``identity``; the policy/value heads. :func:`numpy_unsupported` names what it cannot run (the full
-  ``nethack`` and RGB-D encoders, HCAM); the actor then keeps the PyTorch path. For Pong's small CNN at 16
-  envs this path took 115-119 µs of policy time per env step inside an actor against 152-155 for
-  ``Agent.act`` in float32 (interleaved in one process, session 9): the core, heads and sampling cost less
-  in NumPy, and the pixels skip the per-call 1/255 scaling (folded into the first conv's weights).
+  ``identity``; the policy/value heads. Each is checked down to its submodules (names, classes, biases), so
+  a layer added to one of them is refused by name rather than skipped.
+
+Where the env actor picks this path (:func:`distrl.models.acting.build_acting_policy`), it first runs a
+small side-by-side check against ``Agent.act`` (:func:`distrl.models.acting.check_numpy_policy`) and falls
+back to PyTorch, or raises when ``actor.inference=numpy``, if the two differ. Tests compare the two on every
+supported model too.
+
+How:
+
 * Weights are copied out of the Agent once per load, laid out for the matmuls (transposed, contiguous; the
-  LSTM's two gate matrices stacked into one): a transposed view costs OpenBLAS ~1.5× more per call here.
-* Each NumPy call costs microseconds of dispatch on cold caches, so the kernels make few: matmuls write into
-  slices of reused work arrays instead of concatenating, the LSTM runs one tanh over all four gates (sigmoid
-  gates' rows halved at load: sigmoid(z) = (tanh(z/2) + 1) / 2, bit-identical to computing it that way), and
-  sampling is one Gumbel draw. Against the kernels before that (one op per gate, exponential sampling), a
-  throwaway in-loop probe measured 338 → 318 µs per 16-slot call, 577 → 538 at 32 (2026-12-01).
+  LSTM's two gate matrices stacked into one): a transposed view costs OpenBLAS more per call.
   :meth:`NumpyPolicy.load_state_dict` loads into the Agent and copies again; after changing the Agent's
   parameters any other way, call :meth:`NumpyPolicy.sync`.
-* Actions are sampled by the Gumbel-max trick with the policy's own ``numpy.random.Generator`` (seeded by the
-  actor), which is exactly softmax sampling; ``greedy=True`` takes the argmax.
+* Each NumPy call costs microseconds of dispatch on cold caches, so the kernels make few: matmuls write into
+  slices of reused work arrays instead of concatenating, the LSTM runs one tanh over all four gates (sigmoid
+  gates' rows halved at load: sigmoid(z) = (tanh(z/2) + 1) / 2), and sampling is one Gumbel draw.
+* The CNNs' pixels skip the per-call 1/255 scaling: it is folded into the first conv's weights.
+* Actions are sampled by the Gumbel-max trick with one ``[B, A]`` Gumbel draw per call from the policy's own
+  ``numpy.random.Generator`` (seeded by the actor), which is exactly softmax sampling; ``greedy=True`` takes
+  the argmax.
 * Core state is a dict of NumPy arrays with the Agent's layout (``{"h": [B, L, H], "c": [B, L, H]}`` for an
   LSTM); the sequence writer stores it as tensors like any other.
 
@@ -45,34 +50,122 @@ Usage::
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from distrl.models.agent import Agent
 from distrl.models.cores import IdentityCore, LSTMCore
 from distrl.models.encoders import ImpalaCNN, MLPEncoder, NatureCNN, NetHackSmallEncoder, SmallCNN, image_nchw
+from distrl.models.heads import PolicyHead, PolicyValueHeads, ValueHead
 from distrl.types import ActOut, CoreState
 from distrl.types import as_numpy as _as_array
 
 Array = np.ndarray
 
 
+# ---- what this module implements: an explicit allow-list ---------------------------------------------------
+# Anything not listed here is refused by name (numpy_unsupported), so a new model option or layer makes the
+# actor act through PyTorch until a NumPy kernel for it is written and listed, instead of being skipped.
+
+MODEL_OPTIONS: dict[str, str] = {
+    "encoder": "the encoder's class is checked against ENCODER_PARTS",
+    "core": "the core's class is checked against CORE_PARTS",
+    "hidden_size": "any width",
+    "glyph_embedding_dim": "any width",
+    "num_core_layers": "the LSTM kernel runs any number of layers",
+    "separate_intrinsic_value": "Agent.act does not read the intrinsic value head",
+}
+"""The :class:`~distrl.config.ModelConfig` fields the NumPy path implements, with how."""
+
+TORCH_RUN = None
+"""Marks a submodule that the NumPy path runs through a copy of the PyTorch module itself (the CNNs' convs)."""
+
+_CNN_PARTS: dict[str, type | None] = {"cnn": TORCH_RUN, "fc": nn.Linear}
+ENCODER_PARTS: dict[type, dict[str, type | None]] = {
+    NetHackSmallEncoder: {"glyph_embed": nn.Embedding, "crop_fc": nn.Linear, "blstats_fc": nn.Linear,
+                          "fc": nn.Linear},
+    MLPEncoder: {"mlp": nn.Sequential, "mlp.0": nn.Linear, "mlp.1": nn.ReLU, "mlp.2": nn.Linear,
+                 "mlp.3": nn.ReLU},
+    NatureCNN: _CNN_PARTS,
+    SmallCNN: _CNN_PARTS,
+    ImpalaCNN: _CNN_PARTS,
+}
+"""Encoder class (exact, not subclasses) → its submodules the NumPy kernel reads: name → class."""
+CORE_PARTS: dict[type, dict[str, type | None]] = {LSTMCore: {"lstm": nn.LSTM}, IdentityCore: {}}
+HEAD_PARTS: dict[type, dict[str, type | None]] = {
+    PolicyValueHeads: {"policy": PolicyHead, "policy.fc": nn.Linear, "value": ValueHead, "value.fc": nn.Linear,
+                       "value_int": ValueHead, "value_int.fc": nn.Linear},  # value_int: act does not read it
+}
+_LEAVES = (nn.Linear, nn.Embedding, nn.LSTM)
+"""The only modules that may hold parameters or buffers of their own (read by the kernels)."""
+
+
 def numpy_unsupported(agent: Agent) -> str | None:
-    """Why :class:`NumpyPolicy` cannot run ``agent`` (None when it can)."""
+    """Why :class:`NumpyPolicy` cannot run ``agent`` (None when it can): each model option, part or layer
+    option outside the allow-list above, by name. Covering every part is necessary, not sufficient: the
+    actor also compares the two paths' outputs when it picks this one
+    (:func:`distrl.models.acting.check_numpy_policy`)."""
     problems = []
+    if type(agent) is not Agent:
+        problems.append(f"the agent is a {type(agent).__name__}, not an Agent (its act may differ)")
     if agent.device.type != "cpu":
         problems.append(f"the agent lives on {agent.device}, not the CPU")
-    if type(agent.encoder) not in _ENCODERS:
-        problems.append(f"encoder {type(agent.encoder).__name__} has no NumPy kernel "
-                        f"(supported: {', '.join(c.__name__ for c in _ENCODERS)})")
-    if type(agent.core) not in _CORES:
-        problems.append(f"core {type(agent.core).__name__} has no NumPy kernel "
-                        f"(supported: {', '.join(c.__name__ for c in _CORES)})")
+    unknown = [f.name for f in dataclasses.fields(agent.cfg) if f.name not in MODEL_OPTIONS]
+    if unknown:
+        problems.append(f"model option(s) {', '.join('model.' + n for n in unknown)} not implemented by the "
+                        f"NumPy path (it implements {', '.join('model.' + n for n in MODEL_OPTIONS)})")
+    children = {name for name, _ in agent.named_children()}
+    for name in sorted(children - {"encoder", "core", "heads"}):
+        problems.append(f"agent part {name} ({type(getattr(agent, name)).__name__}) has no NumPy kernel")
+    problems += _uncovered("encoder", agent.encoder, ENCODER_PARTS)
+    problems += _uncovered("core", agent.core, CORE_PARTS)
+    problems += _uncovered("heads", agent.heads, HEAD_PARTS)
+    if getattr(agent.encoder, "compute_dtype", torch.float32) != torch.float32:
+        problems.append(f"the encoder computes in {agent.encoder.compute_dtype} (the NumPy path copies float32 "
+                        "weights; it runs a CNN's convs in bfloat16 itself when asked)")
     return "; ".join(problems) or None
+
+
+def _uncovered(part: str, module: nn.Module, table: dict[type, dict[str, type | None]]) -> list[str]:
+    """Submodules of ``module`` (the agent's ``part``) that the NumPy kernel for its class does not read."""
+    parts = table.get(type(module))
+    if parts is None:
+        return [f"{part} {type(module).__name__} has no NumPy kernel "
+                f"(supported: {', '.join(c.__name__ for c in table)})"]
+    torch_run = tuple(n for n, cls in parts.items() if cls is TORCH_RUN)
+    problems = []
+    for name, m in module.named_modules():
+        if name and (name in torch_run or name.startswith(tuple(t + "." for t in torch_run))):
+            continue
+        where = f"{part}.{name}" if name else part
+        if name and parts.get(name) is not type(m):
+            problems.append(f"{where} ({type(m).__name__}) is not a part the NumPy kernel of "
+                            f"{type(module).__name__} runs")
+            continue
+        own = [n for n, _ in m.named_parameters(recurse=False)] + [n for n, _ in m.named_buffers(recurse=False)]
+        if own and not isinstance(m, _LEAVES):
+            problems.append(f"{where} has its own parameters/buffers {own}, which the NumPy path does not read")
+        why = _layer_option(m)
+        if why:
+            problems.append(f"{where}: {why}")
+    return problems
+
+
+def _layer_option(m: nn.Module) -> str | None:
+    """A layer option the NumPy kernels do not implement (None when there is none)."""
+    if isinstance(m, nn.Linear) and m.bias is None:
+        return "Linear without a bias"
+    if isinstance(m, nn.Embedding) and m.max_norm is not None:
+        return "Embedding with max_norm"
+    if isinstance(m, nn.LSTM) and (not m.bias or m.bidirectional or m.proj_size):
+        return f"LSTM with bias={m.bias}, bidirectional={m.bidirectional}, proj_size={m.proj_size}"
+    return None
 
 
 def has_torch_convs(agent: Agent) -> bool:
@@ -92,12 +185,10 @@ class _Matmul:
     Why: for a large product OpenBLAS copies both operands into packed buffers on every call (for an actor's
     16-32 rows that is mostly the weights), while below a size threshold (M·N·K; kernel- and version-specific)
     it runs small-matrix kernels that read them in place. Splitting the columns puts each block under that
-    threshold where it exists: on the 2-core benchmark box (OpenBLAS 0.3.31, SkylakeX kernels) 16 rows through
-    the small MiniHack model's 1296→128 and 256→512 layers take 54 and 43 µs in 4 blocks against 81 and 68 in
-    one call, warm (throwaway probe, 2026-12-01), and the env that runs next finds more of its data in cache.
-    The block count is chosen the first time a batch size is seen, by timing each candidate (fewest blocks
-    unless more are at least 10% faster), and kept in ``plans`` (shared across weight loads: it depends on
-    shapes only). Below 8 rows, or with no candidate, one call."""
+    threshold where it exists (BENCHMARKS.md has the figures for one OpenBLAS build), and the env that runs
+    next finds more of its data in cache. The block count is chosen the first time a batch size is seen, by
+    timing each candidate (fewest blocks unless more are at least 10% faster), and kept in ``plans`` (shared
+    across weight loads: it depends on shapes only). Below 8 rows, or with no candidate, one call."""
 
     def __init__(self, w: Array, plans: dict[tuple[int, int, int], int]) -> None:
         self.w = w
@@ -337,6 +428,7 @@ _CORES: dict[type, Any] = {
     LSTMCore: _LSTM,
     IdentityCore: _Identity,
 }
+assert set(_ENCODERS) == set(ENCODER_PARTS) and set(_CORES) == set(CORE_PARTS), "kernels and allow-list differ"
 
 
 class NumpyPolicy:
@@ -369,6 +461,11 @@ class NumpyPolicy:
         (pw, pb), (vw, vb) = _dense(h.policy.fc), _dense(h.value.fc)
         self._hw, self._hb = np.ascontiguousarray(np.concatenate([pw, vw], axis=1)), np.concatenate([pb, vb])
         self._heads = ws.matmul(self._hw)
+
+    def set_conv_dtype(self, dtype: torch.dtype) -> None:
+        """Run a CNN encoder's conv stack in ``dtype`` from now on (``actor.precision``); re-copies the weights."""
+        self.conv_dtype = dtype
+        self.sync()
 
     # ---- Policy ------------------------------------------------------------------------------------------
     def initial_state(self, batch: int, device: Any = "cpu") -> CoreState:

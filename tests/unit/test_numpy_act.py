@@ -1,20 +1,22 @@
 """NumpyPolicy (distrl.models.numpy_act): the same function as Agent.act, weight loads, sampling, bad input,
-and the env actor choosing it (actor.inference)."""
+what it refuses to run (its allow-list), and env actors acting through it. The choice of acting path and its
+start-up check are in test_acting.py."""
 
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 import pytest
 import torch
 
 from distrl.actors import EnvActor
-from distrl.actors.env_actor import acting_policy
 from distrl.config import EnvConfig, ExperimentConfig, ModelConfig, SequenceConfig
 from distrl.envs.base import ArraySpec, EnvSpec
 from distrl.models import Agent, build_agent
 from distrl.models.numpy_act import NumpyPolicy, numpy_unsupported
+from distrl.types import PolicyWeights
 
 
 def _a(shape: tuple[int, ...], dtype) -> ArraySpec:
@@ -200,6 +202,77 @@ def test_unsupported_models_are_named():
     assert numpy_unsupported(build_agent(CASES["mlp+lstm"][1], MIXED)) is None
 
 
+def test_every_model_option_is_on_the_allow_list():
+    """Each ModelConfig field is either implemented by the NumPy path (listed in MODEL_OPTIONS, with how) or
+    refused by it; adding a field fails here until someone decides which."""
+    from distrl.models.numpy_act import MODEL_OPTIONS
+
+    assert {f.name for f in dataclasses.fields(ModelConfig)} == set(MODEL_OPTIONS)
+
+
+def test_an_option_the_numpy_path_does_not_know_is_refused_by_name():
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class WithLayerNorm(ModelConfig):
+        layer_norm: bool = False
+
+    spec, mcfg = CASES["mlp+lstm"]
+    agent = build_agent(WithLayerNorm(**dataclasses.asdict(mcfg)), spec)
+    why = numpy_unsupported(agent)
+    assert why is not None and "model.layer_norm" in why
+    with pytest.raises(ValueError, match=r"model\.layer_norm"):
+        NumpyPolicy(agent)
+
+
+@pytest.mark.parametrize("change,named", [
+    ("extra_layer", r"encoder\.norm \(LayerNorm\) is not a part the NumPy kernel of MLPEncoder runs"),
+    ("activation", r"encoder\.mlp\.1 \(Tanh\)"),
+    ("no_bias", r"heads\.policy\.fc: Linear without a bias"),
+    ("head_part", r"heads\.aux \(Linear\)"),
+    ("agent_part", r"agent part idm \(Linear\)"),
+    ("own_parameter", r"encoder has its own parameters/buffers \['scale'\]"),
+    ("lstm_proj", r"core\.lstm: LSTM with .*proj_size=4"),
+    ("bfloat16", r"the encoder computes in torch\.bfloat16"),
+])
+def test_a_part_the_numpy_path_does_not_cover_is_refused_by_name(change, named):
+    """The allow-list reaches below the encoder/core/head classes: any submodule, own parameter or layer
+    option the kernels do not read is named (so a layer added to a model is not silently skipped)."""
+    spec, mcfg = CASES["mlp+lstm"]
+    agent = build_agent(mcfg, spec)
+    assert numpy_unsupported(agent) is None
+    if change == "extra_layer":
+        agent.encoder.norm = torch.nn.LayerNorm(24)
+    elif change == "activation":
+        agent.encoder.mlp[1] = torch.nn.Tanh()
+    elif change == "no_bias":
+        agent.heads.policy.fc = torch.nn.Linear(24, spec.num_actions, bias=False)
+    elif change == "head_part":
+        agent.heads.aux = torch.nn.Linear(24, 3)
+    elif change == "agent_part":
+        agent.idm = torch.nn.Linear(24, 3)
+    elif change == "own_parameter":
+        agent.encoder.scale = torch.nn.Parameter(torch.ones(1))
+    elif change == "lstm_proj":
+        agent.core.lstm = torch.nn.LSTM(24, 24, proj_size=4)
+    elif change == "bfloat16":
+        agent.set_acting_dtype(torch.bfloat16)
+    why = numpy_unsupported(agent)
+    assert why is not None
+    assert re.search(named, why), why
+    with pytest.raises(ValueError, match=r"NumpyPolicy cannot run this agent"):
+        NumpyPolicy(agent)
+
+
+def test_intrinsic_value_head_is_covered_and_ignored_like_act_does():
+    spec, mcfg = CASES["mlp+lstm"]
+    agent = build_agent(dataclasses.replace(mcfg, separate_intrinsic_value=True), spec)
+    assert agent.heads.value_int is not None and numpy_unsupported(agent) is None
+    _randomise(agent, 2)
+    obs, s = _obs(spec, 3, np.random.default_rng(0)), _random_state(agent, 3)
+    ref = agent.act(obs, s, greedy=True)
+    out = NumpyPolicy(agent).act(obs, {k: v.numpy() for k, v in s.items()}, greedy=True)
+    np.testing.assert_allclose(out.value, ref.value.numpy(), rtol=1e-5, atol=1e-5)
+
+
 def test_bad_input_names_the_problem():
     spec, mcfg = CASES["nethack_small+lstm"]
     policy = NumpyPolicy(build_agent(mcfg, spec))
@@ -226,81 +299,6 @@ def _cfg(inference: str, encoder: str = "mlp") -> ExperimentConfig:
     )
 
 
-def test_actor_picks_the_acting_path():
-    from distrl.envs.registry import env_spec
-
-    cfg = _cfg("auto")
-    spec = env_spec(cfg.env)
-    assert isinstance(acting_policy(cfg, spec, torch.device("cpu"), 0), NumpyPolicy)
-    assert isinstance(acting_policy(_cfg("torch"), spec, torch.device("cpu"), 0), Agent)
-    assert isinstance(acting_policy(_cfg("numpy"), spec, torch.device("cpu"), 0), NumpyPolicy)
-    cnn = dataclasses.replace(_cfg("auto"), model=ModelConfig(encoder="small_cnn"))
-    assert isinstance(acting_policy(cnn, ATARI, torch.device("cpu"), 0), NumpyPolicy)  # convs through torch
-    nethack = dataclasses.replace(_cfg("auto"), model=ModelConfig(encoder="nethack"))
-    assert isinstance(acting_policy(nethack, MINIHACK, torch.device("cpu"), 0), Agent)  # auto falls back
-    with pytest.raises(ValueError, match=r"actor\.inference=numpy cannot run this model: encoder NetHackEncoder"):
-        acting_policy(dataclasses.replace(nethack, actor=_cfg("numpy").actor), MINIHACK, torch.device("cpu"), 0)
-
-
-def test_actor_precision_sets_the_torch_encoder_dtype(monkeypatch):
-    from distrl.actors import env_actor
-
-    cnn = dataclasses.replace(_cfg("auto"), model=ModelConfig(encoder="small_cnn", hidden_size=16))
-
-    def encoder_dtype(precision: str, inference: str = "torch") -> torch.dtype:
-        """The acting dtype of the CNN: the torch agent's encoder, or the NumPy path's conv stack."""
-        actor = dataclasses.replace(cnn.actor, precision=precision, inference=inference)
-        policy = acting_policy(dataclasses.replace(cnn, actor=actor), ATARI, torch.device("cpu"), 0)
-        if inference == "torch":
-            return next(policy.encoder.parameters()).dtype
-        assert isinstance(policy, NumpyPolicy)
-        return policy.conv_dtype
-
-    for inference in ("torch", "auto"):
-        assert encoder_dtype("float32", inference) == torch.float32
-        assert encoder_dtype("bfloat16", inference) == torch.bfloat16
-    # auto: bfloat16 only on a bfloat16-capable CPU where it also measures >= 10% faster at the actor's batch.
-    monkeypatch.setattr(env_actor, "native_bf16", lambda device: True)
-    timed: list[int] = []
-
-    def fake_timings(bf16_us: float):
-        def timings(agent, spec, batch, reps=5):
-            timed.append(batch)
-            return {"float32": 100.0, "bfloat16": bf16_us}
-        return timings
-
-    monkeypatch.setattr(env_actor, "time_acting_dtypes", fake_timings(80.0))
-    assert encoder_dtype("auto") == torch.bfloat16
-    monkeypatch.setattr(env_actor, "time_acting_dtypes", fake_timings(95.0))
-    assert encoder_dtype("auto") == torch.float32
-    assert encoder_dtype("auto", inference="auto") == torch.float32
-    monkeypatch.setattr(env_actor, "time_acting_dtypes", fake_timings(80.0))
-    assert encoder_dtype("auto", inference="auto") == torch.bfloat16
-    assert timed == [cnn.env.num_envs] * 4
-    monkeypatch.setattr(env_actor, "native_bf16", lambda device: False)
-    assert encoder_dtype("auto") == torch.float32
-    assert encoder_dtype("auto", inference="auto") == torch.float32
-    assert len(timed) == 4  # no bfloat16 kernels: nothing to time
-    # The NumPy path is float32 whatever the setting.
-    from distrl.envs.registry import env_spec
-
-    numpy_cfg = dataclasses.replace(_cfg("auto"), actor=dataclasses.replace(_cfg("auto").actor, precision="bfloat16"))
-    assert isinstance(acting_policy(numpy_cfg, env_spec(numpy_cfg.env), torch.device("cpu"), 0), NumpyPolicy)
-
-
-def test_time_acting_dtypes_measures_both_and_leaves_the_agent_alone():
-    from distrl.actors.env_actor import time_acting_dtypes
-
-    agent = build_agent(ModelConfig(encoder="small_cnn", hidden_size=16), ATARI)
-    before = {k: v.clone() for k, v in agent.state_dict().items()}
-    timings = time_acting_dtypes(agent, ATARI, batch=3, reps=2)
-    assert set(timings) == {"float32", "bfloat16"}
-    assert all(0.0 < t < float("inf") for t in timings.values())
-    assert next(agent.encoder.parameters()).dtype == torch.float32 and agent.acting_dtype == torch.float32
-    after = agent.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before)
-
-
 @pytest.mark.parametrize("inference,precision", [("numpy", "float32"), ("torch", "float32"), ("torch", "bfloat16")])
 def test_actor_sequences_replay_exactly(inference, precision):
     """Behaviour logits and core states the actor stores are what the learner's unroll recomputes from the
@@ -314,7 +312,7 @@ def test_actor_sequences_replay_exactly(inference, precision):
     list(actor.run(2))
     other = build_agent(cfg.model, actor.spec)
     _randomise(other, 7)
-    actor.set_weights(3, other.state_dict())
+    actor.set_weights(PolicyWeights(3, other.state_dict()))
     trajs = list(actor.run(3))
     assert any(bool(t.terminated.any()) for t in trajs)  # episode ends inside the sequences
     for t in trajs:
