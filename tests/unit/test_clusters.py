@@ -1,7 +1,9 @@
 """clusters/: the Ray cluster-launcher YAML and the KubeRay RayJob parse and carry what a distrl run needs.
 
 No cloud is reachable here, so these tests check structure: the launcher config against Ray's own schema, and
-both files for GPU learner / CPU actor node kinds, token auth, the install step and a real config path.
+both files for GPU learner / CPU actor node kinds, token auth, the install step and a real config path, and that
+the custom resources labelling the node kinds are the ones distrl's Ray runtime asks for
+(``distrl.runtime.resources.NODE_LABELS``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from typing import Any
 
 import pytest
 import yaml
+from ray.autoscaler._private import util as ray_autoscaler_util
+
+from distrl.runtime.resources import ENV_ACTOR, LEARNER, NODE_LABELS, REPLAY_SHARD
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTERS = REPO / "clusters"
@@ -34,9 +39,8 @@ def _config_path_in(command: str) -> Path:
     raise AssertionError(f"no configs/*.yaml in command: {command!r}")
 
 
-def _skip_unless_exists(path: Path) -> None:
-    if not path.is_file():
-        pytest.skip(f"{path.relative_to(REPO)} referenced by clusters/ does not exist yet")
+def _assert_exists(path: Path) -> None:
+    assert path.is_file(), f"{path.relative_to(REPO)} referenced by clusters/ does not exist"
 
 
 # ---- Ray cluster launcher ----------------------------------------------------------------------------------
@@ -48,7 +52,7 @@ def launcher() -> dict[str, Any]:
 
 
 def test_launcher_passes_rays_own_schema(launcher):
-    util = pytest.importorskip("ray.autoscaler._private.util")
+    util = ray_autoscaler_util  # ray is a dependency of distrl: a missing module is a failure, not a skip
     util.validate_config(util.prepare_config(launcher))  # raises on unknown or mistyped fields
 
 
@@ -63,6 +67,7 @@ def test_launcher_node_types(launcher):
     assert cpu, "needs a CPU env-actor node type"
     assert all(t["resources"].get("learner", 0) >= 1 for t in gpu.values())
     assert all(t["resources"].get("GPU", 0) == 0 for t in cpu.values())
+    assert types[launcher["head_node_type"]]["resources"].get("replay_shard", 0) >= 1, "shards belong on the head"
     assert launcher["head_node_type"] not in gpu and launcher["head_node_type"] not in cpu
     for name in (*gpu, *cpu):
         assert types[name]["min_workers"] <= types[name]["max_workers"] <= launcher["max_workers"], name
@@ -87,7 +92,7 @@ def test_launcher_submit_example_names_an_existing_config():
     assert m, "ray-cluster.yaml should show how to submit `distrl train` with `ray job submit`"
     assert "RAY_AUTH_MODE=token ray job submit" in text
     path = _config_path_in(m.group(1))
-    _skip_unless_exists(path)
+    _assert_exists(path)
 
 
 # ---- KubeRay RayJob ----------------------------------------------------------------------------------------
@@ -100,6 +105,12 @@ def rayjob() -> dict[str, Any]:
 
 def _containers(group: dict[str, Any]) -> list[dict[str, Any]]:
     return group["template"]["spec"]["containers"]
+
+
+def ray_resources(group: dict[str, Any]) -> dict[str, float]:
+    """A KubeRay group's ``rayStartParams.resources`` (KubeRay's quoted-JSON form or plain JSON)."""
+    raw = group["rayStartParams"].get("resources", "{}")
+    return json.loads(json.loads(raw) if raw.startswith('"') else raw)
 
 
 def test_rayjob_spec(rayjob):
@@ -122,15 +133,12 @@ def test_rayjob_worker_groups(rayjob):
     def gpus(g: dict[str, Any]) -> int:
         return sum(int(c["resources"]["limits"].get("nvidia.com/gpu", 0)) for c in _containers(g))
 
-    def ray_resources(g: dict[str, Any]) -> dict[str, float]:
-        raw = g["rayStartParams"].get("resources", "{}")
-        return json.loads(json.loads(raw) if raw.startswith('"') else raw)  # KubeRay's quoted-JSON form
-
     gpu = [g for g in groups.values() if gpus(g) >= 1]
     cpu = [g for g in groups.values() if gpus(g) == 0]
     assert gpu and cpu, f"need a GPU learner group and a CPU actor group, got {sorted(groups)}"
     assert all(ray_resources(g).get("learner", 0) >= 1 for g in gpu)
     assert all(ray_resources(g).get("env_actor", 0) >= 1 for g in cpu)
+    assert ray_resources(rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]).get("replay_shard", 0) >= 1
     for g in groups.values():
         assert g.get("minReplicas", 0) <= g["replicas"] <= g.get("maxReplicas", g["replicas"]), g["groupName"]
         for c in _containers(g):
@@ -141,9 +149,56 @@ def test_rayjob_entrypoint_config_exists(rayjob):
     entry = rayjob["spec"]["entrypoint"]
     assert "runtime.run_dir=/" in entry, "the run dir must be absolute (the job's cwd is not the repository)"
     path = _config_path_in(entry)
-    _skip_unless_exists(path)
+    _assert_exists(path)
     from distrl.config import load_config
 
     overrides = [t for t in shlex.split(entry) if "=" in t]
     cfg = load_config(path, overrides)  # the entrypoint's config and overrides load and validate
     assert cfg.runtime.address == "auto"
+
+
+# ---- the node labels are what the runtime asks for ---------------------------------------------------------
+
+_BUILTIN = {"CPU", "GPU", "memory", "object_store_memory"}
+
+
+def _declared_labels() -> dict[str, set[str]]:
+    """Custom resources declared per node kind in both files (head, GPU kinds, CPU kinds)."""
+    launcher, rayjob = _load("ray-cluster.yaml"), _load("rayjob.yaml")
+    out: dict[str, set[str]] = {}
+    for name, t in launcher["available_node_types"].items():
+        out[f"ray-cluster.yaml:{name}"] = set(t.get("resources", {})) - _BUILTIN
+    spec = rayjob["spec"]["rayClusterSpec"]
+    out["rayjob.yaml:head"] = set(ray_resources(spec["headGroupSpec"])) - _BUILTIN
+    for g in spec["workerGroupSpecs"]:
+        out[f"rayjob.yaml:{g['groupName']}"] = set(ray_resources(g)) - _BUILTIN
+    return out
+
+
+def test_cluster_labels_are_the_ones_the_runtime_requests():
+    declared = _declared_labels()
+    requested = set(NODE_LABELS.values())
+    for where, labels in declared.items():
+        assert labels <= requested, f"{where} declares {sorted(labels - requested)}, which distrl never asks for"
+    for file in ("ray-cluster.yaml", "rayjob.yaml"):
+        in_file = set().union(*(v for k, v in declared.items() if k.startswith(file)))
+        assert in_file == requested, f"{file} labels {sorted(in_file)}, distrl asks for {sorted(requested)}"
+
+
+def test_a_labelled_cluster_pins_each_component_to_its_node_kind(launcher):
+    """Feed ray_options what the launcher file gives Ray: each component asks for the label of its node kind."""
+    from distrl.config import load_config
+    from distrl.runtime.resources import ray_options
+
+    types = launcher["available_node_types"]
+    cluster: dict[str, float] = {}
+    for t in types.values():
+        for k, v in t.get("resources", {}).items():
+            cluster[k] = cluster.get(k, 0.0) + float(v)
+    opts = ray_options(load_config(REPO / "configs/minihack_multiroom.yaml"), cluster)
+    kind_of = {LEARNER: "gpu_learner", ENV_ACTOR: "cpu_actors", REPLAY_SHARD: launcher["head_node_type"]}
+    for component, node_type in kind_of.items():
+        (label,) = opts[component]["resources"]
+        assert types[node_type]["resources"].get(label, 0) > 0, (component, node_type)
+        others = [n for n in types if n != node_type]
+        assert all(label not in types[n].get("resources", {}) for n in others), (component, label)
