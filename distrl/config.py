@@ -136,6 +136,8 @@ class ReplayConfig:
     """Per actor: inserts sent but not yet acknowledged."""
     checkpoint_every_s: float = 0.0
     """Seconds between shard checkpoints (0 = only at the end of a run)."""
+    num_cpus: float = 0.5
+    """Ray runtime: CPUs each replay shard actor reserves."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -171,6 +173,12 @@ class LearnerConfig:
     """Learner updates between checkpoints (0 = only at the end)."""
     threads: int = 1
     """torch intra-op threads on a CPU learner."""
+    num_cpus: float = 1.0
+    """Ray runtime: CPUs each learner actor reserves (it also gets a GPU when the cluster has one per learner)."""
+    extras: tuple[str, ...] = ()
+    """Auxiliary modules the learner trains beside the agent, by registry name
+    (``distrl.learners.extras.EXTRAS``): their own losses, optimizer groups, checkpoint entries and actor
+    weights."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -180,6 +188,9 @@ class ActorConfig:
     """Check the weight store for a newer version every N sequence emissions."""
     device: str = "cpu"
     threads: int = 1
+    num_cpus: float = 0.0
+    """Ray runtime: CPUs each env actor reserves (0 = 1 for its own process, plus env.num_workers with
+    env.vectorization=subprocess)."""
     inference: Literal["auto", "torch", "numpy"] = "auto"
     """How a CPU actor runs its policy: 'numpy' (distrl.models.numpy_act: the same function, ~2x cheaper per
     call between env steps, for the nethack_small/mlp encoders, the Atari CNNs (their convolutions through
@@ -226,6 +237,11 @@ class RuntimeConfig:
     placement_timeout_s: float = 600.0
     """Ray runtime: fail when learners or env actors are still unplaced (too few CPUs/GPUs in the cluster) after
     this many seconds (0 = wait for ever, e.g. for an autoscaler to add nodes)."""
+    node_labels: bool = True
+    """Ray runtime: when the cluster declares a custom resource named ``learner``, ``env_actor`` or
+    ``replay_shard`` (clusters/*.yaml label their node kinds so), each learner, env actor or replay shard asks
+    for 0.001 of it, which pins it to those nodes (CPUs and GPUs still decide how many fit); false = place by
+    CPUs and GPUs only."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -291,6 +307,9 @@ class ExperimentConfig:
              "bonus.episodic / bonus.glob are not implemented yet (planned; see README); set them to none"),
             (self.runtime.total_env_steps > 0, "runtime.total_env_steps must be > 0"),
             (self.runtime.placement_timeout_s >= 0, "runtime.placement_timeout_s must be >= 0 (0 = no limit)"),
+            (self.actor.num_cpus >= 0, "actor.num_cpus must be >= 0 (0 = 1 + env workers)"),
+            (self.learner.num_cpus >= 0 and self.replay.num_cpus >= 0,
+             "learner.num_cpus and replay.num_cpus must be >= 0"),
             (self.runtime.mode == "ray" or self.learner.num_learners == 1,
              "learner.num_learners > 1 needs runtime.mode=ray"),
         ]
@@ -309,6 +328,8 @@ class ExperimentConfig:
         """
         d = {k: v for k, v in self.to_dict().items() if k not in ignore}
         d["actor"] = {k: v for k, v in d["actor"].items() if k not in ("device", "threads", "inference")}
+        for section in ("actor", "learner", "replay"):  # Ray placement only
+            d[section] = {k: v for k, v in d[section].items() if k != "num_cpus"}
         return json.dumps(d, sort_keys=True)
 
 

@@ -4,7 +4,9 @@ Shape letters: T time (sequence length incl. burn-in), B batch (env slots or seq
 F features, H hidden.
 
 * :class:`Trajectory`: what an env actor emits and what replay stores: one fixed-length sequence per batch row,
-  time-major ``[T, B, ...]`` (``obs`` has ``T + 1`` steps: the last one is the bootstrap observation).
+  time-major ``[T, B, ...]`` (``obs`` has ``T + 1`` steps: the last one is the bootstrap observation). Its
+  per-step fields are declared once, with :func:`per_step` (dtype, trailing shape, the writer's default);
+  the sequence writer, flattening, replay storage and the test builder all follow that declaration.
 * :class:`ReplaySample`: a Trajectory drawn from replay plus its keys, shard ids and IS weights.
 * :class:`ActOut`: one acting step of the agent.
 
@@ -15,8 +17,9 @@ Tensors here are torch tensors on the CPU unless a component moved them. Observa
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Collection, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -38,6 +41,63 @@ Obs = dict[str, Tensor]
 
 
 @dataclass(frozen=True)
+class StepField:
+    """One per-step field of :class:`Trajectory`: a ``[T, B, *shape]`` tensor of ``dtype``.
+
+    ``shape`` names the trailing dims, by letter where they depend on the env (``("A",)``: one entry per
+    action; resolved by :meth:`shape_for`). ``default`` is what the sequence writer records for a step that
+    leaves the field out (or passes None); ``None`` makes the field required. Declared on the Trajectory class
+    with :func:`per_step`, read back with :meth:`Trajectory.step_fields`.
+    """
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[str | int, ...] = ()
+    default: bool | int | float | None = None
+
+    @property
+    def required(self) -> bool:
+        return self.default is None
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return torch.from_numpy(np.zeros(0, dtype=self.dtype)).dtype
+
+    def shape_for(self, dims: Mapping[str, int]) -> tuple[int, ...]:
+        """The trailing shape with its letters replaced from ``dims`` (e.g. ``{"A": spec.num_actions}``)."""
+        missing = [d for d in self.shape if isinstance(d, str) and d not in dims]
+        if missing:
+            raise KeyError(f"step field {self.name!r}: no size given for dim {missing[0]!r} (given: {sorted(dims)})")
+        return tuple(d if isinstance(d, int) else int(dims[d]) for d in self.shape)
+
+
+_STEP = "distrl.per_step"
+
+
+def per_step(
+    dtype: Any, *, shape: tuple[str | int, ...] = (), default: bool | int | float | None = None
+) -> dict[str, StepField]:
+    """Field metadata that declares a per-step :class:`Trajectory` field ``[T, B, *shape]`` (see
+    :class:`StepField`)::
+
+        reward: Tensor = field(metadata=per_step(np.float32))  # [T, B]
+    """
+    return {_STEP: StepField("", np.dtype(dtype), tuple(shape), default)}
+
+
+@functools.cache
+def _step_fields(cls: type) -> tuple[StepField, ...]:
+    return tuple(
+        dataclasses.replace(f.metadata[_STEP], name=f.name) for f in dataclasses.fields(cls) if _STEP in f.metadata
+    )
+
+
+@functools.cache
+def _time_fields(cls: type) -> frozenset[str]:
+    return frozenset(["obs", *(f.name for f in _step_fields(cls))])
+
+
+@dataclass(frozen=True)
 class Trajectory:
     """One fixed-length sequence on each of B rows, time-major.
 
@@ -52,6 +112,11 @@ class Trajectory:
     zero elsewhere. ``valid[t]`` is False for padding steps (none by default; reserved for partial sequences
     closed after an env fault) which carry no loss.
 
+    Per-step fields (``[T, B, ...]``) are declared with :func:`per_step`, and that line is all a new one needs:
+    :meth:`step_fields` lists them for the sequence writer (which allocates, fills and emits them by name),
+    flattening and replay storage treat them as time leaves, and ``distrl.replay.testing.random_trajectory``
+    fills them. The producer then passes the value to ``SequenceWriter.add(name=...)``.
+
     Usage::
 
         traj = actor_batch                      # [T, B]
@@ -60,15 +125,15 @@ class Trajectory:
     """
 
     obs: Obs  # each [T + 1, B, ...]
-    action: Tensor  # [T, B] int64
-    reward: Tensor  # [T, B] float32, raw extrinsic
-    terminated: Tensor  # [T, B] bool
-    truncated: Tensor  # [T, B] bool
-    truncation_value: Tensor  # [T, B] float32
-    behaviour_logits: Tensor  # [T, B, A] float32
-    episodic_bonus: Tensor  # [T, B] float32, raw, actor-side (zeros without an episodic bonus)
-    duration: Tensor  # [T, B] float32 seconds of env.step for this step
-    valid: Tensor  # [T, B] bool
+    action: Tensor = field(metadata=per_step(np.int64))  # [T, B]
+    reward: Tensor = field(metadata=per_step(np.float32))  # [T, B], raw extrinsic
+    terminated: Tensor = field(metadata=per_step(np.bool_))  # [T, B]
+    truncated: Tensor = field(metadata=per_step(np.bool_))  # [T, B]
+    truncation_value: Tensor = field(metadata=per_step(np.float32))  # [T, B], zero where not truncated
+    behaviour_logits: Tensor = field(metadata=per_step(np.float32, shape=("A",)))  # [T, B, A]
+    episodic_bonus: Tensor = field(metadata=per_step(np.float32, default=0.0))  # [T, B], raw, actor-side (0: no bonus)
+    duration: Tensor = field(metadata=per_step(np.float32))  # [T, B] seconds of env.step for this step
+    valid: Tensor = field(metadata=per_step(np.bool_, default=True))  # [T, B]
     core_state: CoreState  # each [B, ...]
     policy_version: Tensor  # [B] int64: weights version that acted at step 0
     actor_id: Tensor  # [B] int64
@@ -93,13 +158,19 @@ class Trajectory:
         first[1:] = self.done()
         return first
 
-    # ---- flattening (replay storage and transport) -----------------------------------------------------------
-    # Keys are "field" or "field/subkey"; TIME_FIELDS have a time axis first, the rest are per-row.
-    TIME_FIELDS = (
-        "obs", "action", "reward", "terminated", "truncated", "truncation_value", "behaviour_logits",
-        "episodic_bonus", "duration", "valid",
-    )
+    # ---- the field declaration -------------------------------------------------------------------------------
+    @classmethod
+    def step_fields(cls) -> tuple[StepField, ...]:
+        """The per-step fields ``[T, B, ...]``, in declaration order (``obs``, ``[T + 1, B, ...]``, is not one)."""
+        return _step_fields(cls)
 
+    @classmethod
+    def time_fields(cls) -> frozenset[str]:
+        """Fields with a time axis first: ``obs`` and the :meth:`step_fields`; the rest are per-row ``[B, ...]``."""
+        return _time_fields(cls)
+
+    # ---- flattening (replay storage and transport) -----------------------------------------------------------
+    # Keys are "field" or "field/subkey"; time_fields() have a time axis first, the rest are per-row.
     def flatten(self) -> dict[str, Tensor]:
         """Named leaves. Time-axis leaves stay ``[T(+1), B, ...]``; per-row leaves are ``[B, ...]``."""
         out: dict[str, Tensor] = {}
@@ -117,29 +188,29 @@ class Trajectory:
         kw: dict[str, Any] = {"obs": {}, "core_state": {}}
         for name, t in leaves.items():
             if "/" in name:
-                field, sub = name.split("/", 1)
-                kw[field][sub] = t
+                key, sub = name.split("/", 1)
+                kw[key][sub] = t
             else:
                 kw[name] = t
         names = {f.name for f in dataclasses.fields(cls)}
         missing = names - set(kw)
         if missing:
-            raise KeyError(f"Trajectory.unflatten: missing fields {sorted(missing)}")
+            raise KeyError(f"{cls.__name__}.unflatten: missing fields {sorted(missing)}")
         return cls(**kw)
 
-    @staticmethod
-    def is_time_leaf(name: str) -> bool:
-        return name.split("/", 1)[0] in Trajectory.TIME_FIELDS
+    @classmethod
+    def is_time_leaf(cls, name: str) -> bool:
+        return name.split("/", 1)[0] in _time_fields(cls)
 
     def map(self, fn: Callable[[Tensor], Tensor]) -> Trajectory:
         """Apply fn to every tensor (e.g. ``.to(device)``), keeping the structure."""
-        return Trajectory.unflatten({k: fn(v) for k, v in self.flatten().items()})
+        return self.unflatten({k: fn(v) for k, v in self.flatten().items()})
 
     def index_batch(self, idx: Tensor | slice | int) -> Trajectory:
         """Select rows along the batch axis (axis 1 for time leaves, axis 0 for per-row leaves)."""
         if isinstance(idx, int):
             idx = slice(idx, idx + 1)
-        return Trajectory.unflatten(
+        return self.unflatten(
             {k: (v[:, idx] if self.is_time_leaf(k) else v[idx]) for k, v in self.flatten().items()}
         )
 
@@ -150,12 +221,10 @@ class Trajectory:
     @staticmethod
     def concat(trajs: list[Trajectory]) -> Trajectory:
         """Concatenate along the batch axis."""
+        cls = type(trajs[0])
         flat = [t.flatten() for t in trajs]
-        return Trajectory.unflatten(
-            {
-                k: torch.cat([f[k] for f in flat], dim=1 if Trajectory.is_time_leaf(k) else 0)
-                for k in flat[0]
-            }
+        return cls.unflatten(
+            {k: torch.cat([f[k] for f in flat], dim=1 if cls.is_time_leaf(k) else 0) for k in flat[0]}
         )
 
     def batch_major(self, frame_stacks: Collection[str] = ()) -> dict[str, Tensor]:
@@ -167,13 +236,11 @@ class Trajectory:
         leaves = {k: (v.transpose(0, 1) if self.is_time_leaf(k) else v) for k, v in self.flatten().items()}
         return pack_frame_stacks(leaves, frame_stacks) if frame_stacks else leaves
 
-    @staticmethod
-    def from_batch_major(leaves: Mapping[str, Tensor]) -> Trajectory:
+    @classmethod
+    def from_batch_major(cls, leaves: Mapping[str, Tensor]) -> Trajectory:
         """Inverse of :meth:`batch_major`: the one boundary where replay's ``[B, T]`` becomes ``[T, B]``."""
         leaves = unpack_frame_stacks(leaves)
-        return Trajectory.unflatten(
-            {k: (v.transpose(0, 1) if Trajectory.is_time_leaf(k) else v) for k, v in leaves.items()}
-        )
+        return cls.unflatten({k: (v.transpose(0, 1) if cls.is_time_leaf(k) else v) for k, v in leaves.items()})
 
 
 # ---- frame stacks in replay -------------------------------------------------------------------------------------
@@ -317,3 +384,66 @@ class EpisodeStats:
     length: int
     success: float | None = None  # 1.0 / 0.0 where the env defines success, else None
     extra: tuple[tuple[str, float], ...] = ()  # env-specific scalars, e.g. (("spl", 0.7),)
+
+
+@dataclass(frozen=True)
+class PolicyWeights:
+    """What a learner publishes to env actors: the policy's weights and any actor-side extra's, one version.
+
+    ``policy`` is the agent's CPU ``state_dict``; ``extras[name]`` the weights of learner extra ``name`` that
+    actors use (for example an E3B embedding; learner-only extras such as RND are absent). One object, so an
+    actor never acts with a policy of one version and an embedding of another.
+    """
+
+    version: int
+    policy: dict[str, Tensor]
+    extras: dict[str, dict[str, Tensor]] = dataclasses.field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LearnerReport:
+    """What a learner worker reports after a round of updates (``LearnerWorker.train``).
+
+    ``metrics`` are the means over the round's updates of :class:`~distrl.learners.learner.LearnerOutput`'s
+    metrics (keys ``learner/...`` and ``extras/<name>/...``); empty when ``updates == 0``."""
+
+    updates: int
+    env_steps: int  # fresh env steps consumed (post-burn-in steps of fresh rows)
+    samples: int  # sequences trained on
+    version: int  # learner version after the round
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ActorReport:
+    """An env actor's cumulative counters (``EnvActor.counters``), plus the Ray host's insert and weight
+    counters when it runs as a Ray actor (zeros in one process).
+
+    The ``time_*_s`` counters are wall seconds ``EnvActor.step`` spent in the policy (acting, bonus, truncation
+    values, state resets), in the VecEnv, and in total (the rest is sequence cutting and bookkeeping)."""
+
+    actor_id: int
+    env_steps: int
+    steps_per_s: float  # since the actor's first step (the Ray host's ``stats`` reports it since its last call)
+    faults: int
+    sequences: int
+    episodes: int
+    policy_version: int
+    time_policy_s: float
+    time_env_s: float
+    time_step_s: float
+    incarnation: int = 0  # restarts of this actor id so far (Ray)
+    inserts_accepted_rows: int = 0
+    inserts_resent: int = 0
+    inserts_dropped: int = 0
+    inserts_inflight: int = 0
+    weight_updates: int = 0
+
+
+@dataclass(frozen=True)
+class ActorStats:
+    """One poll of a Ray env actor: its counters (``steps_per_s`` since the previous poll) and the episodes it
+    finished since then (drained)."""
+
+    report: ActorReport
+    episodes: list[EpisodeStats] = dataclasses.field(default_factory=list)

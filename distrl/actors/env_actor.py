@@ -16,18 +16,18 @@ in a Ray actor. Per step (ALGORITHMS.md §6.1, without the bonus math):
    emits a ``[burn_in + length, B]`` Trajectory carrying the core state at its start, the policy version that
    acted at its first step, this actor's id and env-step counter.
 
-The policy is ``build_agent(cfg.model, spec)`` unless one is injected (tests, benchmarks): anything with
-``initial_state(batch, device)``, ``reset_state(state, mask)``, ``act(obs, state) -> ActOut`` and, for
-``set_weights``, ``load_state_dict``. :class:`RandomPolicy` is such a policy. On a CPU actor the agent runs
-through :class:`~distrl.models.numpy_act.NumpyPolicy` where it can (``actor.inference``): between env steps
-PyTorch's per-op cost is several times its warm cost, NumPy's much less (see that module). The loop hands the
-policy NumPy observations and takes NumPy or torch outputs alike, so no torch op runs per step unless the
-policy's own does.
+The policy is :func:`~distrl.models.acting.build_acting_policy`'s for ``cfg.model`` unless one is injected
+(tests, benchmarks): anything with ``initial_state(batch, device)``, ``reset_state(state, mask)``,
+``act(obs, state) -> ActOut`` and, for ``set_weights``, ``load_state_dict``. :class:`RandomPolicy` is such a
+policy. Which implementation of ``Agent.act`` runs (NumPy or PyTorch, ``actor.inference``), in which dtype
+(``actor.precision``), and the start-up check of the NumPy one against PyTorch, are decided there. The loop
+hands the policy NumPy observations and takes NumPy or torch outputs alike, so no torch op runs per step
+unless the policy's own does.
 
 Usage::
 
     actor = EnvActor(cfg, actor_id=0)
-    actor.set_weights(version, state_dict)
+    actor.set_weights(weights)                    # distrl.types.PolicyWeights
     for traj in actor.run(num_sequences=10):      # Trajectory [T, B]
         replay.insert(traj)
     stats = actor.episode_stats()                  # list[EpisodeStats], drained
@@ -49,9 +49,8 @@ from distrl.config import ExperimentConfig
 from distrl.envs.base import EnvSpec, StepResult
 from distrl.envs.registry import env_spec
 from distrl.envs.vector import make_vec_env
-from distrl.models.agent import Agent, build_agent
-from distrl.models.numpy_act import NumpyPolicy, has_torch_convs, numpy_unsupported
-from distrl.types import ActOut, CoreState, EpisodeStats, Trajectory
+from distrl.models.acting import build_acting_policy
+from distrl.types import ActorReport, ActOut, CoreState, EpisodeStats, PolicyWeights, Trajectory
 from distrl.types import as_numpy as _np
 
 
@@ -112,105 +111,6 @@ class RandomPolicy:
         return {}
 
 
-def acting_policy(cfg: ExperimentConfig, spec: EnvSpec, device: torch.device, seed: int) -> Policy:
-    """The actor's policy for ``cfg.model``: a fresh agent on ``device`` (eval mode), run through
-    :class:`~distrl.models.numpy_act.NumpyPolicy` when ``cfg.actor.inference`` allows and it can run the
-    model (``auto``), or must (``numpy``: raises naming what it cannot run), else the agent itself. ``seed``
-    (the actor's env seed) also seeds the NumPy path's action sampling, through a stream of its own."""
-    agent = build_agent(cfg.model, spec)
-    agent.to(device)
-    agent.eval()
-    mode = cfg.actor.inference
-    if mode == "torch":
-        return _with_precision(agent, cfg.actor.precision, spec, cfg.env.num_envs)
-    why = numpy_unsupported(agent)
-    if why is None:
-        # its own stream for action sampling, not the env seed's (the VecEnv draws from that one)
-        sampling = np.random.SeedSequence(entropy=int(seed), spawn_key=(0xAC7, 0x5A3)).generate_state(1)[0]
-        conv_dtype = torch.float32
-        if has_torch_convs(agent):  # the one part of the NumPy path that runs through PyTorch
-            conv_dtype = _choose_dtype(agent, cfg.actor.precision, spec, cfg.env.num_envs)
-        return NumpyPolicy(agent, seed=int(sampling), conv_dtype=conv_dtype)
-    if mode == "numpy":
-        raise ValueError(f"actor.inference=numpy cannot run this model: {why}; use actor.inference=auto or torch")
-    return _with_precision(agent, cfg.actor.precision, spec, cfg.env.num_envs)
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` runs bfloat16 matrix products natively (CPU: AVX512-BF16 or AMX tiles)."""
-    if device.type != "cpu":
-        return False  # GPU actors: float32 unless asked (not measured)
-    cpu = getattr(torch, "cpu", None)
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
-
-
-def acting_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """The encoder dtype ``actor.precision`` asks for on ``device`` before measuring: bfloat16 for
-    ``bfloat16``, and for ``auto`` on a CPU with native bfloat16 dot products (a candidate that
-    :func:`time_acting_dtypes` then has to confirm), else float32."""
-    if precision == "bfloat16" or (precision == "auto" and native_bf16(device)):
-        return torch.bfloat16
-    return torch.float32
-
-
-BF16_MIN_GAIN = 0.9
-"""``actor.precision=auto`` keeps bfloat16 only where its encoder call takes at most this fraction of float32's."""
-
-
-def time_acting_dtypes(agent: Agent, spec: EnvSpec, batch: int, reps: int = 7) -> dict[str, float]:
-    """Best-of-``reps`` CPU µs of one encoder call at ``batch`` in float32 and in bfloat16 on this machine
-    (interleaved, after a warm-up; zero observations of the spec's shapes and dtypes), each through the
-    agent's own encoding step as ``act`` runs it. ``agent`` is left as it was; the bfloat16 run uses a copy.
-
-    CPU time, not wall time: actors start while other processes step at full load, and a call that loses
-    the core for a moment would otherwise count that wait against its dtype (the thread's CPU time with one
-    torch thread, the process's with more).
-
-    Why measure rather than trust the CPU flags: oneDNN's bfloat16 kernels are not faster everywhere that
-    reports AVX512-BF16. On the session-6 AMD EPYC box they were 1.3-1.7x cheaper per act for the Atari
-    CNNs; on the session-9 Intel Xeon box (AVX512-BF16, no AMX exposed) a 1024³ bfloat16 matmul ran at
-    31 GMAC/s against 65 in float32 and the small CNN's act took 1.14x longer."""
-    import copy
-
-    obs = {k: np.zeros((batch, *spec.obs[k].shape), spec.obs[k].dtype) for k in agent.encoder.keys}
-    bf16 = copy.deepcopy(agent)
-    bf16.set_acting_dtype(torch.bfloat16)
-    agents = {"float32": agent, "bfloat16": bf16}
-    best = {name: float("inf") for name in agents}
-    clock = time.thread_time if torch.get_num_threads() == 1 else time.process_time
-    with torch.no_grad():
-        for rep in range(reps + 2):
-            for name, a in agents.items():
-                t0 = clock()
-                a._encode(obs)
-                dt = clock() - t0
-                if rep >= 2:  # the first two rounds warm up (oneDNN primitive creation, caches)
-                    best[name] = min(best[name], dt * 1e6)
-    return best
-
-
-def _choose_dtype(agent: Agent, precision: str, spec: EnvSpec, batch: int) -> torch.dtype:
-    """The acting dtype for ``actor.precision``: ``auto`` with a bfloat16-capable CPU times both dtypes at
-    ``batch`` (:func:`time_acting_dtypes`) and keeps bfloat16 only if it measured faster; the timings are
-    left on ``agent.acting_dtype_timings_us`` (``tools/bench/actors.py`` reports them)."""
-    dtype = acting_dtype(precision, agent.device)
-    if dtype != torch.float32 and precision == "auto":
-        timings = time_acting_dtypes(agent, spec, batch)
-        agent.acting_dtype_timings_us = timings
-        if timings["bfloat16"] > BF16_MIN_GAIN * timings["float32"]:
-            dtype = torch.float32
-    return dtype
-
-
-def _with_precision(agent: Agent, precision: str, spec: EnvSpec, batch: int) -> Agent:
-    """Set ``agent``'s acting dtype for ``actor.precision`` (:func:`_choose_dtype`)."""
-    dtype = _choose_dtype(agent, precision, spec, batch)
-    if dtype != torch.float32:
-        agent.set_acting_dtype(dtype)
-    return agent
-
-
 def _rows(x: Any, idx: np.ndarray) -> Any:
     """Rows ``idx`` of a state leaf, kept in its own kind (NumPy array or tensor on its device)."""
     if isinstance(x, Tensor):
@@ -223,8 +123,8 @@ def limit_numpy_blas_threads(n: int) -> None:
 
     An actor's NumPy matrix products (NumPy acting, Atari frame resizes) are too small to gain from more
     threads, and with one env-stepping process per core an extra pool thread per process only competes with
-    the other processes: on the 2-core benchmark box, two inline MiniHack actors with OpenBLAS's default of 2
-    threads spent 487 µs per env step in the NumPy policy against 35-40 µs with 1 (``tools/bench/actors.py``)."""
+    the other processes: with OpenBLAS's default of one thread per core, the NumPy policy's time per env step
+    grows several-fold (``tools/bench/actors.py``; see BENCHMARKS.md)."""
     from threadpoolctl import ThreadpoolController
 
     ThreadpoolController().select(internal_api="openblas").limit(limits=max(1, int(n)))
@@ -261,7 +161,7 @@ class EnvActor:
         self.device = torch.device(cfg.actor.device)
         limit_numpy_blas_threads(cfg.actor.threads)
         seed = actor_seed(cfg.env.seed, actor_id, incarnation)
-        self.policy: Any = policy if policy is not None else acting_policy(cfg, self.spec, self.device, seed)
+        self.policy: Any = policy if policy is not None else build_acting_policy(cfg, self.spec, self.device, seed)
         self.bonus = bonus
         self.num_envs = cfg.env.num_envs
         self.venv = make_vec_env(cfg.env, self.num_envs, seed, prereset=prereset)
@@ -270,6 +170,8 @@ class EnvActor:
             self.spec, self.num_envs, burn_in=s.burn_in, length=s.length, period=s.period, actor_id=actor_id
         )
         self.policy_version = -1
+        self.extra_weights: dict[str, dict[str, Tensor]] = {}
+        """Actor-side learner extras' weights (name -> state_dict) of version ``policy_version``."""
         self.env_steps = 0
         """Env steps taken by this actor (B per batched step)."""
         self.faults = 0
@@ -287,10 +189,13 @@ class EnvActor:
         self.time_step_s = 0.0
 
     # ---- weights -----------------------------------------------------------------------------------------
-    def set_weights(self, version: int, state_dict: Mapping[str, Any]) -> None:
-        """Load new policy weights (the version is stamped on sequences whose first step they act on)."""
-        self.policy.load_state_dict(state_dict)
-        self.policy_version = int(version)
+    def set_weights(self, weights: PolicyWeights) -> None:
+        """Load new policy weights (the version is stamped on sequences whose first step they act on). The
+        actor-side extras' weights of the same version (``weights.extras``) are kept in :attr:`extra_weights`
+        for the actor-side modules that use them."""
+        self.policy.load_state_dict(weights.policy)
+        self.extra_weights = dict(weights.extras)
+        self.policy_version = int(weights.version)
 
     # ---- main loop ---------------------------------------------------------------------------------------
     def run(self, num_sequences: int | None = None) -> Iterator[Trajectory]:
@@ -333,7 +238,7 @@ class EnvActor:
         t3 = perf()
         traj = self.writer.add(
             action=actions,
-            logits=out.logits,
+            behaviour_logits=out.logits,
             reward=res.reward,
             terminated=res.terminated,
             truncated=res.truncated,
@@ -398,23 +303,22 @@ class EnvActor:
         out, self._episode_stats = self._episode_stats, []
         return out
 
-    def counters(self) -> dict[str, float]:
-        """Cumulative counters: env steps, env steps/s since the first step, faults, sequences, episodes, and
-        the wall seconds :meth:`step` spent in the policy (``time_policy_s``: acting, bonus, truncation values,
-        state resets), in the VecEnv (``time_env_s``) and in total (``time_step_s``; the rest is sequence
-        cutting and bookkeeping)."""
+    def counters(self) -> ActorReport:
+        """Cumulative counters (:class:`~distrl.types.ActorReport`): env steps, env steps/s since the first
+        step, faults, sequences, episodes, policy version and where :meth:`step`'s wall time went."""
         dt = max(time.perf_counter() - self._t_start, 1e-9)
-        return {
-            "env_steps": float(self.env_steps),
-            "steps_per_s": self.env_steps / dt,
-            "faults": float(self.faults),
-            "sequences": float(self.sequences),
-            "episodes": float(self.episodes),
-            "policy_version": float(self.policy_version),
-            "time_policy_s": self.time_policy_s,
-            "time_env_s": self.time_env_s,
-            "time_step_s": self.time_step_s,
-        }
+        return ActorReport(
+            actor_id=self.actor_id,
+            env_steps=int(self.env_steps),
+            steps_per_s=self.env_steps / dt,
+            faults=int(self.faults),
+            sequences=int(self.sequences),
+            episodes=int(self.episodes),
+            policy_version=int(self.policy_version),
+            time_policy_s=self.time_policy_s,
+            time_env_s=self.time_env_s,
+            time_step_s=self.time_step_s,
+        )
 
     def close(self) -> None:
         self.venv.close()

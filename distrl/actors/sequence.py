@@ -9,20 +9,20 @@ state before ``obs[t]`` where ``Trajectory.reset_mask()`` says so, and ``core_st
 Storage: observations (the bulk of the data: 28 KB per Atari step) are written straight into the arrays of
 the sequences they belong to (``[total + 1, B, ...]``, allocated when a sequence starts and handed to the
 Trajectory as its own memory on emission), so each observation is copied once per sequence that contains it
-and never gathered. The small per-step fields live in one ring of ``total + 1`` rows that an emission gathers
-in time order. Core states are kept only for the steps where a future sequence starts (a multiple of
-``period``), cloned once.
+and never gathered. The small per-step fields (``Trajectory.step_fields()``: action, reward, ...) live in one
+ring each of ``total + 1`` rows, preallocated from that declaration, that an emission gathers in time order.
+Core states are kept only for the steps where a future sequence starts (a multiple of ``period``), cloned once.
 
-Step t's record is (``obs[t]``, action, logits, reward, terminated, truncated, truncation_value, duration,
-episodic bonus, policy version that chose the action, actor env-step counter); the call for step t also hands
-over ``obs[t + 1]`` and the core state for it.
+Step t's record is ``obs[t]``, one value ``[B, ...]`` per step field (passed to :meth:`SequenceWriter.add` by
+field name; a field with a default may be left out), the policy version that chose the action and the actor's
+env-step counter; the call for step t also hands over ``obs[t + 1]`` and the core state for it.
 
 Usage::
 
     w = SequenceWriter(spec, num_envs=B, burn_in=0, length=4, period=2, actor_id=0)
     w.begin(obs0, state0)
     for t in range(T):
-        traj = w.add(action=a, logits=l, reward=r, terminated=te, truncated=tr, truncation_value=tv,
+        traj = w.add(action=a, behaviour_logits=l, reward=r, terminated=te, truncated=tr, truncation_value=tv,
                      duration=dt, next_obs=obs, next_state=s, policy_version=v, env_step=n)
         if traj is not None:
             replay.insert(traj)                 # [4, B]; one every 2 steps from t = 3 on
@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from distrl.envs.base import EnvSpec
-from distrl.types import CoreState, Trajectory
+from distrl.types import CoreState, StepField, Trajectory
 from distrl.types import as_numpy as _np
 
 
@@ -73,15 +73,17 @@ class SequenceWriter:
         B = num_envs
         # Observation arrays of the open sequences, oldest first: (start step, {key: [total + 1, B, ...]}).
         self._open: collections.deque[tuple[int, dict[str, np.ndarray]]] = collections.deque()
-        self._action = np.zeros((R, B), dtype=np.int64)
-        self._logits = np.zeros((R, B, spec.num_actions), dtype=np.float32)
-        self._reward = np.zeros((R, B), dtype=np.float32)
-        self._terminated = np.zeros((R, B), dtype=np.bool_)
-        self._truncated = np.zeros((R, B), dtype=np.bool_)
-        self._trunc_value = np.zeros((R, B), dtype=np.float32)
-        self._bonus = np.zeros((R, B), dtype=np.float32)
-        self._duration = np.zeros((R, B), dtype=np.float32)
-        self._valid = np.ones((R, B), dtype=np.bool_)
+        # One ring [R, B, ...] per per-step field, from the declaration (Trajectory.step_fields()).
+        self.fields: tuple[StepField, ...] = Trajectory.step_fields()
+        dims = {"A": spec.num_actions}
+        self._rings: dict[str, np.ndarray] = {
+            f.name: np.zeros((R, B, *f.shape_for(dims)), dtype=f.dtype) for f in self.fields
+        }
+        self._fill = tuple((f.name, self._rings[f.name], f.default) for f in self.fields)  # add()'s loop
+        self._names = frozenset(self._rings)
+        # Special rule: truncation_value is kept only where truncated (add() zeroes it elsewhere).
+        self._truncated = self._rings["truncated"]
+        self._trunc_value = self._rings["truncation_value"]
         self._version = np.zeros(R, dtype=np.int64)
         self._env_step = np.zeros(R, dtype=np.int64)
         self._states: collections.deque[tuple[int, CoreState]] = collections.deque()
@@ -114,43 +116,41 @@ class SequenceWriter:
     def add(
         self,
         *,
-        action: Any,
-        logits: Any,
-        reward: Any,
-        terminated: Any,
-        truncated: Any,
-        truncation_value: Any,
-        duration: Any,
         next_obs: Mapping[str, Any],
         next_state: CoreState,
         policy_version: int,
         env_step: int,
-        episodic_bonus: Any = None,
-        valid: Any = None,
+        **step: Any,
     ) -> Trajectory | None:
-        """Record step t (all arrays ``[B]``, logits ``[B, A]``) and obs[t + 1] with its core state.
+        """Record step t and obs[t + 1] with its core state.
 
-        ``truncation_value`` is kept only where ``truncated`` (zero elsewhere). ``valid`` [B] bool (default
-        all True) is False where step t carries no loss (an env fault). Returns a Trajectory when step t
-        completes a sequence, else None.
+        ``step``: one value per step field of :class:`Trajectory`, by field name (arrays or tensors ``[B]``,
+        ``behaviour_logits`` ``[B, A]``). A field with a default (``episodic_bonus`` 0, ``valid`` True) may be
+        left out or passed as None; a missing required field or an unknown name raises TypeError.
+        ``truncation_value`` is kept only where ``truncated`` (zero elsewhere). ``valid`` is False where step t
+        carries no loss (an env fault). Returns a Trajectory when step t completes a sequence, else None.
         """
         t = self._t
         if t < 0:
             raise RuntimeError("SequenceWriter.add called before begin()")
+        if not self._names.issuperset(step):
+            unknown = sorted(set(step) - self._names)
+            raise TypeError(
+                f"SequenceWriter.add: unknown step field(s) {unknown}; Trajectory's step fields are "
+                f"{[f.name for f in self.fields]} (declare a new one with per_step in distrl/types.py)"
+            )
         r = t % self.R
-        trunc = _np(truncated)
-        self._action[r] = _np(action)
-        self._logits[r] = _np(logits)
-        self._reward[r] = _np(reward)
-        self._terminated[r] = _np(terminated)
-        self._truncated[r] = trunc
-        self._trunc_value[r] = np.where(trunc, _np(truncation_value), 0.0)
-        self._duration[r] = _np(duration)
-        if episodic_bonus is None:
-            self._bonus[r] = 0.0
-        else:
-            self._bonus[r] = _np(episodic_bonus)
-        self._valid[r] = True if valid is None else _np(valid)
+        for name, ring, default in self._fill:  # one slice assignment per field, no loop over rows
+            v = step.get(name)
+            if v is None:
+                if default is None:
+                    raise TypeError(f"SequenceWriter.add: missing required step field {name!r}")
+                ring[r] = default
+            elif isinstance(v, Tensor):
+                ring[r] = v.detach().cpu().numpy()
+            else:
+                ring[r] = v  # NumPy arrays (and array-likes) convert in the assignment
+        self._trunc_value[r][~self._truncated[r]] = 0.0  # truncation_value is kept only where truncated
         self._version[r] = policy_version
         self._env_step[r] = env_step
         t += 1
@@ -175,21 +175,10 @@ class SequenceWriter:
         r0 = start % self.R
         si = self._step_idx[r0]
         B = self.B
-
-        def take(buf: np.ndarray, idx: np.ndarray) -> Tensor:
-            return torch.from_numpy(buf[idx])  # fancy indexing copies: the Trajectory owns its memory
-
         return Trajectory(
             obs={k: torch.from_numpy(a) for k, a in obs.items()},  # written in place: no gather
-            action=take(self._action, si),
-            reward=take(self._reward, si),
-            terminated=take(self._terminated, si),
-            truncated=take(self._truncated, si),
-            truncation_value=take(self._trunc_value, si),
-            behaviour_logits=take(self._logits, si),
-            episodic_bonus=take(self._bonus, si),
-            duration=take(self._duration, si),
-            valid=take(self._valid, si),
+            # fancy indexing copies: the Trajectory owns its memory
+            **{name: torch.from_numpy(ring[si]) for name, ring in self._rings.items()},
             core_state=state,
             policy_version=torch.full((B,), int(self._version[r0]), dtype=torch.int64),
             actor_id=torch.full((B,), self.actor_id, dtype=torch.int64),

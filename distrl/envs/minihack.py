@@ -31,7 +31,7 @@ Levels that a task generates at each reset (MiniGrid-based tasks such as MultiRo
 by :class:`_LevelPatcher` instead of MiniHack's bash script: the same ``nhdat``, two child processes
 (``lev_comp``, ``dlb``) instead of six. A MultiRoom-N4 reset drops from ~20 ms to ~12 ms of wall time.
 
-Cost: ``tools/bench/minihack_step.py`` compares this adapter with MiniHack's own observation path (BENCHMARKS.md).
+Cost: ``tools/dev/minihack_step.py`` compares this adapter with MiniHack's own observation path (BENCHMARKS.md).
 
 Usage::
 

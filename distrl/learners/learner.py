@@ -2,8 +2,14 @@
 
 A plain class: it receives a :class:`~distrl.types.ReplaySample`, takes one optimiser step and returns a
 :class:`LearnerOutput` with metrics and new sequence priorities. It never talks to Ray or to replay; the runtime
-moves data in and out. Several learners run data-parallel when ``torch.distributed`` is initialised (gloo on CPU,
-NCCL on GPU): gradients are all-reduced (averaged) before the optimiser step, so replicas stay identical.
+moves data in and out. :meth:`Learner.step` composes pure pieces: the agent's unroll (burn-in under no_grad),
+:mod:`distrl.learners.vtrace` (rewards, per-step weights, the V-trace loss) and the learner extras
+(:mod:`distrl.learners.extras`: auxiliary modules with their own losses, optimizer groups, checkpoint entries
+and actor weights), so a new loss term or weighting is a new extra, not an edit here.
+
+Several learners run data-parallel when ``torch.distributed`` is initialised (gloo on CPU, NCCL on GPU):
+gradients (the agent's and the extras') are all-reduced (averaged) before the optimiser step, so replicas stay
+identical.
 
 Usage::
 
@@ -12,14 +18,16 @@ Usage::
         out = learner.step(sample)
         sampler.update_priorities(out.shard_ids, out.keys, out.priorities)
         if out.version % cfg.learner.publish_every == 0:
-            weight_store.publish(*learner.weights())
+            weight_store.publish(learner.weights())
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,19 +39,14 @@ from torch import Tensor
 
 from distrl.config import ConfigError, ExperimentConfig, to_plain
 from distrl.envs.base import EnvSpec
-from distrl.losses.pg import (
-    baseline_loss,
-    entropy,
-    entropy_loss,
-    kl_categorical,
-    policy_gradient_loss,
-    sequence_priority,
-)
-from distrl.losses.vtrace import vtrace_targets
+from distrl.learners.extras import LearnerBatch, LearnerExtra, build_extras
+from distrl.learners.vtrace import learning_rewards, step_discounts, step_weights, vtrace_loss
+from distrl.losses.pg import entropy, kl_categorical, trust_region_mask
 from distrl.models.agent import Agent, build_agent
-from distrl.types import ReplaySample
+from distrl.replay.priorities import sequence_priority
+from distrl.types import CoreState, PolicyWeights, ReplaySample, Trajectory
 
-CHECKPOINT_SCHEMA = 1
+CHECKPOINT_SCHEMA = 1  # checkpoints without an 'extras' entry (written before extras existed) load as none
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,10 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _masked_mean(x: Tensor, mask: Tensor, n: float) -> float:
+    return float((x * mask).sum() / n)
+
+
 class Learner:
     def __init__(self, cfg: ExperimentConfig, spec: EnvSpec, device: str | torch.device | None = None) -> None:
         self.cfg = cfg
@@ -71,13 +78,18 @@ class Learner:
         if self.device.type == "cpu":
             torch.set_num_threads(max(1, cfg.learner.threads))
         self.agent: Agent = build_agent(cfg.model, spec).to(self.device)
-        params = self.agent.parameters()
+        self.extras: dict[str, LearnerExtra] = {
+            name: e.to(self.device) for name, e in build_extras(cfg, spec, self.agent).items()
+        }
+        groups: list[dict[str, Any]] = [{"params": list(self.agent.parameters())}]
+        for e in self.extras.values():
+            groups.extend(e.param_groups())
         if cfg.learner.optimizer == "rmsprop":
             self.optimizer: torch.optim.Optimizer = torch.optim.RMSprop(
-                params, lr=cfg.learner.lr, alpha=cfg.learner.rmsprop_alpha, eps=cfg.learner.eps
+                groups, lr=cfg.learner.lr, alpha=cfg.learner.rmsprop_alpha, eps=cfg.learner.eps
             )
         else:
-            self.optimizer = torch.optim.Adam(params, lr=cfg.learner.lr, eps=cfg.learner.eps)
+            self.optimizer = torch.optim.Adam(groups, lr=cfg.learner.lr, eps=cfg.learner.eps)
         self.version = 0
         self.env_steps = 0  # env steps consumed (fresh rows, post-burn-in), summed over this learner
         self.samples_trained = 0
@@ -86,14 +98,11 @@ class Learner:
             self._broadcast_parameters()
 
     # ------------------------------------------------------------------------------------------------------------
-    def beta(self) -> float:
-        """Importance-sampling exponent, annealed linearly over learner updates (Schaul et al. 2016)."""
-        r = self.cfg.replay
-        frac = min(1.0, self.version / max(1, r.beta_steps))
-        return r.beta_start + frac * (r.beta_end - r.beta_start)
-
     def step(self, sample: ReplaySample) -> LearnerOutput:
-        """One V-trace update on a batch of B sequences ``[burn_in + T, B]``."""
+        """One V-trace update on a batch of B sequences ``[burn_in + T, B]``.
+
+        Fresh rows acted by too old a policy never get here: the sampler drops them when it builds the batch
+        (``learner.max_policy_lag``, :meth:`~distrl.replay.sampler.ReplaySampler.set_min_policy_version`)."""
         t0 = time.perf_counter()
         cfg, lcfg = self.cfg, self.lcfg
         traj = sample.traj.map(lambda x: x.to(self.device, non_blocking=True))
@@ -111,116 +120,98 @@ class Learner:
         )
         lag = (self.version - traj.policy_version).to(torch.float32)  # [B]
 
+        # Burn-in under no_grad from the stored core state, then the trained part with gradient.
         reset = traj.reset_mask()  # [L + 1, B]
         state = traj.core_state
         if burn > 0:
             with torch.no_grad():
                 burn_obs = {k: v[:burn] for k, v in traj.obs.items()}
                 state = self.agent.unroll(burn_obs, reset[:burn], state).state
-        obs = {k: v[burn:] for k, v in traj.obs.items()}  # [T + 1, B, ...]
-        out = self.agent.unroll(obs, reset[burn:], state)
+        part = _after_burn_in(traj, burn, state)  # [T, B] (obs [T + 1, B]), core_state after burn-in
+        out = self.agent.unroll(part.obs, reset[burn:], state)
         logits, values = out.logits[:-1], out.value[:-1]  # [T, B, A], [T, B]
-        bootstrap = out.value[-1]  # [B]
+        valid = part.valid
+        batch = LearnerBatch(traj=part, out=out, valid=valid, is_weights=is_w, fresh=fresh, version=self.version)
 
-        action = traj.action[burn:]
-        mu_logits = traj.behaviour_logits[burn:].to(torch.float32)
-        terminated = traj.terminated[burn:]
-        truncated = traj.truncated[burn:]
-        valid = traj.valid[burn:].clone()
-        # Fresh data from too old a policy is dropped (Sample Factory's max_policy_lag rule).
-        too_old = fresh & (lag > lcfg.max_policy_lag)
-        valid &= ~too_old[None, :]
-
-        reward = traj.reward[burn:].to(torch.float32)
-        if lcfg.reward_clip > 0:
-            reward = reward.clamp(-lcfg.reward_clip, lcfg.reward_clip)
-        gamma = lcfg.discount
-        # A truncated step bootstraps from the actor's value of the cut episode's last observation; the trace then
-        # stops there (discount 0) since obs[t + 1] already belongs to the next episode.
-        reward = reward + gamma * truncated.to(torch.float32) * traj.truncation_value[burn:].to(torch.float32)
-        discounts = gamma * (~(terminated | truncated)).to(torch.float32)
-
-        log_pi = torch.log_softmax(logits, dim=-1)
-        log_mu = torch.log_softmax(mu_logits, dim=-1)
-        a = action.unsqueeze(-1)
-        log_rhos = (log_pi.gather(-1, a) - log_mu.gather(-1, a)).squeeze(-1)
-        vt = vtrace_targets(
-            log_rhos=log_rhos.detach(),
-            discounts=discounts,
-            rewards=reward,
-            values=values.detach(),
-            bootstrap_value=bootstrap.detach(),
-            clip_rho=lcfg.clip_rho,
-            clip_c=lcfg.clip_c,
-            clip_pg_rho=lcfg.clip_pg_rho,
-        )
-
-        mask = valid.to(torch.float32)
-        kl = kl_categorical(mu_logits, logits.detach())  # [T, B]
-        pg_mask = mask
-        trust_frac = 1.0
+        intrinsic = _sum_hooks(e.intrinsic_reward(batch) for e in self.extras.values())
+        pg_extra = _prod_hooks(e.policy_weight(batch) for e in self.extras.values())
+        rewards = learning_rewards(part.reward, part.truncated, part.truncation_value, lcfg.discount,
+                                   clip=lcfg.reward_clip, intrinsic=intrinsic)
+        discounts = step_discounts(part.terminated, part.truncated, lcfg.discount)
+        mu_logits = part.behaviour_logits.to(torch.float32)
+        trusted = None
         if lcfg.kl_trust_region > 0:
             # LASER-style trust region: replayed steps whose behaviour policy is too far from pi carry no PG.
-            trusted = (kl <= lcfg.kl_trust_region) | fresh[None, :]
-            pg_mask = mask * trusted.to(torch.float32)
-            trust_frac = float(trusted[valid].float().mean()) if bool(valid.any()) else 1.0
+            trusted = trust_region_mask(mu_logits, logits.detach(), lcfg.kl_trust_region) | fresh[None, :]
+        weights = step_weights(is_w, valid, trusted=trusted, extra=pg_extra)
+        vl = vtrace_loss(logits, values, out.value[-1], mu_logits, part.action, rewards, discounts, weights, lcfg)
 
-        pg = policy_gradient_loss(logits, action, vt.pg_advantages, weights=is_w, mask=pg_mask)
-        bl = baseline_loss(vt.vs, values, weights=is_w, mask=mask)
-        ent = entropy_loss(logits, weights=is_w, mask=mask)
-        loss = pg + lcfg.baseline_cost * bl + lcfg.entropy_cost * ent
+        loss = vl.loss
+        extra_metrics: dict[str, float] = {}
+        for name, e in self.extras.items():
+            e_loss, e_metrics = e.loss(batch)
+            if e_loss is not None:
+                loss = loss + e_loss
+                extra_metrics[f"extras/{name}/loss"] = float(e_loss.detach())
+            extra_metrics.update({f"extras/{name}/{k}": float(v) for k, v in e_metrics.items()})
 
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self._distributed:
             self._allreduce_gradients()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.agent.parameters(), lcfg.grad_clip)
+        for e in self.extras.values():
+            torch.nn.utils.clip_grad_norm_(list(e.parameters()), lcfg.grad_clip)
         self.optimizer.step()
         self.version += 1
 
-        td_abs = (vt.vs - values.detach()).abs()
-        prios = sequence_priority(td_abs, valid, self.cfg.replay.priority_eta).double().cpu().numpy()
+        prios = sequence_priority((vl.vs - values.detach()).abs(), valid, cfg.replay.priority_eta)
         consumed = int(valid[:, fresh].sum()) if bool(fresh.any()) else 0
         self.env_steps += consumed
         self.samples_trained += B
+        mask = valid.to(torch.float32)
         n_valid = max(1.0, float(mask.sum()))
+        trust_frac = float(trusted[valid].float().mean()) if trusted is not None and bool(valid.any()) else 1.0
         metrics = {
             "learner/loss": float(loss.detach()),
-            "learner/policy_loss": float(pg.detach()),
-            "learner/baseline_loss": float(bl.detach()),
-            "learner/entropy": float((entropy(logits.detach()) * mask).sum() / n_valid),
+            "learner/policy_loss": float(vl.policy_loss),
+            "learner/baseline_loss": float(vl.baseline_loss),
+            "learner/entropy": _masked_mean(entropy(logits.detach()), mask, n_valid),
             "learner/grad_norm": float(grad_norm),
-            "learner/value_mean": float((values.detach() * mask).sum() / n_valid),
-            "learner/vs_mean": float((vt.vs * mask).sum() / n_valid),
-            "learner/kl_mu_pi": float((kl * mask).sum() / n_valid),
+            "learner/value_mean": _masked_mean(values.detach(), mask, n_valid),
+            "learner/vs_mean": _masked_mean(vl.vs, mask, n_valid),
+            "learner/kl_mu_pi": _masked_mean(kl_categorical(mu_logits, logits.detach()), mask, n_valid),
             "learner/trust_fraction": trust_frac,
-            "learner/rho_mean": float((log_rhos.detach().exp() * mask).sum() / n_valid),
+            "learner/rho_mean": _masked_mean(vl.log_rhos.exp(), mask, n_valid),
             "learner/policy_lag_mean": float(lag.mean()),
             "learner/policy_lag_max": float(lag.max()),
             "learner/fresh_fraction": float(fresh.float().mean()),
-            "learner/dropped_stale": float(too_old.sum()),
             "learner/is_weight_mean": float(is_w.mean()),
-            "learner/beta": self.beta(),
             "learner/step_time_s": time.perf_counter() - t0,
             "learner/version": float(self.version),
+            **extra_metrics,
         }
         return LearnerOutput(
             metrics=metrics,
             keys=sample.keys,
             shard_ids=sample.shard_ids,
-            priorities=prios,
+            priorities=prios.double().cpu().numpy(),
             version=self.version,
             env_steps=consumed,
         )
 
     # ---- data parallel ------------------------------------------------------------------------------------------
+    def _trained_modules(self) -> list[torch.nn.Module]:
+        return [self.agent, *self.extras.values()]
+
     def _broadcast_parameters(self) -> None:
-        """Make every replica start from rank 0's parameters."""
-        for p in self.agent.state_dict().values():
-            dist.broadcast(p, src=0)
+        """Make every replica start from rank 0's parameters (the extras' included)."""
+        for m in self._trained_modules():
+            for p in m.state_dict().values():
+                dist.broadcast(p, src=0)
 
     def _allreduce_gradients(self) -> None:
-        grads = [p.grad for p in self.agent.parameters() if p.grad is not None]
+        grads = [p.grad for m in self._trained_modules() for p in m.parameters() if p.grad is not None]
         if not grads:
             return
         flat = torch.cat([g.reshape(-1) for g in grads])
@@ -233,15 +224,24 @@ class Learner:
             offset += n
 
     # ---- weights and checkpoints --------------------------------------------------------------------------------
-    def weights(self) -> tuple[int, dict[str, Tensor]]:
-        """(version, CPU state_dict) for actors."""
-        return self.version, {k: v.detach().to("cpu", copy=True) for k, v in self.agent.state_dict().items()}
+    def weights(self) -> PolicyWeights:
+        """The policy's and the actor-side extras' weights, on the CPU, stamped with this learner's version."""
+        extras = {}
+        for name, e in self.extras.items():
+            w = e.actor_weights()
+            if w is not None:
+                extras[name] = {k: v.detach().to("cpu", copy=True) for k, v in w.items()}
+        policy = {k: v.detach().to("cpu", copy=True) for k, v in self.agent.state_dict().items()}
+        return PolicyWeights(version=self.version, policy=policy, extras=extras)
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "schema": CHECKPOINT_SCHEMA,
             "fingerprint": self.cfg.fingerprint(),
             "model": {k: v.detach().cpu() for k, v in self.agent.state_dict().items()},
+            "extras": {
+                name: {k: v.detach().cpu() for k, v in e.state_dict().items()} for name, e in self.extras.items()
+            },
             "optimizer": self.optimizer.state_dict(),
             "version": self.version,
             "env_steps": self.env_steps,
@@ -257,7 +257,14 @@ class Learner:
                 f"{source}: checkpoint was written by a run with a different config (env/model/learner/replay "
                 "sections differ); refusing to load it. Start a new run, or resume with the original config."
             )
+        saved = state.get("extras", {})
+        if set(saved) != set(self.extras):
+            raise ValueError(
+                f"{source}: checkpoint has learner extras {sorted(saved)}, this learner has {sorted(self.extras)}"
+            )
         self.agent.load_state_dict(state["model"])
+        for name, e in self.extras.items():
+            e.load_state_dict(saved[name])
         self.optimizer.load_state_dict(state["optimizer"])
         self.version = int(state["version"])
         self.env_steps = int(state["env_steps"])
@@ -271,6 +278,34 @@ class Learner:
         state = load_checkpoint_file(path)
         self.load_state_dict(state, source=str(path))
         return state.get("extra", {})
+
+
+def _after_burn_in(traj: Trajectory, burn: int, state: CoreState) -> Trajectory:
+    """The trained part of a sequence: time leaves from step ``burn`` on, ``core_state`` = ``state`` (the state
+    burn-in reached), per-row leaves as they are."""
+    if burn == 0:
+        return dataclasses.replace(traj, core_state=state)
+    leaves = {k: (v[burn:] if Trajectory.is_time_leaf(k) else v) for k, v in traj.flatten().items()
+              if not k.startswith("core_state/")}
+    return Trajectory.unflatten({**leaves, **{f"core_state/{k}": v for k, v in state.items()}})
+
+
+def _sum_hooks(values: Iterable[Tensor | None]) -> Tensor | None:
+    """Sum of the extras' ``[T, B]`` answers (None when none answered)."""
+    out = None
+    for v in values:
+        if v is not None:
+            out = v.detach() if out is None else out + v.detach()
+    return out
+
+
+def _prod_hooks(values: Iterable[Tensor | None]) -> Tensor | None:
+    """Product of the extras' ``[T, B]`` answers (None when none answered)."""
+    out = None
+    for v in values:
+        if v is not None:
+            out = v.detach() if out is None else out * v.detach()
+    return out
 
 
 def save_checkpoint_file(state: dict[str, Any], path: str | Path) -> Path:

@@ -7,7 +7,6 @@ from distrl.losses.pg import (
     entropy_loss,
     kl_categorical,
     policy_gradient_loss,
-    sequence_priority,
     trust_region_mask,
 )
 from distrl.losses.vtrace import VTraceFromLogitsOut, VTraceOut, vtrace_from_logits, vtrace_targets
@@ -21,7 +20,6 @@ __all__ = [
     "entropy_loss",
     "kl_categorical",
     "policy_gradient_loss",
-    "sequence_priority",
     "trust_region_mask",
     "vtrace_from_logits",
     "vtrace_targets",

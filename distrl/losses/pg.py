@@ -1,5 +1,6 @@
 """Actor-critic loss terms on time-major tensors (IMPALA / TorchBeast), with per-sequence importance weights
-and a validity mask, plus KL and R2D2 sequence-priority helpers.
+and a validity mask, plus the KL divergence and trust-region mask. (R2D2 sequence priorities live with the other
+priority math in :mod:`distrl.replay.priorities`.)
 
 Reduction (all three loss terms): **sum over time, mean over the batch of sequences**:
 ``loss = (1/B) * sum_{t,b} w[t,b] * mask[t,b] * term[t,b]`` where B is the number of sequences (not the
@@ -158,34 +159,3 @@ def trust_region_mask(logits_mu: Tensor, logits_pi: Tensor, max_kl: float) -> Te
     if max_kl <= 0:
         return torch.ones(logits_mu.shape[:-1], dtype=torch.bool, device=logits_mu.device)
     return kl_categorical(logits_mu, logits_pi) <= max_kl
-
-
-@torch.no_grad()
-def sequence_priority(td_abs: Tensor, valid: Tensor | None = None, eta: float = 0.9) -> Tensor:
-    r"""R2D2 sequence priority (Kapturowski et al. 2019, §2.3): :math:`p = \eta\max_t|\delta_t| +
-    (1-\eta)\,\overline{|\delta_t|}`, max and mean over the valid steps of each sequence.
-
-    Args:
-        td_abs: ``[T, B]`` absolute TD errors (for V-trace: ``|v_s - V(x_s)|``).
-        valid: ``[T, B]`` bool (default all valid). A sequence with no valid step gets priority 0.
-        eta: mixing weight (R2D2: 0.9).
-    Returns:
-        ``[B]`` priorities (no gradient). The replay adds its epsilon and exponent.
-    """
-    if td_abs.dim() != 2:
-        raise ValueError(f"sequence_priority: td_abs must be [T, B], got {list(td_abs.shape)}")
-    if not 0.0 <= eta <= 1.0:
-        raise ValueError(f"sequence_priority: eta must be in [0, 1], got {eta}")
-    td_abs = td_abs.abs().float()
-    if valid is None:
-        valid = torch.ones_like(td_abs, dtype=torch.bool)
-    if valid.shape != td_abs.shape:
-        raise ValueError(
-            f"sequence_priority: valid {list(valid.shape)} must match td_abs {list(td_abs.shape)}"
-        )
-    valid = valid.to(torch.bool)
-    zero = torch.zeros_like(td_abs)
-    count = valid.sum(0)
-    mx = torch.where(valid, td_abs, zero).amax(0)
-    mean = torch.where(valid, td_abs, zero).sum(0) / count.clamp(min=1)
-    return torch.where(count > 0, eta * mx + (1.0 - eta) * mean, torch.zeros_like(mx))

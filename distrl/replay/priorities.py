@@ -51,11 +51,15 @@ def priority_mass(priorities: np.ndarray, alpha: float, epsilon: float) -> np.nd
     return np.power(p + epsilon, alpha)
 
 
-def importance_weights(probs: np.ndarray, size: int, beta: float) -> np.ndarray:
-    """``w_i = (N * P(i)) ** -beta / max_j w_j`` (Schaul et al. 2016; batch-max normalisation as in Acme).
+def importance_weights(
+    probs: np.ndarray, size: int, beta: float, prior: np.ndarray | None = None
+) -> np.ndarray:
+    """``w_i = (N * P(i) / d_i) ** -beta / max_j w_j`` (Schaul et al. 2016; batch-max normalisation as in Acme).
 
-    probs: [n] float64 true sampling probabilities P(i) > 0; size: N, the items sampling ranged over.
-    Returns [n] float64 in (0, 1]. An empty input gives an empty output.
+    probs: [n] float64 true sampling probabilities P(i) > 0; size: N, the items sampling ranged over;
+    prior: [n] sampling priors d_i > 0 that were multiplied into the priorities on purpose (ALGORITHMS.md §3.5:
+    divided out here, so the prior changes what is sampled but the weights correct only for the priorities),
+    default 1. Returns [n] float64 in (0, 1]. An empty input gives an empty output.
     """
     probs = np.asarray(probs, dtype=np.float64)
     if probs.size == 0:
@@ -64,6 +68,11 @@ def importance_weights(probs: np.ndarray, size: int, beta: float) -> np.ndarray:
         raise ValueError("importance_weights: probabilities must be finite and > 0")
     # In log space: N * P(i) can underflow for tiny probabilities in huge buffers, and only ratios matter.
     logw = -beta * (np.log(float(size)) + np.log(probs))
+    if prior is not None:
+        prior = np.asarray(prior, dtype=np.float64)
+        if prior.shape != probs.shape or np.any(prior <= 0) or not np.all(np.isfinite(prior)):
+            raise ValueError("importance_weights: prior must be finite, > 0 and shaped like probs")
+        logw = logw + beta * np.log(prior)
     return np.exp(logw - logw.max())
 
 

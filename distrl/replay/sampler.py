@@ -58,7 +58,7 @@ import torch
 
 from distrl.config import ReplayConfig
 from distrl.replay.client import Pending, ReplayNotReady, ReplayShardError, ShardClient
-from distrl.replay.priorities import beta_at
+from distrl.replay.priorities import beta_at, importance_weights
 from distrl.replay.shard import ShardSample, ShardStats
 from distrl.types import ReplaySample, Trajectory
 from distrl.types import as_numpy as _np
@@ -498,10 +498,8 @@ class ReplaySampler:
     def _to_sample(self, b: _Built, beta: float) -> ReplaySample:
         weights = np.ones(b.keys.shape[0], dtype=np.float64)
         prio = ~b.fresh
-        if prio.any():
-            # log w = -beta * log(N * P / d); batch-max normalisation over the prioritised rows.
-            logw = -beta * (np.log(float(b.size)) + np.log(b.probs[prio]) - np.log(b.prior[prio]))
-            weights[prio] = np.exp(logw - logw.max())
+        if prio.any():  # batch-max normalisation over the prioritised rows; fresh rows carry 1
+            weights[prio] = importance_weights(b.probs[prio], b.size, beta, prior=b.prior[prio])
         return ReplaySample(
             traj=Trajectory.from_batch_major({k: torch.from_numpy(v) for k, v in b.leaves.items()}),
             keys=torch.from_numpy(b.keys),

@@ -15,7 +15,7 @@ from typing import Any
 
 from distrl.config import ExperimentConfig
 from distrl.logging import EpisodeTracker, RateMeter, make_sinks
-from distrl.types import EpisodeStats
+from distrl.types import ActorReport, EpisodeStats, LearnerReport
 
 
 @dataclass(frozen=True)
@@ -55,19 +55,18 @@ class RunMonitor:
         self.learner_samples = 0
         self._learner_metrics: dict[str, float] = {}
         self.last_metrics: dict[str, float] = {}
-        self._actor_times: dict[tuple[float, float], tuple[float, float, float]] = {}
+        self._actor_times: dict[tuple[int, int], tuple[float, float, float]] = {}
 
     def add_episodes(self, episodes: Iterable[EpisodeStats]) -> None:
         self.tracker.add(episodes)
 
-    def add_learner_report(self, report: Mapping[str, float]) -> None:
-        n = int(report.get("updates", 0))
-        if n == 0:
+    def add_learner_report(self, report: LearnerReport) -> None:
+        if report.updates == 0:
             return
-        self.learner_updates += n
-        self.learner_env_steps += int(report.get("env_steps", 0))
-        self.learner_samples += int(report.get("samples", 0))
-        self._learner_metrics = {k: float(v) for k, v in report.items() if k.startswith("learner/")}
+        self.learner_updates += report.updates
+        self.learner_env_steps += report.env_steps
+        self.learner_samples += report.samples
+        self._learner_metrics = dict(report.metrics)
 
     def should_stop(self, env_steps: int) -> bool:
         if env_steps >= self.cfg.runtime.total_env_steps:
@@ -79,7 +78,7 @@ class RunMonitor:
         self,
         env_steps: int,
         shard_stats: Sequence[Any | None] = (),
-        actor_stats: Sequence[Mapping[str, Any]] = (),
+        actor_stats: Sequence[ActorReport] = (),
         extra: Mapping[str, float] | None = None,
         force: bool = False,
     ) -> dict[str, float] | None:
@@ -112,9 +111,9 @@ class RunMonitor:
             m["replay/fresh_evicted"] = float(sum(s.fresh_evicted for s in live))
         if actor_stats:
             m["actor/count"] = float(len(actor_stats))
-            m["actor/steps_per_s"] = float(sum(float(a.get("steps_per_s", 0.0)) for a in actor_stats))
-            m["actor/faults"] = float(sum(float(a.get("faults", 0.0)) for a in actor_stats))
-            m["actor/policy_version_min"] = float(min(float(a.get("policy_version", 0)) for a in actor_stats))
+            m["actor/steps_per_s"] = float(sum(a.steps_per_s for a in actor_stats))
+            m["actor/faults"] = float(sum(a.faults for a in actor_stats))
+            m["actor/policy_version_min"] = float(min(a.policy_version for a in actor_stats))
             m.update(self._actor_time_fractions(actor_stats))
         m["charts/wall_time_s"] = now - self.t_start
         if extra:
@@ -123,17 +122,15 @@ class RunMonitor:
         self.last_metrics = m
         return m
 
-    def _actor_time_fractions(self, actor_stats: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    def _actor_time_fractions(self, actor_stats: Sequence[ActorReport]) -> dict[str, float]:
         """Share of the actors' step time spent in the policy, the envs and the rest, since the last log.
 
         From each actor's cumulative ``time_*_s`` counters (an actor restarted since counts from zero)."""
         totals = [0.0, 0.0, 0.0]
-        seen = {}
-        for idx, a in enumerate(actor_stats):
-            if "time_step_s" not in a:
-                continue
-            key = (float(a.get("actor_id", idx)), float(a.get("incarnation", 0)))
-            cur = (float(a["time_policy_s"]), float(a["time_env_s"]), float(a["time_step_s"]))
+        seen: dict[tuple[int, int], tuple[float, float, float]] = {}
+        for a in actor_stats:
+            key = (a.actor_id, a.incarnation)
+            cur = (a.time_policy_s, a.time_env_s, a.time_step_s)
             prev = self._actor_times.get(key, (0.0, 0.0, 0.0))
             if cur[2] < prev[2]:  # counters went back: a new actor object under the same key
                 prev = (0.0, 0.0, 0.0)

@@ -8,7 +8,7 @@ replica that is waiting for data never leaves the others hanging in the gradient
 
 Usage::
 
-    worker = LearnerWorker(cfg, spec, sampler, publish=store.publish)
+    worker = LearnerWorker(cfg, spec, sampler, publish=lambda w: store.publish(w.version, w))
     worker.publish_weights()
     while training:
         report = worker.train(max_updates=8, timeout_s=1.0)
@@ -29,7 +29,8 @@ from distrl.config import ExperimentConfig
 from distrl.envs.base import EnvSpec
 from distrl.learners.learner import Learner
 from distrl.replay.client import ReplayNotReady
-from distrl.types import ReplaySample
+from distrl.replay.priorities import beta_at
+from distrl.types import LearnerReport, PolicyWeights, ReplaySample
 
 
 class Sampler(Protocol):
@@ -47,7 +48,7 @@ class LearnerWorker:
         cfg: ExperimentConfig,
         spec: EnvSpec,
         sampler: Sampler,
-        publish: Callable[[int, dict[str, torch.Tensor]], None] | None = None,
+        publish: Callable[[PolicyWeights], None] | None = None,
         rank: int = 0,
         device: str | None = None,
     ) -> None:
@@ -57,6 +58,7 @@ class LearnerWorker:
         self.sampler = sampler
         self._publish = publish
         self._pending: ReplaySample | None = None
+        self._pending_beta = 0.0
         self._world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
     @property
@@ -65,7 +67,7 @@ class LearnerWorker:
 
     def publish_weights(self) -> None:
         if self._publish is not None and self.rank == 0:
-            self._publish(*self.learner.weights())
+            self._publish(self.learner.weights())
 
     def _sync(self, have_batch: bool, want_stop: bool) -> tuple[bool, bool]:
         """(every replica has a batch, some replica wants to stop): one tiny all-reduce, so all replicas take
@@ -76,13 +78,13 @@ class LearnerWorker:
         dist.all_reduce(flags, op=dist.ReduceOp.MIN)
         return bool(flags[0]), not bool(flags[1])
 
-    def train(self, max_updates: int, timeout_s: float = 1.0) -> dict[str, float]:
+    def train(self, max_updates: int, timeout_s: float = 1.0) -> LearnerReport:
         """Run up to ``max_updates`` updates within about ``timeout_s`` seconds (waiting for data included; an
         update that has started always finishes). With several replicas, call it on all of them with the same
         arguments: they stop together.
 
-        Returns mean metrics over the updates plus ``updates``, ``env_steps`` (consumed fresh steps),
-        ``samples`` (sequences trained on) and ``version``.
+        Returns a :class:`~distrl.types.LearnerReport`: mean metrics over the updates, ``updates``,
+        ``env_steps`` (consumed fresh steps), ``samples`` (sequences trained on) and ``version``.
         """
         sums: dict[str, float] = defaultdict(float)
         updates = env_steps = samples = 0
@@ -91,9 +93,12 @@ class LearnerWorker:
         while True:
             if self._pending is None and updates < max_updates:
                 self.sampler.set_min_policy_version(self.learner.version - lcfg.max_policy_lag)
+                # The IS exponent follows the learner's updates (so it survives --resume), applied when the
+                # batch is taken.
+                self._pending_beta = beta_at(self.cfg.replay, self.learner.version)
                 try:
                     self._pending = self.sampler.next_batch(
-                        timeout=max(0.0, deadline - time.monotonic()), beta=self.learner.beta()
+                        timeout=max(0.0, deadline - time.monotonic()), beta=self._pending_beta
                     )
                 except ReplayNotReady:
                     self._pending = None
@@ -111,12 +116,17 @@ class LearnerWorker:
                 self.publish_weights()
             for k, v in out.metrics.items():
                 sums[k] += v
+            sums["learner/beta"] += self._pending_beta
             updates += 1
             env_steps += out.env_steps
             samples += sample.B
-        report = {k: v / updates for k, v in sums.items()} if updates else {}
-        report.update(updates=updates, env_steps=env_steps, samples=samples, version=self.learner.version)
-        return report
+        return LearnerReport(
+            updates=updates,
+            env_steps=env_steps,
+            samples=samples,
+            version=self.learner.version,
+            metrics={k: v / updates for k, v in sums.items()} if updates else {},
+        )
 
     def save_checkpoint(self, path: str | Path, extra: dict[str, Any] | None = None) -> str:
         return str(self.learner.save_checkpoint(path, extra))

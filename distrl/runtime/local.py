@@ -52,7 +52,7 @@ class LocalRuntime:
             prefetch=0,
             seed=cfg.runtime.seed,
         )
-        worker = LearnerWorker(cfg, spec, sampler, publish=store.publish)
+        worker = LearnerWorker(cfg, spec, sampler, publish=lambda w: store.publish(w.version, w))
         env_steps_base = 0
         if self.resume:
             env_steps_base = self._restore(worker, shards)
@@ -70,7 +70,7 @@ class LocalRuntime:
                 for i, actor in enumerate(actors):
                     newer = store.get_if_newer(actor.policy_version)
                     if newer is not None:
-                        actor.set_weights(*newer)
+                        actor.set_weights(newer[1])
                     traj = actor.step()
                     monitor.add_episodes(actor.episode_stats())
                     if traj is None:
@@ -79,20 +79,19 @@ class LocalRuntime:
                     while not shard.insert(traj, frame_stacks=spec.frame_stacks).ok:
                         # The rate limiter holds inserts back until the learner has sampled enough.
                         report = worker.train(max_updates=1, timeout_s=5.0)
-                        if not report["updates"]:
+                        if not report.updates:
                             raise RuntimeError(
                                 f"replay shard {i % J} refuses inserts and the learner cannot sample: "
                                 f"{shard.stats()}"
                             )
                         monitor.add_learner_report(report)
-                    # Then train as much as this insert allows (samples_per_insert), deterministically: the
-                    # number of updates depends on counts only, never on wall time.
-                    for _ in range(self._updates_per_insert(traj.B)):
-                        if not any(s.stats().can_sample for s in shards):
-                            break
+                    # Then train as long as the shards' rate limiters allow (replay.samples_per_insert is
+                    # enforced there and only there), deterministically: counts only, never wall time. With
+                    # the ratio off (samples_per_insert=0) the limiters never hold sampling back: one update.
+                    while any(s.stats().can_sample for s in shards):
                         report = worker.train(max_updates=1, timeout_s=5.0)
                         monitor.add_learner_report(report)
-                        if not report["updates"]:
+                        if not report.updates or cfg.replay.samples_per_insert <= 0:
                             break
                 if next_ckpt and worker.version >= next_ckpt:
                     self._checkpoint(worker, shards, env_steps(), replay=False)
@@ -110,12 +109,6 @@ class LocalRuntime:
                 a.close()
             worker.close()
             monitor.close(exit_code)
-
-    def _updates_per_insert(self, rows: int) -> int:
-        spi = self.cfg.replay.samples_per_insert
-        if spi <= 0:
-            return 1
-        return max(1, round(spi * rows / self.cfg.learner.batch_size))
 
     def _restore(self, worker: LearnerWorker, shards: list[ReplayShard]) -> int:
         base = 0

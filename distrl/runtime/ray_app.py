@@ -7,6 +7,11 @@ checkpoints.
 
 * **Cluster**: ``runtime.address`` (or ``RAY_ADDRESS``, set by ``ray job submit``) joins a running cluster;
   otherwise a local Ray instance starts on 127.0.0.1 without a dashboard and stops at the end.
+* **Resources**: what each learner, env actor and replay shard reserves comes from the config
+  (``learner.num_cpus``, ``actor.num_cpus``, ``replay.num_cpus``), through :mod:`distrl.runtime.resources`;
+  on a cluster whose nodes carry the custom resources ``learner`` / ``env_actor`` / ``replay_shard``
+  (``clusters/*.yaml``) each is pinned to its nodes (``runtime.node_labels``). The start logs the choice
+  and the summary holds it (``ray_resources``).
 * **Learners**: ``learner.num_learners`` replicas, each with its own ReplaySampler over all shards; with more
   than one, gradients are all-reduced through ``torch.distributed`` (gloo on CPU, NCCL on GPU), rank 0
   publishes weights and writes checkpoints. A learner gets a GPU when the cluster has one and
@@ -15,7 +20,7 @@ checkpoints.
   only its ObjectRef, and actors fetch it when their version is older.
 * **Checkpoints**: the driver writes the learner checkpoint into the run directory (learner state travels through
   the object store); replay shards write theirs from their own node, so on a multi-node cluster put
-  ``runtime.run_dir`` on a shared filesystem.
+  ``runtime.run_dir`` on a shared filesystem or label the driver's node ``replay_shard`` (clusters/*.yaml do).
 * **Faults**: a dead env actor is restarted (up to ``runtime.actor_restarts`` times per actor id) and the run
   goes on; a dead learner or replay shard stops the run with an error naming it (resume with ``--resume``).
 """
@@ -42,12 +47,19 @@ from distrl.runtime.common import RunMonitor, RunPaths, n_fresh, next_checkpoint
 from distrl.runtime.learner_worker import LearnerWorker
 from distrl.runtime.ray_env_actor import EnvActorHandle, restart_env_actor, start_env_actors
 from distrl.runtime.ray_replay import make_ray_shards, ray_shard_clients
+from distrl.runtime.resources import (
+    ENV_ACTOR,
+    LEARNER,
+    REPLAY_SHARD,
+    cpus_needed,
+    describe,
+    placement_message,
+    ray_options,
+)
 from distrl.runtime.weights import WeightStore
+from distrl.types import ActorReport, LearnerReport, PolicyWeights
 
 log = logging.getLogger(__name__)
-
-SHARD_CPUS = 0.5
-LEARNER_CPUS = 1.0
 
 
 class RayWeightStore(WeightStore):
@@ -89,8 +101,8 @@ class RayLearner:
         )
         store = self.store
 
-        def publish(version: int, weights: dict[str, torch.Tensor]) -> None:
-            store.publish.remote(version, [ray.put(weights)])
+        def publish(weights: PolicyWeights) -> None:
+            store.publish.remote(weights.version, [ray.put(weights)])
 
         self.worker = LearnerWorker(self.cfg, self.spec, sampler, publish=publish, rank=self.rank)
         return self.worker.version
@@ -100,7 +112,7 @@ class RayLearner:
             raise RuntimeError("RayLearner.setup() was not called")
         return self.worker
 
-    def train(self, max_updates: int, timeout_s: float) -> dict[str, float]:
+    def train(self, max_updates: int, timeout_s: float) -> LearnerReport:
         return self._w().train(max_updates, timeout_s)
 
     def publish_weights(self) -> int:
@@ -129,32 +141,6 @@ class RayLearner:
             dist.destroy_process_group()
 
 
-def _actor_cpus(cfg: ExperimentConfig) -> float:
-    return 1.0 if cfg.env.vectorization == "inline" else 1.0 + cfg.env.num_workers
-
-
-def cpus_needed(cfg: ExperimentConfig) -> dict[str, float]:
-    """CPUs (in Ray's accounting) this run's actors reserve, by kind; ``total`` is their sum."""
-    need = {
-        "env actors": cfg.actor.num_actors * _actor_cpus(cfg),
-        "learners": cfg.learner.num_learners * LEARNER_CPUS,
-        "replay shards": cfg.replay.num_shards * SHARD_CPUS,
-    }
-    need["total"] = sum(need.values())
-    return need
-
-
-def placement_message(cfg: ExperimentConfig, have: float) -> str:
-    """Why a run may not be placed: what it reserves against what the cluster has, and what to change."""
-    need = cpus_needed(cfg)
-    parts = ", ".join(f"{k} {v:g}" for k, v in need.items() if k != "total")
-    return (
-        f"this run reserves {need['total']:g} CPUs in Ray ({parts}) and the cluster has {have:g}. Give Ray more "
-        f"(`ray start --num-cpus N`, ray.init(num_cpus=N), or runtime.num_cpus=N for the local cluster distrl "
-        f"starts itself) or ask for less (actor.num_actors, learner.num_learners, replay.num_shards)"
-    )
-
-
 class RayRuntime:
     def __init__(self, cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False) -> None:
         self.cfg = cfg
@@ -162,6 +148,7 @@ class RayRuntime:
         self.resume = resume
         self.learners: list[Any] = []
         self.actor_handles: list[EnvActorHandle] = []
+        self.options: dict[str, dict[str, Any]] = {}  # ray.remote resource options per component (set in _train)
 
     # ---- cluster ------------------------------------------------------------------------------------------
     def _init_ray(self) -> bool:
@@ -184,17 +171,6 @@ class RayRuntime:
         )
         return True
 
-    def _learner_resources(self) -> dict[str, float]:
-        dev = self.cfg.learner.device
-        gpus = ray.cluster_resources().get("GPU", 0)
-        if dev in ("auto", "cuda") and gpus >= self.cfg.learner.num_learners:
-            return {"num_cpus": LEARNER_CPUS, "num_gpus": 1}
-        if dev == "cuda":
-            raise RuntimeError(
-                f"learner.device=cuda but the cluster has {gpus} GPUs for {self.cfg.learner.num_learners} learners"
-            )
-        return {"num_cpus": LEARNER_CPUS}
-
     # ---- main loop ----------------------------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
         started = self._init_ray()
@@ -210,16 +186,19 @@ class RayRuntime:
         J = cfg.replay.num_shards
         restore = [paths.shard_dir(j) for j in range(J)]
         restore_dirs = restore if self.resume and all(d.is_dir() for d in restore) else None
-        shards = make_ray_shards(cfg.replay, J, num_cpus=SHARD_CPUS, seed=cfg.runtime.seed,
-                                 restore_dirs=restore_dirs)
+        cluster = ray.cluster_resources()
+        self.options = opts = ray_options(cfg, cluster)
+        log.info("distrl: %s", describe(cfg, opts, cluster))
+        shard_opts = opts[REPLAY_SHARD]
+        shards = make_ray_shards(cfg.replay, J, num_cpus=shard_opts["num_cpus"], resources=shard_opts.get("resources"),
+                                 seed=cfg.runtime.seed, restore_dirs=restore_dirs)
         store = ray.remote(num_cpus=0)(RayWeightStore).remote()
         world = cfg.learner.num_learners
-        have = float(ray.cluster_resources().get("CPU", 0.0))
-        if have + 1e-9 < cpus_needed(cfg)["total"]:
+        if float(cluster.get("CPU", 0.0)) + 1e-9 < cpus_needed(cfg)["total"]:
             # An autoscaling cluster may still add nodes; otherwise Ray would wait for ever, so say it now.
             log.warning("distrl: %s; waiting up to runtime.placement_timeout_s=%g s for more nodes",
-                        placement_message(cfg, have), cfg.runtime.placement_timeout_s)
-        cls = ray.remote(**self._learner_resources())(RayLearner)
+                        placement_message(cfg, cluster), cfg.runtime.placement_timeout_s)
+        cls = ray.remote(**opts[LEARNER])(RayLearner)
         self.learners = learners = [cls.remote(cfg, spec, shards, store, r, world) for r in range(world)]
         actors: list[EnvActorHandle] = []
         try:  # set-up: what it started is killed if it fails (the main loop's finally covers the rest)
@@ -231,7 +210,7 @@ class RayRuntime:
                 ray.get([lr.load_state_dict.remote(state, str(paths.learner_checkpoint)) for lr in learners])
                 env_steps_base = int(state.get("extra", {}).get("env_steps", 0))
             version = ray.get(learners[0].publish_weights.remote())
-            actors = start_env_actors(cfg, shards, store)
+            actors = start_env_actors(cfg, shards, store, **self._actor_options())
             self._await_placed([h.handle.ping.remote() for h in actors], "the env actors")
         except BaseException:
             for h in [*(a.handle for a in actors), *learners, *shards, store]:
@@ -240,7 +219,7 @@ class RayRuntime:
         self.actor_handles = actors  # live view for tests and debugging (replaced entries on restart)
         restarts: dict[int, int] = {}
         actor_steps: dict[tuple[int, int], int] = {}
-        latest_stats: dict[int, dict[str, Any]] = {}
+        latest_stats: dict[int, ActorReport] = {}
         monitor = RunMonitor(cfg, paths.run_dir, env_steps_base)
         every = cfg.learner.checkpoint_every
         next_ckpt = next_checkpoint(version, every)
@@ -288,6 +267,7 @@ class RayRuntime:
             monitor.maybe_log(env_steps(), stats, list(latest_stats.values()), force=True)
             summary = monitor.summary(env_steps())
             summary["actor_restarts"] = sum(restarts.values())
+            summary["ray_resources"] = opts
             if world > 1:
                 params = ray.get([lr.parameters_vector.remote() for lr in learners])
                 summary["learner_param_max_abs_diff"] = max(float((p - params[0]).abs().max()) for p in params)
@@ -313,11 +293,15 @@ class RayRuntime:
         try:
             return ray.get(refs, timeout=timeout)
         except ray.exceptions.GetTimeoutError as e:
-            have = float(ray.cluster_resources().get("CPU", 0.0))
             raise RuntimeError(
                 f"{what} did not start within runtime.placement_timeout_s={timeout:g} s: "
-                f"{placement_message(self.cfg, have)}"
+                f"{placement_message(self.cfg, ray.cluster_resources())}"
             ) from e
+
+    def _actor_options(self) -> dict[str, Any]:
+        """``num_cpus`` / ``resources`` keywords for start_env_actor(s) and restart_env_actor."""
+        o = self.options[ENV_ACTOR]
+        return {"num_cpus": o["num_cpus"], "resources": o.get("resources")}
 
     def _save_learner(self, env_steps: int) -> None:
         state = ray.get(self.learners[0].state_dict.remote())
@@ -332,8 +316,8 @@ class RayRuntime:
             raise RuntimeError(f"a learner failed: {e}") from e
         monitor.add_learner_report(reports[0])
         for r in reports[1:]:
-            monitor.learner_env_steps += int(r.get("env_steps", 0))
-        return int(reports[0]["version"])
+            monitor.learner_env_steps += r.env_steps
+        return reports[0].version
 
     def _poll_actors(
         self,
@@ -342,7 +326,7 @@ class RayRuntime:
         store: Any,
         restarts: dict[int, int],
         actor_steps: dict[tuple[int, int], int],
-        latest_stats: dict[int, dict[str, Any]],
+        latest_stats: dict[int, ActorReport],
         monitor: RunMonitor,
         restart: bool = True,
     ) -> list[EnvActorHandle]:
@@ -366,9 +350,9 @@ class RayRuntime:
                     except ray.exceptions.RayError as e:
                         err = e
             if st is not None:
-                monitor.add_episodes(st.pop("episodes", []))
-                actor_steps[(h.actor_id, h.incarnation)] = int(st.get("env_steps", 0))
-                latest_stats[h.actor_id] = st
+                monitor.add_episodes(st.episodes)
+                actor_steps[(h.actor_id, h.incarnation)] = st.report.env_steps
+                latest_stats[h.actor_id] = st.report
             if err is not None and restart:
                 n = restarts.get(h.actor_id, 0) + 1
                 if n > cfg.runtime.actor_restarts:
@@ -379,7 +363,7 @@ class RayRuntime:
                 restarts[h.actor_id] = n
                 log.warning("env actor %d died (%s); restarting (%d/%d)", h.actor_id, err, n,
                             cfg.runtime.actor_restarts)
-                out[k] = restart_env_actor(cfg, h, shards, store)
+                out[k] = restart_env_actor(cfg, h, shards, store, **self._actor_options())
                 monitor.sinks.log({"actor/restarts": float(sum(restarts.values()))}, step=monitor.env_steps_base
                                   + sum(actor_steps.values()))
         return out

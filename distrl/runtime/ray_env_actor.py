@@ -33,6 +33,7 @@ Usage::
 from __future__ import annotations
 
 import collections
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -48,7 +49,8 @@ from distrl.envs.base import EnvSpec
 from distrl.envs.registry import env_spec
 from distrl.replay.client import BoundedInserter
 from distrl.runtime.ray_replay import RayShardClient
-from distrl.types import EpisodeStats
+from distrl.runtime.resources import env_actor_cpus
+from distrl.types import ActorReport, ActorStats, EpisodeStats
 
 PolicyFactory = Callable[[EnvSpec], Policy]
 
@@ -95,10 +97,10 @@ class RayEnvActor:
     def _load(self, res: Any) -> None:
         if res is None:
             return
-        version, weights = res
+        _, weights = res
         if isinstance(weights, ray.ObjectRef):
             weights = ray.get(weights)
-        self.actor.set_weights(version, weights)
+        self.actor.set_weights(weights)
         self.weight_updates += 1
 
     def pull_weights(self, timeout_s: float | None = None) -> int:
@@ -121,7 +123,7 @@ class RayEnvActor:
         self._weights_ref = self.weight_store.get_if_newer.remote(self.actor.policy_version)
 
     # ---- loop --------------------------------------------------------------------------------------------
-    def run(self, max_sequences: int | None = None) -> dict[str, float]:
+    def run(self, max_sequences: int | None = None) -> ActorReport:
         """Step, insert and sync weights until :meth:`stop` (or ``max_sequences``); returns final counters."""
         if self._running:
             raise RuntimeError(f"RayEnvActor {self.actor_id}: run() is already active")
@@ -149,32 +151,29 @@ class RayEnvActor:
         """Ask :meth:`run` to return after the current step (and flush its inserts)."""
         self._stop.set()
 
-    def _counters(self) -> dict[str, float]:
-        c = self.actor.counters()
-        c.update(
-            actor_id=float(self.actor_id),
-            incarnation=float(self.incarnation),
-            inserts_accepted_rows=float(self.inserter.accepted),
-            inserts_resent=float(self.inserter.resent),
-            inserts_dropped=float(self.inserter.dropped),
-            inserts_inflight=float(len(self.inserter)),
-            weight_updates=float(self.weight_updates),
+    def _counters(self) -> ActorReport:
+        return dataclasses.replace(
+            self.actor.counters(),
+            incarnation=self.incarnation,
+            inserts_accepted_rows=int(self.inserter.accepted),
+            inserts_resent=int(self.inserter.resent),
+            inserts_dropped=int(self.inserter.dropped),
+            inserts_inflight=len(self.inserter),
+            weight_updates=self.weight_updates,
         )
-        return c
 
-    def stats(self) -> dict[str, Any]:
-        """Counters (``env_steps``, ``steps_per_s`` since the last call, ``faults``, ``policy_version``,
-        insert counts) and ``episodes``: the EpisodeStats finished since the last call (drained)."""
-        c: dict[str, Any] = self._counters()
+    def stats(self) -> ActorStats:
+        """The counters (``steps_per_s`` since the last call) and the episodes finished since the last call
+        (drained)."""
+        c = self._counters()
         now = time.monotonic()
         t0, n0 = self._last
-        self._last = (now, int(c["env_steps"]))
-        c["steps_per_s"] = (c["env_steps"] - n0) / max(now - t0, 1e-9)
+        self._last = (now, c.env_steps)
+        c = dataclasses.replace(c, steps_per_s=(c.env_steps - n0) / max(now - t0, 1e-9))
         eps = []
         while self._episodes:
             eps.append(self._episodes.popleft())
-        c["episodes"] = eps
-        return c
+        return ActorStats(report=c, episodes=eps)
 
     def ping(self) -> int:
         return self.actor_id
@@ -206,17 +205,21 @@ def start_env_actor(
     *,
     incarnation: int = 0,
     num_cpus: float | None = None,
+    resources: dict[str, float] | None = None,
     policy_factory: PolicyFactory | None = None,
     max_sequences: int | None = None,
 ) -> EnvActorHandle:
     """Create a RayEnvActor and start its loop (``run`` is called at once; its ObjectRef is ``run_ref``).
 
-    ``num_cpus`` defaults to 1 + the env workers with subprocess vectorisation. The actor is named-less and
-    not restarted by Ray (``max_restarts=0``): the runtime decides (see :func:`restart_env_actor`).
+    ``num_cpus`` defaults to the config's (:func:`~distrl.runtime.resources.env_actor_cpus`); ``resources`` are
+    custom Ray resources to ask for (the node label, :func:`~distrl.runtime.resources.ray_options`). The actor
+    is named-less and not restarted by Ray (``max_restarts=0``): the runtime decides (see
+    :func:`restart_env_actor`).
     """
     if num_cpus is None:
-        num_cpus = 1.0 if cfg.env.vectorization == "inline" else 1.0 + cfg.env.num_workers
-    cls = ray.remote(num_cpus=num_cpus, max_concurrency=4, max_restarts=0)(RayEnvActor)
+        num_cpus = env_actor_cpus(cfg)
+    extra: dict[str, Any] = {"resources": dict(resources)} if resources else {}
+    cls = ray.remote(num_cpus=num_cpus, max_concurrency=4, max_restarts=0, **extra)(RayEnvActor)
     handle = cls.remote(
         cfg, actor_id, shards, weight_store, incarnation=incarnation, policy_factory=policy_factory
     )
@@ -230,12 +233,14 @@ def start_env_actors(
     *,
     num_actors: int | None = None,
     num_cpus: float | None = None,
+    resources: dict[str, float] | None = None,
     policy_factory: PolicyFactory | None = None,
 ) -> list[EnvActorHandle]:
     """``num_actors`` (default ``cfg.actor.num_actors``) env actors with ids 0..N-1, all running."""
     n = cfg.actor.num_actors if num_actors is None else num_actors
     return [
-        start_env_actor(cfg, i, shards, weight_store, num_cpus=num_cpus, policy_factory=policy_factory)
+        start_env_actor(cfg, i, shards, weight_store, num_cpus=num_cpus, resources=resources,
+                        policy_factory=policy_factory)
         for i in range(n)
     ]
 
@@ -247,6 +252,7 @@ def restart_env_actor(
     weight_store: Any | None = None,
     *,
     num_cpus: float | None = None,
+    resources: dict[str, float] | None = None,
     policy_factory: PolicyFactory | None = None,
 ) -> EnvActorHandle:
     """Replace a dead (or stuck) actor: kill what is left of it and start ``incarnation + 1`` in its place."""
@@ -261,5 +267,6 @@ def restart_env_actor(
         weight_store,
         incarnation=old.incarnation + 1,
         num_cpus=num_cpus,
+        resources=resources,
         policy_factory=policy_factory,
     )

@@ -94,7 +94,8 @@ def make_ray_shard(
     cfg: ReplayConfig,
     shard_id: int,
     *,
-    num_cpus: float = 1.0,
+    num_cpus: float | None = None,
+    resources: dict[str, float] | None = None,
     seed: int | None = None,
     core_state_dtype: str | None = None,
     restore_from: str | Path | None = None,
@@ -102,9 +103,12 @@ def make_ray_shard(
 ) -> Any:
     """One shard actor; with ``restore_from`` it is loaded from that checkpoint before this returns.
 
-    A refused checkpoint (CheckpointError) is raised here and the new actor is killed.
+    ``num_cpus`` defaults to ``cfg.num_cpus``; ``resources`` are custom Ray resources to ask for (the node
+    label, :func:`~distrl.runtime.resources.ray_options`). A refused checkpoint (CheckpointError) is raised here
+    and the new actor is killed.
     """
-    cls = ray.remote(num_cpus=num_cpus, max_restarts=0)(ReplayShard)
+    extra: dict[str, Any] = {"resources": dict(resources)} if resources else {}
+    cls = ray.remote(num_cpus=cfg.num_cpus if num_cpus is None else num_cpus, max_restarts=0, **extra)(ReplayShard)
     handle = cls.remote(cfg, shard_id, seed=seed, core_state_dtype=core_state_dtype)
     if restore_from is not None:
         try:
@@ -119,12 +123,14 @@ def make_ray_shards(
     cfg: ReplayConfig,
     num_shards: int | None = None,
     *,
-    num_cpus: float = 1.0,
+    num_cpus: float | None = None,
+    resources: dict[str, float] | None = None,
     seed: int | None = None,
     core_state_dtype: str | None = None,
     restore_dirs: list[str | Path] | None = None,
 ) -> list[Any]:
-    """``num_shards`` (default ``cfg.num_shards``) shard actors with ids 0..J-1, each ``num_cpus`` CPUs."""
+    """``num_shards`` (default ``cfg.num_shards``) shard actors with ids 0..J-1, each ``num_cpus`` CPUs (default
+    ``cfg.num_cpus``) and ``resources``."""
     j = cfg.num_shards if num_shards is None else int(num_shards)
     if restore_dirs is not None and len(restore_dirs) != j:
         raise ValueError(f"make_ray_shards: {len(restore_dirs)} restore_dirs for {j} shards")
@@ -133,6 +139,7 @@ def make_ray_shards(
             cfg,
             i,
             num_cpus=num_cpus,
+            resources=resources,
             seed=seed,
             core_state_dtype=core_state_dtype,
             restore_from=None if restore_dirs is None else restore_dirs[i],

@@ -1,15 +1,14 @@
 """WeightStore: the latest published policy weights, by version.
 
-The learner publishes ``(version, state_dict)``; actors ask for the version cheaply and fetch the weights only
+The learner publishes ``(version, PolicyWeights)``; actors ask for the version cheaply and fetch the weights only
 when they are newer than what they hold. A plain class (used as is by the local runtime); the Ray runtime hosts
 one as an actor whose ``publish`` receives the state_dict through the object store.
 
 Usage::
 
     store = WeightStore()
-    store.publish(3, agent.state_dict())
-    if store.version() > my_version:
-        version, weights = store.get()
+    store.publish(weights.version, weights)          # weights: distrl.types.PolicyWeights
+    newer = store.get_if_newer(my_version)           # None, or (version, PolicyWeights)
 """
 
 from __future__ import annotations

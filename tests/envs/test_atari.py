@@ -62,6 +62,7 @@ def test_area_resize_rejects_wrong_input_shape():
 ale_py = pytest.importorskip("ale_py")
 from distrl.envs import atari  # noqa: E402
 from distrl.envs.registry import env_spec, make_env  # noqa: E402
+from distrl.types import PolicyWeights  # noqa: E402
 
 envs = pytest.mark.envs
 PONG = "ALE/Pong-v5"
@@ -248,7 +249,7 @@ def test_cnn_actor_on_the_numpy_path_records_what_the_learner_recomputes():
     with torch.no_grad():
         for p in other.parameters():
             p.add_(torch.randn_like(p) * 0.05)
-    actor.set_weights(2, other.state_dict())
+    actor.set_weights(PolicyWeights(2, other.state_dict()))
     list(actor.run(1))  # its burn-in overlaps steps acted before the load
     ends = 0
     for traj in actor.run(4):

@@ -13,6 +13,7 @@ from distrl.models.agent import build_agent
 from distrl.runtime.ray_env_actor import restart_env_actor, start_env_actor
 from distrl.runtime.ray_replay import make_ray_shard
 from distrl.runtime.weights import WeightStore
+from distrl.types import PolicyWeights
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(180)]
 
@@ -43,7 +44,7 @@ def test_env_actor_inserts_pulls_weights_and_restarts_after_kill(ray_cluster):
     shard = make_ray_shard(cfg.replay, 0, num_cpus=0.25, seed=0)
     store = ray.remote(num_cpus=0)(WeightStore).remote()
     agent = build_agent(cfg.model, env_spec(cfg.env))
-    ray.get(store.publish.remote(3, agent.state_dict()))
+    ray.get(store.publish.remote(3, PolicyWeights(3, agent.state_dict())))
 
     def size() -> int:
         return ray.get(shard.stats.remote()).size
@@ -51,17 +52,18 @@ def test_env_actor_inserts_pulls_weights_and_restarts_after_kill(ray_cluster):
     h = start_env_actor(cfg, 0, [shard], store, num_cpus=0.25)
     try:
         _wait_for(lambda: size() >= 8, what="first inserts")
-        stats = ray.get(h.handle.stats.remote())
-        assert stats["policy_version"] == 3 and stats["incarnation"] == 0
-        assert stats["env_steps"] > 0 and stats["faults"] == 0
-        assert all(e.episode_return == 1.0 and e.length == 5 for e in stats["episodes"])
+        polled = ray.get(h.handle.stats.remote())
+        stats = polled.report
+        assert stats.policy_version == 3 and stats.incarnation == 0
+        assert stats.env_steps > 0 and stats.faults == 0
+        assert all(e.episode_return == 1.0 and e.length == 5 for e in polled.episodes)
 
         # A newer version reaches the running actor without it ever blocking on the store.
         with torch.no_grad():
             for p in agent.parameters():
                 p.add_(0.1)
-        ray.get(store.publish.remote(4, agent.state_dict()))
-        _wait_for(lambda: ray.get(h.handle.stats.remote())["policy_version"] == 4, what="weights v4")
+        ray.get(store.publish.remote(4, PolicyWeights(4, agent.state_dict())))
+        _wait_for(lambda: ray.get(h.handle.stats.remote()).report.policy_version == 4, what="weights v4")
 
         # Rows in replay carry provenance (actor id, policy version).
         sample = ray.get(shard.sample.remote(16))
@@ -81,18 +83,18 @@ def test_env_actor_inserts_pulls_weights_and_restarts_after_kill(ray_cluster):
         # Wait on the new actor's own acknowledged inserts: the shard's size alone can grow by the killed
         # actor's last in-flight inserts (up to max_inflight_inserts sequences) before the new one has stepped.
         _wait_for(
-            lambda: ray.get(h.handle.stats.remote())["inserts_accepted_rows"] >= 8, what="inserts after restart"
+            lambda: ray.get(h.handle.stats.remote()).report.inserts_accepted_rows >= 8, what="inserts after restart"
         )
         assert size() >= before + 8
-        stats = ray.get(h.handle.stats.remote())
+        stats = ray.get(h.handle.stats.remote()).report
         # The restarted actor pulled the current weights before its first step.
-        assert stats["incarnation"] == 1 and stats["policy_version"] == 4
+        assert stats.incarnation == 1 and stats.policy_version == 4
 
         # A graceful stop flushes in-flight inserts and returns the final counters.
         h.handle.stop.remote()
         final = ray.get(h.run_ref, timeout=60)
-        assert final["inserts_inflight"] == 0 and final["sequences"] >= 1
-        assert final["inserts_accepted_rows"] == 4 * final["sequences"]
+        assert final.inserts_inflight == 0 and final.sequences >= 1
+        assert final.inserts_accepted_rows == 4 * final.sequences
     finally:
         for handle in (h.handle, shard, store):
             ray.kill(handle, no_restart=True)

@@ -12,7 +12,7 @@ from distrl.actors import EnvActor, RandomPolicy, actor_seed
 from distrl.config import EnvConfig, ExperimentConfig, ModelConfig, SequenceConfig
 from distrl.envs.vector import slot_seed
 from distrl.models.agent import build_agent
-from distrl.types import ActOut
+from distrl.types import ActOut, PolicyWeights
 
 
 class CountingPolicy:
@@ -80,9 +80,9 @@ def test_sequences_keep_state_obs_and_actions_aligned(mode):
         p = cfg.sequence.period
         assert torch.equal(a.obs["count"][p:], b.obs["count"][: total + 1 - p])
     c = actor.counters()
-    assert c["env_steps"] == 3 * (total + 3 * cfg.sequence.period) and c["sequences"] == 4
+    assert c.env_steps == 3 * (total + 3 * cfg.sequence.period) and c.sequences == 4
     stats = actor.episode_stats()
-    assert len(stats) == c["episodes"] > 0 and actor.episode_stats() == []
+    assert len(stats) == c.episodes > 0 and actor.episode_stats() == []
     assert {(s.episode_return, s.length, s.success, s.actor_id) for s in stats} == {(1.0, 3, 1.0, 5)}
 
 
@@ -133,7 +133,7 @@ def test_real_agent_acts_and_set_weights_changes_the_policy():
     with torch.no_grad():
         for p in other.parameters():
             p.add_(0.3 * torch.randn_like(p))
-    actor.set_weights(7, other.state_dict())
+    actor.set_weights(PolicyWeights(7, other.state_dict()))
     t2 = next(actor.run(1))
     # The first step of t2 was acted on with version 7 and the new weights.
     assert t2.policy_version.tolist() == [7] * 4
@@ -209,9 +209,34 @@ def test_counters_split_step_time_between_policy_and_envs(policy_ms, step_ms):
         c = actor.counters()
     finally:
         actor.close()
-    policy, env, total = c["time_policy_s"], c["time_env_s"], c["time_step_s"]
+    policy, env, total = c.time_policy_s, c.time_env_s, c.time_step_s
     assert 0.0 < policy + env <= total
     if policy_ms:
         assert policy >= 20 * policy_ms / 1e3 and policy > 0.8 * total and env < 0.2 * total
     else:
         assert env >= 20 * 2 * step_ms / 1e3 and env > 0.8 * total and policy < 0.2 * total
+
+
+def test_actor_whose_numpy_path_fails_its_check_acts_through_torch(monkeypatch):
+    """The actor's own policy comes from distrl.models.acting, check included: a NumPy path that computes
+    something else than Agent.act is not used (actor.inference=auto), and the actor still runs."""
+    from distrl.models import acting
+    from distrl.models.agent import Agent
+    from distrl.models.numpy_act import NumpyPolicy
+
+    class Wrong(NumpyPolicy):
+        def sync(self) -> None:
+            super().sync()
+            self._hb = self._hb + 1.0
+
+    cfg = _cfg(name="fake:memory", num_envs=2, fake_episode_len=2, burn_in=0, length=2, period=2)
+    actor = EnvActor(cfg, actor_id=0)
+    assert isinstance(actor.policy, NumpyPolicy)
+    actor.close()
+    monkeypatch.setattr(acting, "NumpyPolicy", Wrong)
+    actor = EnvActor(cfg, actor_id=0)
+    try:
+        assert isinstance(actor.policy, Agent)
+        assert next(actor.run(1)).behaviour_logits.shape == (2, 2, 2)
+    finally:
+        actor.close()

@@ -1,7 +1,8 @@
-"""Learner: one V-trace step on synthetic sequences, priorities, policy-lag filtering, checkpoints."""
+"""Learner: one V-trace step on synthetic sequences, priorities, consumed steps, checkpoints, extras."""
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 
 import numpy as np
@@ -10,7 +11,9 @@ import torch
 
 from distrl.config import ConfigError, load_config
 from distrl.envs.base import ArraySpec, EnvSpec
+from distrl.learners.extras import EXTRAS, LearnerExtra, register_extra
 from distrl.learners.learner import Learner, load_checkpoint_file
+from distrl.replay.testing import random_trajectory
 from distrl.types import ReplaySample, Trajectory
 
 SPEC = EnvSpec(name="fake:test", obs={"x": ArraySpec((3,), np.dtype(np.float32))}, num_actions=4, family="fake")
@@ -23,26 +26,8 @@ def _cfg(*over):
 
 
 def _traj(learner: Learner, B: int = 5, version: int = 0, seed: int = 0) -> Trajectory:
-    g = torch.Generator().manual_seed(seed)
-    L = learner.cfg.sequence.total
-    done = torch.rand(L, B, generator=g) < 0.15
-    term = done & (torch.rand(L, B, generator=g) < 0.5)
-    return Trajectory(
-        obs={"x": torch.randn(L + 1, B, 3, generator=g)},
-        action=torch.randint(0, 4, (L, B), generator=g),
-        reward=torch.randn(L, B, generator=g),
-        terminated=term,
-        truncated=done & ~term,
-        truncation_value=torch.randn(L, B, generator=g) * (done & ~term),
-        behaviour_logits=torch.randn(L, B, 4, generator=g),
-        episodic_bonus=torch.zeros(L, B),
-        duration=torch.full((L, B), 1e-3),
-        valid=torch.ones(L, B, dtype=torch.bool),
-        core_state=learner.agent.initial_state(B),
-        policy_version=torch.full((B,), version, dtype=torch.int64),
-        actor_id=torch.zeros(B, dtype=torch.int64),
-        env_step=torch.zeros(B, dtype=torch.int64),
-    )
+    return random_trajectory(learner.cfg.sequence.total, B, num_actions=4, obs={"x": ((3,), np.float32)},
+                             core_state=learner.agent.initial_state(B), policy_version=version, seed=seed)
 
 
 def _sample(traj: Trajectory, fresh: bool = False) -> ReplaySample:
@@ -63,15 +48,87 @@ def test_step_updates_parameters_and_returns_priorities():
     assert all(changed), "every parameter should receive a gradient"
 
 
-def test_stale_fresh_rows_are_dropped_but_replayed_rows_are_not():
-    learner = Learner(_cfg("learner.max_policy_lag=3"), SPEC, device="cpu")
-    learner.version = 10
-    out = learner.step(_sample(_traj(learner, version=2), fresh=True))
-    assert out.metrics["learner/dropped_stale"] == 5 and out.env_steps == 0
-    out = learner.step(_sample(_traj(learner, version=9), fresh=True))
-    assert out.metrics["learner/dropped_stale"] == 0 and out.env_steps == 5 * 6
-    out = learner.step(_sample(_traj(learner, version=2), fresh=False))
-    assert out.metrics["learner/dropped_stale"] == 0
+def test_fresh_steps_are_counted_as_consumed_and_replayed_ones_are_not():
+    learner = Learner(_cfg(), SPEC, device="cpu")
+    out = learner.step(_sample(_traj(learner), fresh=True))
+    assert out.env_steps == 5 * 6 == learner.env_steps
+    out = learner.step(_sample(_traj(learner), fresh=False))
+    assert out.env_steps == 0 and learner.env_steps == 30 and learner.samples_trained == 10
+
+
+# ---- learner extras: a toy auxiliary module added through the registry alone --------------------------------
+class RewardModel(LearnerExtra):
+    """Toy extra: predicts each step's reward from the observation, with its own optimizer group (lr 0.05),
+    a running-mean buffer (a normaliser) and weights for the actors."""
+
+    def __init__(self, cfg, spec, agent):
+        super().__init__()
+        self.head = torch.nn.Linear(3, 1)
+        self.register_buffer("reward_mean", torch.zeros(()))
+
+    def param_groups(self):
+        return [{"params": list(self.head.parameters()), "lr": 0.05}]
+
+    def loss(self, batch):
+        pred = self.head(batch.traj.obs["x"][:-1]).squeeze(-1)  # [T, B]
+        self.reward_mean.mul_(0.9).add_(0.1 * batch.traj.reward.mean())
+        err = ((pred - batch.traj.reward) ** 2 * batch.valid).sum() / batch.valid.sum().clamp(min=1)
+        return err, {"mse": float(err.detach())}
+
+    def actor_weights(self):
+        return self.head.state_dict()
+
+
+@pytest.fixture
+def reward_model():
+    register_extra("test_reward_model", RewardModel)
+    yield "test_reward_model"
+    EXTRAS.pop("test_reward_model", None)
+
+
+def test_an_extra_is_trained_checkpointed_restored_and_published(reward_model, tmp_path):
+    cfg = _cfg(f"learner.extras=[{reward_model}]")
+    learner = Learner(cfg, SPEC, device="cpu")
+    extra = learner.extras[reward_model]
+    assert any(g["lr"] == 0.05 for g in learner.optimizer.param_groups), "the extra's optimizer group is used"
+    # A fixed batch whose reward is a linear function of the observation: the extra's loss must fall.
+    traj = _traj(learner)
+    traj = dataclasses.replace(traj, reward=traj.obs["x"][:-1] @ torch.tensor([0.5, -0.3, 0.2]))
+    first = learner.step(_sample(traj)).metrics[f"extras/{reward_model}/loss"]
+    for _ in range(40):
+        last = learner.step(_sample(traj)).metrics[f"extras/{reward_model}/loss"]
+    assert last < 0.5 * first, (first, last)
+    assert float(extra.reward_mean) != 0.0
+
+    w = learner.weights()
+    assert w.version == learner.version == 41
+    assert set(w.extras) == {reward_model}
+    torch.testing.assert_close(w.extras[reward_model]["weight"], extra.head.weight.detach())
+    assert set(w.policy) == set(learner.agent.state_dict())
+
+    path = learner.save_checkpoint(tmp_path / "learner.pt")
+    restored = Learner(cfg, SPEC, device="cpu")
+    restored.load_checkpoint(path)
+    r_extra = restored.extras[reward_model]
+    torch.testing.assert_close(r_extra.head.weight, extra.head.weight)
+    assert float(r_extra.reward_mean) == float(extra.reward_mean)
+    # The optimizer state (the extra's group included) came back: both take the same next step.
+    s = _sample(_traj(learner, seed=5))
+    learner.step(s)
+    restored.step(s)
+    torch.testing.assert_close(r_extra.head.weight, extra.head.weight)
+
+    # A checkpoint without the extra is refused by a learner that has it, and the reverse.
+    plain = Learner(_cfg(), SPEC, device="cpu")
+    state = restored.state_dict()
+    state["fingerprint"] = plain.cfg.fingerprint()
+    with pytest.raises(ValueError, match="extras"):
+        plain.load_state_dict(state)
+
+
+def test_unknown_extra_is_a_config_error():
+    with pytest.raises(ConfigError, match="unknown extra 'nope'"):
+        Learner(_cfg("learner.extras=[nope]"), SPEC, device="cpu")
 
 
 def test_wrong_sequence_length_is_refused():

@@ -13,11 +13,11 @@ from distrl.losses import (
     entropy_loss,
     kl_categorical,
     policy_gradient_loss,
-    sequence_priority,
     trust_region_mask,
     vtrace_from_logits,
     vtrace_targets,
 )
+from distrl.replay.priorities import sequence_priority
 
 # ----------------------------------------------------------------------------------------------------------
 # NumPy references (deliberately the direct sum of IMPALA Eq. 1, not the backward recursion under test)
@@ -321,6 +321,6 @@ def test_sequence_priority_matches_numpy(eta):
     got = sequence_priority(torch.tensor(td), torch.tensor(valid), eta).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-6)
     assert got[3] == 0.0
-    all_valid = sequence_priority(torch.tensor(td[:, :1]), None, eta).item()
+    all_valid = sequence_priority(torch.tensor(td[:, :1]), torch.ones(8, 1, dtype=torch.bool), eta).item()
     x = np.abs(td[:, 0])
     np.testing.assert_allclose(all_valid, eta * x.max() + (1 - eta) * x.mean(), rtol=1e-6)

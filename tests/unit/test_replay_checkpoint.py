@@ -148,5 +148,9 @@ def test_a_failed_restore_leaves_the_shard_unchanged(tmp_path):
 
 def test_no_pickle_in_checkpoint_files(tmp_path):
     path = filled_shard().save(tmp_path / "ck")
-    for f in path.glob("*.npy"):
-        np.load(f, allow_pickle=False)  # every file loads without pickle
+    files = sorted(p.name for p in path.rglob("*"))
+    arrays = [f for f in files if f.endswith(".npy")]
+    assert arrays and set(files) == {*arrays, "manifest.json"}, files  # arrays + a JSON manifest, nothing else
+    for f in arrays:
+        np.load(path / f, allow_pickle=False)  # every array loads without pickle
+    json.loads((path / "manifest.json").read_text())
