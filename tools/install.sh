@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Create ./.venv (Python 3.11) and install distrl with the extras given as the first argument
-# (default: minihack,atari). torch is pinned to the CPU build 2.13.0 so pip does not pull a
+# (default: minihack,atari,video). torch is pinned to the CPU build 2.13.0 so pip does not pull a
 # multi-GB CUDA wheel; pyproject admits any torch>=2.13 (install a CUDA build yourself on GPU nodes).
 # The miniworld extra also needs EGL/Mesa system libraries for headless rendering; as root on
 # Debian they are installed with apt-get when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras="${1:-minihack,atari}"
+extras="${1:-minihack,atari,video}"
 py="${PYTHON:-python3.11}"
 command -v "$py" >/dev/null || py=python3
 if [[ ",$extras," == *",miniworld,"* ]] && command -v dpkg >/dev/null; then

@@ -24,6 +24,9 @@ The registry routes every ``fake:*`` id here. An id is ``fake:<kind>`` optionall
   ``raise_reset``), 1-based, counted over all its episodes (default 3); ``seed`` = only the instance made with
   this seed fails (default: every instance).
 
+Every fake env has ``render()``: :func:`render_bars` of its current observation (one bar per value, a colour
+per key), so video and evaluation code runs on real, changing frames without a simulator.
+
 Usage::
 
     cfg = EnvConfig(name="fake:counting", fake_episode_len=3)
@@ -107,6 +110,48 @@ def _check_action(action: Any, num_actions: int, env: str) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Rendering
+# ----------------------------------------------------------------------------------------------------------
+
+_BAR_COLORS = np.array(
+    [(230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178), (213, 94, 0), (204, 121, 167)],
+    dtype=np.uint8,
+)
+_BAR_H, _BAR_W, _BAR_GAP, _KEY_GAP, _MAX_BARS = 48, 6, 2, 8, 64
+
+
+def render_bars(obs: Obs) -> np.ndarray:
+    """RGB uint8 ``[56, W, 3]`` picture of an observation: one bar per value (the first 64 of each key), a
+    colour per key in ``obs`` order, on dark grey with a baseline per key. Heights: uint8 ``v / 255``, bool
+    ``v``, other numbers ``0.5 + 0.5 tanh(v / 4)`` (0 is half height); a non-finite value is a full red bar.
+    The width depends only on the keys' sizes, so all frames of one env have the same shape."""
+    groups = [np.asarray(v).reshape(-1)[:_MAX_BARS] for v in obs.values()]
+    width = _KEY_GAP + sum(len(g) * (_BAR_W + _BAR_GAP) + _KEY_GAP for g in groups)
+    img = np.empty((_BAR_H + 8, max(width, 16), 3), dtype=np.uint8)
+    img[:] = (32, 32, 40)
+    x = _KEY_GAP
+    bottom = _BAR_H + 4
+    for i, g in enumerate(groups):
+        color = _BAR_COLORS[i % len(_BAR_COLORS)]
+        if g.dtype == np.uint8:
+            h = g / 255.0
+        elif g.dtype.kind == "b":
+            h = g.astype(np.float64)
+        else:
+            with np.errstate(invalid="ignore", over="ignore"):
+                h = 0.5 + 0.5 * np.tanh(g.astype(np.float64) / 4.0)
+        bad = ~np.isfinite(h)
+        img[bottom, x : x + len(g) * (_BAR_W + _BAR_GAP) - _BAR_GAP] = color  # baseline
+        for j, hj in enumerate(np.where(bad, 1.0, h)):
+            top = bottom - round(float(hj) * _BAR_H)
+            img[top:bottom, x + j * (_BAR_W + _BAR_GAP) : x + j * (_BAR_W + _BAR_GAP) + _BAR_W] = (
+                (255, 0, 0) if bad[j] else color
+            )
+        x += len(g) * (_BAR_W + _BAR_GAP) + _KEY_GAP
+    return img
+
+
+# ----------------------------------------------------------------------------------------------------------
 # CountingEnv
 # ----------------------------------------------------------------------------------------------------------
 
@@ -187,6 +232,10 @@ class CountingEnv:
             info["extra"] = {"final_count": float(self._count)}
         return self._obs(), (1.0 if terminated else 0.0), terminated, truncated, info
 
+    def render(self) -> np.ndarray:
+        """:func:`render_bars` of the current observation."""
+        return render_bars(self._obs())
+
     def close(self) -> None:
         self._done = True
 
@@ -245,13 +294,15 @@ class SpecEnv:
         self._rng = np.random.default_rng(seed)
         self._t = 0
         self._done = True
+        self._last: Obs = {k: np.zeros(s.shape, s.dtype) for k, s in spec.obs.items()}
 
     def reset(self, seed: int | None = None, options: Any = None) -> tuple[Obs, dict[str, Any]]:
         if seed is not None:
             self._rng = np.random.default_rng(seed)
         self._t = 0
         self._done = False
-        return random_obs(self.spec, self._rng), {}
+        self._last = random_obs(self.spec, self._rng)
+        return {k: v.copy() for k, v in self._last.items()}, {}
 
     def step(self, action: Any) -> StepOut:
         if self._done:
@@ -262,7 +313,12 @@ class SpecEnv:
         truncated = not terminated and 0 < self.max_episode_steps <= self._t
         self._done = terminated or truncated
         reward = float(self._rng.standard_normal())
-        return random_obs(self.spec, self._rng), reward, terminated, truncated, {}
+        self._last = random_obs(self.spec, self._rng)
+        return {k: v.copy() for k, v in self._last.items()}, reward, terminated, truncated, {}
+
+    def render(self) -> np.ndarray:
+        """:func:`render_bars` of the last observation."""
+        return render_bars(self._last)
 
     def close(self) -> None:
         self._done = True
@@ -338,6 +394,10 @@ class MemoryEnv:
         info: dict[str, Any] = {"success": reward} if terminated else {}
         return self._obs(), reward, terminated, truncated, info
 
+    def render(self) -> np.ndarray:
+        """:func:`render_bars` of the current observation."""
+        return render_bars(self._obs())
+
     def close(self) -> None:
         self._done = True
 
@@ -400,6 +460,12 @@ class BanditEnv:
         self._done = terminated or truncated
         info: dict[str, Any] = {"success": self._hits / self._t} if self._done else {}
         return self._obs(), reward, terminated, truncated, info
+
+    def render(self) -> np.ndarray:
+        """:func:`render_bars` of the current observation (the context shown by the last reset/step)."""
+        x = np.zeros(self.arms, dtype=np.float32)
+        x[self._ctx] = 1.0
+        return render_bars({"context": x})
 
     def close(self) -> None:
         self._done = True
@@ -494,8 +560,9 @@ def spec(cfg: EnvConfig) -> EnvSpec:
     return BanditEnv.make_spec(cfg.name, _opt_int(opts, "arms", 2, cfg.name))
 
 
-def make(cfg: EnvConfig, seed: int) -> Any:
-    """Build the single fake env named by ``cfg.name`` (Gymnasium-style reset/step, dict observations)."""
+def make(cfg: EnvConfig, seed: int, render: bool = False) -> Any:
+    """Build the single fake env named by ``cfg.name`` (Gymnasium-style reset/step, dict observations).
+    ``render`` is accepted for the registry's signature: every fake env can always ``render()``."""
     kind, opts = parse_id(cfg.name)
     _check_options(cfg.name, opts, _OPTIONS[kind])
     n, L, T = cfg.name, cfg.fake_episode_len, cfg.max_episode_steps

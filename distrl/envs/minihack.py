@@ -31,6 +31,11 @@ Levels that a task generates at each reset (MiniGrid-based tasks such as MultiRo
 by :class:`_LevelPatcher` instead of MiniHack's bash script: the same ``nhdat``, two child processes
 (``lev_comp``, ``dlb``) instead of six. A MultiRoom-N4 reset drops from ~20 ms to ~12 ms of wall time.
 
+Rendering (``make(cfg, seed, render=True)``, then ``env.render()``): the 24 x 80 NetHack terminal
+(``tty_chars`` in their ``tty_colors``, NetHack's 16-colour palette on black) drawn with Pillow's bitmap font,
+whatever the observation keys are: with ``render=True`` the adapter also asks NLE for the two ``tty_*`` keys,
+which the agent does not see.
+
 Cost: ``tools/dev/minihack_step.py`` compares this adapter with MiniHack's own observation path (BENCHMARKS.md).
 
 Usage::
@@ -106,6 +111,14 @@ def _library_keys(keys: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _with(keys: tuple[str, ...], extra: tuple[str, ...]) -> tuple[str, ...]:
+    return keys + tuple(k for k in extra if k not in keys)
+
+
+#: NLE keys that :meth:`MiniHackEnv.render` draws (the 24 x 80 terminal: characters and their colours).
+RENDER_KEYS: tuple[str, ...] = ("tty_chars", "tty_colors")
+
+
 class _Crop:
     """``crop_size`` x ``crop_size`` window of one map layer centred on the agent, padded with ``pad``."""
 
@@ -139,8 +152,9 @@ def _check_cfg(cfg: EnvConfig) -> None:
         raise ValueError(f"invalid MiniHack config for {cfg.name!r}: " + "; ".join(problems))
 
 
-def _build(cfg: EnvConfig) -> Any:
-    """The raw MiniHack env (no gymnasium wrappers) for cfg, or ValueError naming a bad id or key."""
+def _build(cfg: EnvConfig, extra_keys: tuple[str, ...] = ()) -> Any:
+    """The raw MiniHack env (no gymnasium wrappers) for cfg, or ValueError naming a bad id or key.
+    ``extra_keys``: NLE keys asked for besides the observation's (e.g. the terminal, for ``render()``)."""
     _import_minihack()
     if cfg.name not in gym.registry:
         known = sorted(k for k in gym.registry if k.startswith("MiniHack-"))
@@ -153,7 +167,7 @@ def _build(cfg: EnvConfig) -> Any:
         try:
             env = gym.make(
                 cfg.name,
-                observation_keys=_library_keys(observation_keys(cfg)),
+                observation_keys=_with(_library_keys(observation_keys(cfg)), extra_keys),
                 obs_crop_h=cfg.crop_size,
                 obs_crop_w=cfg.crop_size,
                 disable_env_checker=True,
@@ -265,21 +279,29 @@ def _skip_screen_descriptions(env: Any, keys: tuple[str, ...]) -> bool:
 class MiniHackEnv(gym.Env):
     """One MiniHack task with the distrl single-env API (see the module docstring for keys and semantics).
 
+    ``render=True`` also asks NLE for the terminal (``tty_chars``, ``tty_colors``: two more references per
+    step, the observations are unchanged) so that :meth:`render` can draw it.
+
     Usage::
 
-        env = MiniHackEnv(EnvConfig(name="MiniHack-MultiRoom-N4-v0"), seed=1)
+        env = MiniHackEnv(EnvConfig(name="MiniHack-MultiRoom-N4-v0"), seed=1, render=True)
         obs, _ = env.reset()
         obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+        frame = env.render()        # uint8 [528, 960, 3]: the terminal, as a player sees it
         if terminated or truncated:
             print(info["success"], info["episode_return"])
     """
 
-    metadata: dict[str, Any] = {"render_modes": []}
+    metadata: dict[str, Any] = {"render_modes": ["rgb_array"]}
 
-    def __init__(self, cfg: EnvConfig, seed: int = 0) -> None:
+    def __init__(self, cfg: EnvConfig, seed: int = 0, render: bool = False) -> None:
         _check_cfg(cfg)
         self.cfg = cfg
-        self.env = _build(cfg)
+        self.renders = bool(render)
+        self.render_scale = 2
+        """Pixels per font pixel in :meth:`render` (the font cell is 6 x 11)."""
+        self.env = _build(cfg, RENDER_KEYS if self.renders else ())
+        self._raw: dict[str, np.ndarray] | None = None
         self.fast_level_patch = _install_level_patcher(self.env)
         self.keys = observation_keys(cfg)
         self.skips_screen_descriptions = _skip_screen_descriptions(self.env, self.keys)
@@ -328,6 +350,7 @@ class MiniHackEnv(gym.Env):
         core, disp = (int(s) for s in self._rng.integers(1, 2**62, size=2))
         self.env.nethack.set_initial_seeds(core, disp, False)
         raw, _ = self.env.reset()
+        self._raw = raw
         self._return = 0.0
         self._need_reset = False
         return self._obs(raw), {}
@@ -338,6 +361,7 @@ class MiniHackEnv(gym.Env):
         if not 0 <= action < self.action_space.n:
             raise ValueError(f"{self.cfg.name}: action {action} out of range [0, {self.action_space.n})")
         raw, reward, done, _nle_truncated, nle_info = self.env.step(int(action))
+        self._raw = raw
         status = int(nle_info["end_status"])
         self._return += float(reward)
         terminated = bool(done) and status != _ABORTED
@@ -353,6 +377,21 @@ class MiniHackEnv(gym.Env):
         if self.cfg.reward_free:
             reward = 0.0
         return self._obs(raw), float(reward), terminated, truncated, info
+
+    def render(self) -> np.ndarray:
+        """The current terminal as RGB uint8 ``[24 * 11 * s, 80 * 6 * s, 3]`` (s = ``render_scale``, 2:
+        [528, 960, 3]): NetHack's characters in their 16 colours on black, drawn with Pillow's bitmap font.
+        Needs the env made with ``render=True``."""
+        from distrl.envs.video import draw_text
+
+        if not self.renders:
+            raise RuntimeError(
+                f"{self.cfg.name}: render() needs the env made with render=True "
+                "(make_env(cfg, seed, render=True)), which asks NLE for the terminal"
+            )
+        if self._raw is None:
+            raise RuntimeError(f"{self.cfg.name}: render() called before reset()")
+        return draw_text(self._raw["tty_chars"], self._raw["tty_colors"], scale=self.render_scale)
 
     def close(self) -> None:
         self.env.close()
@@ -388,6 +427,6 @@ def spec(cfg: EnvConfig) -> EnvSpec:
     return _spec_cached(cfg.name, observation_keys(cfg), cfg.crop_size)
 
 
-def make(cfg: EnvConfig, seed: int) -> MiniHackEnv:
-    """A MiniHack env whose stream of levels is fixed by ``seed``."""
-    return MiniHackEnv(cfg, seed)
+def make(cfg: EnvConfig, seed: int, render: bool = False) -> MiniHackEnv:
+    """A MiniHack env whose stream of levels is fixed by ``seed``; ``render=True`` enables ``render()``."""
+    return MiniHackEnv(cfg, seed, render=render)

@@ -27,11 +27,16 @@ Habitat's rules:
 
 Seeding: ``make(cfg, seed)`` / ``reset(seed=s)`` seed MiniWorld's world generator; later resets continue it.
 
+Rendering: ``render()`` draws, for a person, the agent's view and a top view of the world (agent and goal
+visible) side by side, each :data:`RENDER_SIZE` square, in a frame buffer of its own (two extra renders per
+call, none when render() is not called; the observations are unchanged).
+
 Usage::
 
     env = make(EnvConfig(name="MiniWorld-OneRoom-v0", image_size=64), seed=0)
     obs, _ = env.reset()                      # obs["rgb"]: uint8 [3, 64, 64]
     obs, reward, terminated, truncated, info = env.step(1)
+    frame = env.render()                      # uint8 [256, 512, 3]: agent view | top view
 """
 
 from __future__ import annotations
@@ -52,6 +57,8 @@ from distrl.envs.habitat import ACTIONS, STOP, observation_keys, pointnav_obs_sp
 MAX_DEPTH_M = 10.0
 SLACK_REWARD = -0.01
 SUCCESS_REWARD = 2.5
+#: Side in pixels of each of the two views that ``render()`` puts side by side.
+RENDER_SIZE = 256
 # MiniWorld's near/far clip planes for the agent camera (MiniWorldEnv.render_obs / render_depth).
 _Z_NEAR, _Z_FAR = 0.04, 100.0
 
@@ -93,7 +100,7 @@ class MiniWorldPointNavEnv(gym.Env):
         obs, reward, terminated, truncated, info = env.step(2)      # turn_left
     """
 
-    metadata: dict[str, Any] = {"render_modes": []}
+    metadata: dict[str, Any] = {"render_modes": ["rgb_array"]}
 
     def __init__(self, cfg: EnvConfig, seed: int = 0) -> None:
         if cfg.image_size < 1:
@@ -147,6 +154,8 @@ class MiniWorldPointNavEnv(gym.Env):
         self.action_space = gym.spaces.Discrete(len(ACTIONS))
         self._pending_seed: int | None = int(seed)
         self._need_reset = True
+        self._reset_done = False
+        self._render_fb: Any = None
         self.copy_obs = True
         """False: observations are views of buffers the next step()/reset() overwrites (distrl.envs.base)."""
 
@@ -195,6 +204,7 @@ class MiniWorldPointNavEnv(gym.Env):
         self._d0 = self._prev_d = self._goal()[0]
         self._last = self._observe(rgb)
         self._need_reset = False
+        self._reset_done = True
         return self._out(self._last), {}
 
     def step(self, action: int) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
@@ -231,6 +241,19 @@ class MiniWorldPointNavEnv(gym.Env):
             reward = 0.0
         return self._out(obs), float(reward), terminated, truncated, info
 
+    def render(self) -> np.ndarray:
+        """RGB uint8 ``[RENDER_SIZE, 2 * RENDER_SIZE, 3]``: the agent's view (left) and a top view with the
+        agent and the goal (right) of the current state, rendered at a watchable size."""
+        if not self._reset_done:
+            raise RuntimeError(f"{self.cfg.name}: render() called before reset()")
+        if self._render_fb is None:
+            from miniworld.opengl import FrameBuffer
+
+            self._render_fb = FrameBuffer(RENDER_SIZE, RENDER_SIZE, 4)
+        agent = np.array(self.env.render_obs(self._render_fb), dtype=np.uint8)  # copies: the fb is reused
+        top = np.array(self.env.render_top_view(self._render_fb), dtype=np.uint8)
+        return np.concatenate([agent, top], axis=1)
+
     def close(self) -> None:
         self.env.close()
 
@@ -251,6 +274,7 @@ def spec(cfg: EnvConfig) -> EnvSpec:
     )
 
 
-def make(cfg: EnvConfig, seed: int) -> MiniWorldPointNavEnv:
-    """A MiniWorld PointNav stand-in env seeded with ``seed``."""
+def make(cfg: EnvConfig, seed: int, render: bool = False) -> MiniWorldPointNavEnv:
+    """A MiniWorld PointNav stand-in env seeded with ``seed``. ``render`` is accepted for the registry's
+    signature: ``render()`` always works (its frame buffer is made at the first call)."""
     return MiniWorldPointNavEnv(cfg, seed)
