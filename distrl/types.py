@@ -447,3 +447,29 @@ class ActorStats:
 
     report: ActorReport
     episodes: list[EpisodeStats] = dataclasses.field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """What an evaluation (:class:`~distrl.runtime.evaluate.Evaluator`, ``distrl eval``) measured.
+
+    ``greedy``: actions were the argmax (else sampled, as in training). ``stuck_episodes``: greedy episodes ended
+    early because the same (observation, action) pair, or a short cycle of them, repeated for
+    ``eval.stuck_steps`` steps (the greedy policy would have repeated itself until the time limit). Their return
+    and length are what they had when cut; they count as failures when the env reports success.
+    ``success_rate`` is None when the env does not report success. ``video``: the path of the first episode's
+    video, or None."""
+
+    env: str
+    episodes: int
+    return_mean: float
+    return_std: float
+    length_mean: float
+    success_rate: float | None
+    learner_version: int
+    greedy: bool
+    stuck_episodes: int
+    video: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

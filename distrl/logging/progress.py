@@ -141,7 +141,10 @@ class ProgressSink:
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         if self._closed:
             return
-        self._update_state(check_metrics(metrics, step), int(step))
+        clean = check_metrics(metrics, step)
+        if clean and all(k.startswith("eval/") for k in clean):
+            return  # evaluation rows come at their own times: they would skew the rates derived from steps
+        self._update_state(clean, int(step))
         if self._progress is not None:
             self._progress.update(
                 self._task, completed=min(self._step, self.total_steps), stats=self._stats_text()

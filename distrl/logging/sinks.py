@@ -171,6 +171,7 @@ class TensorBoardSink:
 
 class MultiSink:
     """Sends each ``log`` call to several sinks. Validates once; closes every sink even if one fails.
+    ``log_video`` goes to the sinks that have that method (:class:`WandbSink`).
 
     Usable as a context manager: leaving it with an exception closes a wandb run with exit code 1.
 
@@ -188,6 +189,15 @@ class MultiSink:
         clean = check_metrics(metrics, step)  # a bad key fails here, before any sink wrote half a row
         for sink in self.sinks:
             sink.log(clean, step)
+
+    def log_video(self, key: str, path: str | Path, step: int) -> None:
+        """Send a video file to the sinks that take media (wandb); the others (jsonl, csv, progress,
+        TensorBoard) skip it. ``key`` is namespaced like a metric key (e.g. ``eval/video``)."""
+        check_metrics({key: 0.0}, step)
+        for sink in self.sinks:
+            log_video = getattr(sink, "log_video", None)
+            if log_video is not None:
+                log_video(key, path, step)
 
     def find(self, kind: type) -> Any:
         """The first sink of a given class, or None (e.g. ``sinks.find(WandbSink).local_dir``)."""

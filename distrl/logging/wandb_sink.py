@@ -90,6 +90,8 @@ class WandbSink:
     * The run id is stored in ``run_dir/wandb_run_id`` and passed with ``resume="allow"``, so a resumed distrl
       run continues the same wandb run.
     * Every chart uses ``charts/env_steps`` as its x-axis (``define_metric``); ``log(metrics, step)`` adds it.
+    * ``log_video(key, path, step)`` logs a video file as ``wandb.Video`` (the in-training evaluation's
+      ``eval/video``).
     * ``init_timeout_s`` bounds the wait for the W&B server in online mode.
     * If an online init fails (no network, bad key) in 'auto' mode it warns and falls back to offline; in
       'online' mode it raises RuntimeError. If even offline init fails in 'auto' mode, it warns and logs
@@ -205,6 +207,16 @@ class WandbSink:
             return
         clean[ENV_STEPS] = float(int(step))
         self.run.log(clean)
+
+    def log_video(self, key: str, path: str | Path, step: int) -> None:
+        """Log a video file (mp4, gif, webm or ogg) as ``wandb.Video`` under ``key`` at env step ``step``.
+
+        The file is copied into the run (offline runs too; ``wandb sync`` uploads it). The key follows the
+        metric namespaces (e.g. ``eval/video``)."""
+        check_metrics({key: 0.0}, step)
+        if self.run is None:
+            return
+        self.run.log({key: self._wandb.Video(str(path)), ENV_STEPS: float(int(step))})
 
     def close(self, exit_code: int = 0) -> None:
         if self.run is not None:

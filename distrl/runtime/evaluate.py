@@ -1,113 +1,294 @@
-"""``distrl eval CHECKPOINT``: run episodes with a trained agent and report return and success.
+"""Evaluation: run episodes with a policy and report return, success and whether a greedy policy got stuck.
 
-The checkpoint carries the resolved config of its run, so evaluation rebuilds the same env and model. Episodes run
-in this process on single envs (no Ray). A video (GIF; needs Pillow: ``pip install pillow``) of the first episode
-can be written: pixel observations (``rgb`` / ``frames``) are used as is, MiniHack's ``chars`` map is drawn as
-text.
+:class:`Evaluator` is a plain class (one process, no Ray): its own single envs with their own seeds (never the
+training envs), its own agent, and its own random generator for sampling, so an evaluation in the middle of a
+local run changes nothing in the training that follows. The runtimes use it during training (every
+``eval.every_updates`` learner updates; the Ray runtime hosts it in an actor, :mod:`distrl.runtime.ray_eval`),
+and ``distrl eval CHECKPOINT`` through :func:`evaluate`, which rebuilds env and model from the checkpoint's
+stored config.
+
+* **Sampled by default**: actions are drawn from the policy, as in training (the NetHack and Atari baselines
+  evaluate stochastic policies). ``greedy=True`` takes the argmax, which can get stuck: on MiniHack-Room a
+  trained agent that reaches the goal in 12 sampled steps can bump into a wall for ever when greedy.
+* **Stuck detection** (greedy only): when the same (observation, action) pair, or a cycle of up to
+  :data:`MAX_CYCLE` pairs, has repeated for ``eval.stuck_steps`` steps, the episode ends there and counts in
+  ``EvalResult.stuck_episodes``, instead of running on until the time limit.
+* **Video**: with ``video_path``, the first episode is recorded from ``env.render()`` (one frame per step,
+  the first after reset) and written with :func:`distrl.envs.video.write_video` (mp4, or GIF without PyAV).
+* Atari with ``env.terminal_on_life_loss``: a life loss ends only the learning episode; evaluation plays on to
+  the game's end and reports the full-game score.
+
+Usage::
+
+    ev = Evaluator(cfg, spec, seed=eval_seed(cfg))
+    result = ev.run(weights, episodes=5)                     # weights: distrl.types.PolicyWeights
+    result = ev.run(weights, 5, greedy=True, video_path=Path("runs/r/videos/eval_20.mp4"))
+    evaluate("runs/r/checkpoints/learner.pt", episodes=20)   # what `distrl eval` calls
 """
 
 from __future__ import annotations
 
+import collections
+import hashlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from distrl.config import apply_overrides, config_from_dict
+from distrl.config import ExperimentConfig, apply_overrides, config_from_dict
+from distrl.envs.base import EnvSpec
 from distrl.envs.registry import env_spec, make_env
 from distrl.learners.learner import load_checkpoint_file
 from distrl.models.agent import build_agent
+from distrl.types import EvalResult, PolicyWeights
+
+MAX_CYCLE = 4
+"""Longest cycle of (observation, action) pairs the stuck detection recognises (1 = one pair repeating)."""
 
 
-def evaluate(
-    checkpoint: str | Path,
-    episodes: int = 10,
-    greedy: bool = True,
-    video: str | None = None,
-    overrides: list[str] | None = None,
-    seed: int = 12345,
-    max_steps: int = 100_000,
-) -> dict[str, Any]:
+SUCCESS_FAMILIES = ("minihack", "miniworld", "habitat")
+"""Env families whose episodes report success (others may too: then an episode's report says so)."""
+
+
+def eval_seed(cfg: ExperimentConfig) -> int:
+    """The evaluation envs' base seed for a config: derived from ``env.seed`` but apart from every training
+    actor's seeds (episode ``i`` of an evaluation resets with ``eval_seed + i``, so successive evaluations of a
+    run play the same episodes)."""
+    ss = np.random.SeedSequence(entropy=int(cfg.env.seed), spawn_key=(0xE7A1,))
+    return int(ss.generate_state(1)[0] & 0x3FFFFFFF)
+
+
+def obs_key(obs: dict[str, Any]) -> bytes:
+    """A short digest of an observation dict (every key's dtype, shape and bytes)."""
+    h = hashlib.blake2b(digest_size=8)
+    for k in sorted(obs):
+        a = np.ascontiguousarray(obs[k])
+        h.update(k.encode())
+        h.update(str(a.dtype).encode() + str(a.shape).encode())
+        h.update(a.tobytes())
+    return h.digest()
+
+
+class RepeatDetector:
+    """Says when the last ``window`` steps repeat one key or a cycle of up to ``max_cycle`` keys.
+
+    ``runs[p]`` counts the consecutive steps whose key equals the key ``p`` steps earlier; the last ``window``
+    steps are ``p``-periodic when ``runs[p] >= window - p``. O(max_cycle) per step.
+
+    Usage::
+
+        det = RepeatDetector(window=20)
+        det.step((obs_key(obs), action))     # True once the same pair (or a short cycle) filled the window
+        det.reset()                          # at an episode start
+    """
+
+    def __init__(self, window: int, max_cycle: int = MAX_CYCLE) -> None:
+        self.window = int(window)
+        # a cycle must show at least twice in the window to count
+        self.max_cycle = max(1, min(int(max_cycle), self.window // 2))
+        self.reset()
+
+    def reset(self) -> None:
+        self._recent: collections.deque[Any] = collections.deque(maxlen=self.max_cycle)
+        self._runs = [0] * (self.max_cycle + 1)
+
+    def step(self, key: Any) -> bool:
+        if self.window <= 0:
+            return False
+        stuck = False
+        n = len(self._recent)
+        for p in range(1, self.max_cycle + 1):
+            if p <= n and self._recent[-p] == key:
+                self._runs[p] += 1
+                stuck = stuck or self._runs[p] >= self.window - p
+            else:
+                self._runs[p] = 0
+        self._recent.append(key)
+        return stuck
+
+
+class Evaluator:
+    """Runs evaluation episodes with given weights (see the module doc). One process; no Ray.
+
+    ``seed``: base seed of the episodes (default :func:`eval_seed`). ``cfg.eval`` gives the per-episode step
+    cap (``max_steps``) and the stuck window (``stuck_steps``)."""
+
+    def __init__(self, cfg: ExperimentConfig, spec: EnvSpec | None = None, seed: int | None = None) -> None:
+        self.cfg = cfg
+        self.spec = spec if spec is not None else env_spec(cfg.env)
+        self.seed = eval_seed(cfg) if seed is None else int(seed)
+        # Building a model draws its initial weights from torch's global generator: fork it, so an evaluator
+        # created in the middle of a local run leaves the run's random stream as it was.
+        with torch.random.fork_rng(devices=[]):
+            self.agent = build_agent(cfg.model, self.spec)
+        self.agent.eval()
+        self._gen = torch.Generator().manual_seed(self.seed)
+        self._envs: dict[bool, Any] = {}  # render flag -> env (built on first use)
+
+    def _env(self, render: bool) -> Any:
+        if render not in self._envs:
+            self._envs[render] = (
+                make_env(self.cfg.env, self.seed, render=True) if render else make_env(self.cfg.env, self.seed)
+            )
+        return self._envs[render]
+
+    def _action(self, logits: torch.Tensor, greedy: bool) -> int:
+        """logits: [1, A]. Sampled with the evaluator's own generator (the global one is the training's)."""
+        if greedy:
+            return int(logits[0].argmax())
+        probs = torch.softmax(logits[0].float(), dim=-1)
+        return int(torch.multinomial(probs, 1, generator=self._gen))
+
+    @torch.no_grad()
+    def run(
+        self,
+        weights: PolicyWeights,
+        episodes: int,
+        greedy: bool = False,
+        video_path: str | Path | None = None,
+    ) -> EvalResult:
+        """Play ``episodes`` episodes with ``weights``; record the first one to ``video_path`` when given."""
+        if episodes < 1:
+            raise ValueError(f"Evaluator.run: episodes must be >= 1, got {episodes}")
+        self.agent.load_state_dict(weights.policy)
+        ec = self.cfg.eval
+        detector = RepeatDetector(ec.stuck_steps if greedy else 0)
+        returns: list[float] = []
+        lengths: list[int] = []
+        successes: list[float | None] = []
+        stuck = 0
+        frames: list[np.ndarray] = []
+        captions: list[str] = []
+        for ep in range(episodes):
+            record = video_path is not None and ep == 0
+            env = self._env(record)
+            obs, _ = env.reset(seed=self.seed + ep)
+            if record:
+                frames.append(np.asarray(env.render()))
+                captions.append("reset")
+            core = self.agent.initial_state(1)
+            detector.reset()
+            total, n, info, success, was_stuck = 0.0, 0, {}, None, False
+            while n < ec.max_steps:
+                out = self.agent.act({k: torch.as_tensor(np.asarray(v))[None] for k, v in obs.items()}, core,
+                                     greedy=True)
+                core = out.state
+                action = self._action(out.logits, greedy)
+                key = (obs_key(obs), action) if greedy else None
+                obs, r, term, trunc, info = env.step(action)
+                total += float(r)
+                n += 1
+                if record:
+                    frames.append(np.asarray(env.render()))
+                    captions.append(f"a={action} r={float(r):+.2f}")
+                if term or trunc:
+                    if info.get("report", True):
+                        success = info.get("success")
+                        break
+                    # Atari life loss with terminal_on_life_loss: a learning-only end, the game goes on.
+                    obs, _ = env.reset()
+                    core = self.agent.initial_state(1)
+                    detector.reset()
+                    continue
+                if greedy and detector.step(key):
+                    was_stuck = True
+                    if record:
+                        captions[-1] += " STUCK"
+                    break
+            stuck += was_stuck
+            returns.append(float(info.get("episode_return", total)))  # Atari: the full game's score
+            lengths.append(n)
+            successes.append(None if success is None else float(success))
+        # Episodes cut short (stuck, or at eval.max_steps) report nothing: they failed, in envs that report success.
+        reports = any(s is not None for s in successes) or self.spec.family in SUCCESS_FAMILIES
+        success_rate = float(np.mean([s or 0.0 for s in successes])) if reports else None
+        video = None
+        if video_path is not None and frames:
+            from distrl.envs.video import write_video
+
+            video = str(write_video(frames, Path(video_path), captions=captions))
+        return EvalResult(
+            env=self.cfg.env.name,
+            episodes=episodes,
+            return_mean=float(np.mean(returns)),
+            return_std=float(np.std(returns)),
+            length_mean=float(np.mean(lengths)),
+            success_rate=success_rate,
+            learner_version=int(weights.version),
+            greedy=bool(greedy),
+            stuck_episodes=int(stuck),
+            video=video,
+        )
+
+    def close(self) -> None:
+        for env in self._envs.values():
+            env.close()
+        self._envs.clear()
+
+
+def describe(result: EvalResult, stuck_steps: int = 0) -> str:
+    """A one-line human summary of ``result`` (``distrl eval`` prints it after the JSON)."""
+    mode = "greedy (argmax) actions" if result.greedy else "sampled actions"
+    parts = [
+        f"{result.env}: {result.episodes} episodes, {mode}, learner version {result.learner_version}: "
+        f"return {result.return_mean:.3f} ± {result.return_std:.3f}"
+    ]
+    if result.success_rate is not None:
+        parts.append(f"success {result.success_rate:.2f}")
+    parts.append(f"{result.length_mean:.1f} steps per episode")
+    line = ", ".join(parts)
+    if result.stuck_episodes:
+        window = f" for {stuck_steps} steps" if stuck_steps else ""
+        line += (
+            f". STUCK: {result.stuck_episodes} of {result.episodes} greedy episodes repeated the same observation "
+            f"and action{window} and were cut short; the agent was trained with sampled actions, evaluate "
+            "without --greedy to see it act as trained"
+        )
+    if result.video:
+        line += f". Video: {result.video}"
+    return line
+
+
+def load_policy(checkpoint: str | Path, overrides: list[str] | None = None) -> tuple[ExperimentConfig,
+                                                                                   PolicyWeights]:
+    """A learner checkpoint's stored config (with ``a.b=value`` overrides on top) and its policy weights."""
     state = load_checkpoint_file(checkpoint)
     stored = state.get("config")
     if not isinstance(stored, dict):
         raise ValueError(f"{checkpoint}: checkpoint has no stored config; cannot rebuild the agent")
     cfg = config_from_dict(stored, source=str(checkpoint))
     if overrides:
-        cfg = apply_overrides(cfg, overrides)  # e.g. another env seed or max_episode_steps
-    spec = env_spec(cfg.env)
-    agent = build_agent(cfg.model, spec)
-    agent.load_state_dict(state["model"])
-    agent.eval()
-    env = make_env(cfg.env, seed)
-    returns, successes, lengths = [], [], []
-    frames: list[np.ndarray] = []
-    for ep in range(episodes):
-        obs, _ = env.reset(seed=seed + ep)
-        core = agent.initial_state(1)
-        total, n, info = 0.0, 0, {}
-        while n < max_steps:
-            if video and ep == 0:
-                frames.append(_frame(obs))
-            t_obs = {k: torch.as_tensor(np.asarray(v))[None] for k, v in obs.items()}
-            out = agent.act(t_obs, core, greedy=greedy)
-            core = out.state
-            obs, r, term, trunc, info = env.step(int(out.action[0]))
-            total += float(r)
-            n += 1
-            if term or trunc:
-                if info.get("report", True):
-                    break
-                # Atari life loss with terminal_on_life_loss: a learning-only end, the game goes on.
-                obs, _ = env.reset()
-                core = agent.initial_state(1)
-        returns.append(float(info.get("episode_return", total)))
-        lengths.append(n)
-        if info.get("success") is not None:
-            successes.append(float(info["success"]))
-    env.close()
-    result: dict[str, Any] = {
-        "checkpoint": str(checkpoint),
-        "env": cfg.env.name,
-        "episodes": episodes,
-        "return_mean": float(np.mean(returns)),
-        "return_std": float(np.std(returns)),
-        "length_mean": float(np.mean(lengths)),
-        "success_rate": float(np.mean(successes)) if successes else None,
-        "learner_version": int(state.get("version", -1)),
-    }
-    if video:
-        result["video"] = _write_gif(frames, video)
-    return result
+        cfg = apply_overrides(cfg, overrides)
+    return cfg, PolicyWeights(version=int(state.get("version", -1)), policy=state["model"])
 
 
-def _frame(obs: dict[str, np.ndarray]) -> np.ndarray:
-    if "rgb" in obs:
-        return np.asarray(obs["rgb"], dtype=np.uint8)
-    if "frames" in obs:
-        return np.asarray(obs["frames"][-1], dtype=np.uint8)
-    if "chars" in obs:
-        return np.asarray(obs["chars"], dtype=np.uint8)  # drawn as text in _write_gif
-    key = next(iter(obs))
-    return np.asarray(obs[key])
-
-
-def _write_gif(frames: list[np.ndarray], path: str) -> str:
+def evaluate_policy(
+    cfg: ExperimentConfig,
+    weights: PolicyWeights,
+    episodes: int = 10,
+    greedy: bool = False,
+    video: str | Path | None = None,
+    seed: int | None = None,
+) -> EvalResult:
+    """One evaluation of ``weights`` with a fresh :class:`Evaluator` (closed afterwards)."""
+    evaluator = Evaluator(cfg, seed=seed)
     try:
-        from PIL import Image, ImageDraw
-    except ImportError as e:
-        raise RuntimeError("writing a video needs Pillow: pip install pillow") from e
-    images = []
-    for f in frames:
-        if f.ndim == 2 and f.dtype == np.uint8 and f.shape[1] > 40:  # a NetHack chars map
-            img = Image.new("RGB", (f.shape[1] * 7, f.shape[0] * 12), "black")
-            draw = ImageDraw.Draw(img)
-            for y, row in enumerate(f):
-                draw.text((0, y * 12), bytes(row).decode("latin-1"), fill="white")
-            images.append(img)
-        else:
-            images.append(Image.fromarray(f.squeeze()))
-    out = str(Path(path).with_suffix(".gif"))
-    images[0].save(out, save_all=True, append_images=images[1:], duration=80, loop=0)
-    return out
+        return evaluator.run(weights, episodes, greedy=greedy, video_path=video)
+    finally:
+        evaluator.close()
+
+
+def evaluate(
+    checkpoint: str | Path,
+    episodes: int = 10,
+    greedy: bool = False,
+    video: str | Path | None = None,
+    overrides: list[str] | None = None,
+    seed: int | None = None,
+) -> EvalResult:
+    """Rebuild the agent and env from a learner checkpoint's stored config and evaluate its weights
+    (``distrl eval``). ``overrides`` (``a.b=value``) apply on top of the stored config, e.g. another
+    ``env.max_episode_steps`` or ``eval.stuck_steps``. ``seed``: base episode seed (default :func:`eval_seed`)."""
+    cfg, weights = load_policy(checkpoint, overrides)
+    return evaluate_policy(cfg, weights, episodes, greedy=greedy, video=video, seed=seed)

@@ -32,9 +32,11 @@ def test_local_runtime_learns_a_memory_task(tmp_path):
     rows = read_jsonl(run_dir / "metrics.jsonl")
     assert rows[-1]["charts/env_steps"] >= 32000
     assert any("learner/policy_loss" in r for r in rows)
-    # `distrl eval` rebuilds env and agent from the checkpoint alone and replays the learned behaviour.
-    result = evaluate(run_dir / "checkpoints/learner.pt", episodes=30, overrides=["env.fake_episode_len=4"])
-    assert result["env"] == "fake:memory" and result["success_rate"] >= 0.9, result
+    # `distrl eval` rebuilds env and agent from the checkpoint alone and, sampling as in training (the default),
+    # reaches the training success.
+    result = evaluate(run_dir / "checkpoints/learner.pt", episodes=100, overrides=["env.fake_episode_len=4"])
+    assert result.env == "fake:memory" and not result.greedy and result.stuck_episodes == 0, result
+    assert result.success_rate is not None and result.success_rate >= summary["success_rate"] - 0.1, (result, summary)
 
 
 def test_resume_continues_counters_and_replay(tmp_path):
