@@ -7,7 +7,8 @@
     distrl train configs/quickstart.yaml --local   # everything in one process (debug with breakpoint())
     distrl train configs/x.yaml --address auto     # join a running cluster (or set RAY_ADDRESS)
     distrl train --resume runs/my-run              # continue a run with its stored config and counters
-    distrl eval runs/my-run/checkpoints/learner.pt --episodes 10 --video out.mp4
+    distrl eval runs/my-run/checkpoints/learner.pt --episodes 10 --video out.mp4   # sampled, as trained
+    distrl eval runs/my-run/checkpoints/learner.pt --greedy                         # argmax actions
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import os
 import re
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+from distrl import storage
 from distrl.config import ConfigError, ExperimentConfig, config_from_dict, load_config, save_config
 
 
@@ -40,6 +43,18 @@ def _split_overrides(items: list[str]) -> list[str]:
     return out
 
 
+@dataclass(frozen=True)
+class RunSetup:
+    """A resolved run: its config, where it is kept (``location``: an absolute path or a remote URI, see
+    :mod:`distrl.storage`), the local directory this process writes (``location`` itself, or its staging copy)
+    and whether it continues an earlier run."""
+
+    cfg: ExperimentConfig
+    location: str
+    run_dir: Path
+    resuming: bool
+
+
 def prepare_run(
     config: str | None,
     overrides: list[str],
@@ -47,10 +62,25 @@ def prepare_run(
     local: bool = False,
     address: str | None = None,
 ) -> tuple[ExperimentConfig, Path, bool]:
-    """Resolve the config and the run directory. Returns (cfg, run_dir, resuming).
+    """Resolve the config and the run directory. Returns (cfg, run_dir, resuming); see :func:`resolve_run`."""
+    r = resolve_run(config, overrides, resume, local, address)
+    return r.cfg, r.run_dir, r.resuming
 
-    A new run refuses an existing run directory; ``--resume DIR`` reuses DIR's stored config, and refuses a config
-    given on the command line that differs from it in anything but the runtime/logging sections.
+
+def resolve_run(
+    config: str | None,
+    overrides: list[str],
+    resume: str | None = None,
+    local: bool = False,
+    address: str | None = None,
+) -> RunSetup:
+    """Resolve the config and the run location.
+
+    The location is ``runtime.run_dir/<run_name>`` made absolute (:func:`distrl.storage.resolve_location`: a
+    relative ``runtime.run_dir`` inside a ``ray job submit`` job goes under ``~/distrl``), or a remote URI, whose
+    run is staged in a local directory and pulled back on ``--resume``. A new run refuses an existing run
+    location; ``--resume LOCATION`` reuses its stored config, and refuses a config given on the command line that
+    differs from it in anything but the runtime, logging and eval sections.
     """
     extra = list(overrides)
     if local:
@@ -58,10 +88,17 @@ def prepare_run(
     if address:
         extra.append(f"runtime.address={address}")
     if resume:
-        run_dir = Path(resume)
+        location = storage.resolve_location(resume)
+        run_dir = storage.staging_dir(location)
+        if storage.is_remote(location):
+            fs, root = storage.filesystem(location)
+            for entry in fs.ls(root, detail=False) if fs.exists(root) else []:
+                name = entry.rstrip("/").rsplit("/", 1)[-1]
+                if name != "replay":  # each replay shard pulls its own checkpoint, on its node
+                    storage.pull(storage.join(location, name), run_dir / name)
         stored_path = run_dir / "config.yaml"
         if not stored_path.is_file():
-            raise ConfigError(f"--resume {run_dir}: no config.yaml there; is it a distrl run directory?")
+            raise ConfigError(f"--resume {location}: no config.yaml there; is it a distrl run directory?")
         import yaml
 
         stored = config_from_dict(yaml.safe_load(stored_path.read_text()), source=str(stored_path))
@@ -70,54 +107,59 @@ def prepare_run(
             if given.fingerprint() != stored.fingerprint():
                 raise ConfigError(
                     f"--resume {run_dir}: {config} (with overrides) differs from the run's stored config "
-                    f"{stored_path} outside the runtime/logging sections; refusing to resume"
+                    f"{stored_path} outside the runtime, logging and eval sections; refusing to resume"
                 )
             cfg = given
         else:
             cfg = load_config(stored_path, extra)
-        return cfg, run_dir, True
+        return RunSetup(cfg, location, run_dir, True)
     cfg = load_config(config, extra)
     name = cfg.runtime.run_name or time.strftime("%Y%m%d-%H%M%S") + "-" + re.sub(r"[^A-Za-z0-9._-]+", "_", cfg.env.name)
-    run_dir = Path(cfg.runtime.run_dir) / name
-    if (run_dir / "config.yaml").exists():
+    location = storage.join(storage.resolve_location(cfg.runtime.run_dir), name)
+    if storage.exists(storage.join(location, "config.yaml")):
         raise ConfigError(
-            f"run directory {run_dir} already holds a run; pass --resume {run_dir} to continue it or choose "
+            f"run directory {location} already holds a run; pass --resume {location} to continue it or choose "
             "another runtime.run_name"
         )
+    run_dir = storage.staging_dir(location)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
-    return cfg, run_dir, False
+    storage.push(run_dir / "config.yaml", storage.join(location, "config.yaml"))
+    return RunSetup(cfg, location, run_dir, False)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    cfg, run_dir, resuming = prepare_run(
-        args.config, _split_overrides(args.overrides), args.resume, args.local, args.address
-    )
+    run = resolve_run(args.config, _split_overrides(args.overrides), args.resume, args.local, args.address)
+    cfg, run_dir = run.cfg, run.run_dir
+    staged = f" (staged in {run_dir})" if storage.is_remote(run.location) else ""
+    print(f"distrl: run directory {run.location}{staged}", flush=True)
     if cfg.runtime.mode == "local":
         from distrl.runtime.local import LocalRuntime
 
-        runtime = LocalRuntime(cfg, run_dir, resume=resuming)
+        runtime = LocalRuntime(cfg, run_dir, resume=run.resuming)
     else:
         from distrl.runtime.ray_app import RayRuntime
 
-        runtime = RayRuntime(cfg, run_dir, resume=resuming)
-    summary = runtime.train()
-    print(json.dumps({"run_dir": str(run_dir), **summary}))
+        runtime = RayRuntime(cfg, run_dir, resume=run.resuming, location=run.location)
+    try:
+        summary = runtime.train()
+    finally:
+        storage.push(run_dir, run.location)  # a remote location gets everything this node wrote, even on failure
+    print(json.dumps({"run_dir": run.location, **summary}))
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from distrl.runtime.evaluate import evaluate
+    from distrl.runtime.evaluate import describe, evaluate_policy, load_policy
 
-    result = evaluate(
-        args.checkpoint,
-        episodes=args.episodes,
-        greedy=not args.sample,
-        video=args.video,
-        overrides=_split_overrides(args.overrides),
-        seed=args.seed,
-    )
-    print(json.dumps(result))
+    if args.sample and args.greedy:
+        raise ConfigError("--sample and --greedy contradict each other (sampling is the default)")
+    if args.sample:
+        print("distrl: --sample is the default now (and deprecated); --greedy takes argmax actions", file=sys.stderr)
+    cfg, weights = load_policy(args.checkpoint, _split_overrides(args.overrides))
+    result = evaluate_policy(cfg, weights, args.episodes, greedy=args.greedy, video=args.video, seed=args.seed)
+    print(json.dumps({"checkpoint": str(args.checkpoint), **result.to_dict()}))
+    print(describe(result, cfg.eval.stuck_steps), file=sys.stderr)
     return 0
 
 
@@ -133,13 +175,17 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--address", default=None, help="Ray address to join (default: RAY_ADDRESS or a new local Ray)")
     t.set_defaults(fn=cmd_train)
 
-    e = sub.add_parser("eval", help="run episodes with a checkpoint")
+    e = sub.add_parser("eval", help="run episodes with a checkpoint (sampled actions, as trained)")
     e.add_argument("checkpoint")
-    e.add_argument("overrides", nargs=argparse.REMAINDER, help="section.key=value overrides (e.g. env.name=...)")
+    e.add_argument("overrides", nargs=argparse.REMAINDER,
+                   help="section.key=value overrides (e.g. eval.max_steps=500, eval.stuck_steps=50)")
     e.add_argument("--episodes", type=int, default=10)
-    e.add_argument("--sample", action="store_true", help="sample actions instead of greedy argmax")
-    e.add_argument("--video", default=None, help="write an mp4/gif of the first episode (pixel envs and MiniHack)")
-    e.add_argument("--seed", type=int, default=12345)
+    e.add_argument("--greedy", action="store_true",
+                   help="take the argmax action instead of sampling; episodes that repeat themselves are cut short "
+                        "and reported as stuck")
+    e.add_argument("--sample", action="store_true", help=argparse.SUPPRESS)  # deprecated: sampling is the default
+    e.add_argument("--video", default=None, help="write an mp4 (GIF without PyAV) of the first episode")
+    e.add_argument("--seed", type=int, default=None, help="base episode seed (default: from the run's env.seed)")
     e.set_defaults(fn=cmd_eval)
 
     # argparse puts --flags after the positional config into REMAINDER; pull known flags back out.
@@ -159,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 _FLAGS_WITH_VALUE = {"--resume", "--address", "--episodes", "--video", "--seed"}
-_FLAGS_BOOL = {"--local", "--sample"}
+_FLAGS_BOOL = {"--local", "--sample", "--greedy"}
 
 
 def _hoist_flags(argv: list[str]) -> list[str]:

@@ -229,6 +229,9 @@ class RuntimeConfig:
     max_wall_time_s: float = 0.0
     """Stop after this many seconds (0 = no limit)."""
     run_dir: str = "runs"
+    """Where runs are kept: a local or shared-filesystem path, or an fsspec URI (``s3://bucket/runs``,
+    ``gs://...``, ``file:///...``). A relative path is resolved against the working directory, except inside a
+    ``ray job submit`` job (whose working directory Ray deletes), where it goes under ``~/distrl_runs``."""
     run_name: str = ""
     """Run directory name under run_dir ('' = generated)."""
     seed: int = 0
@@ -242,6 +245,11 @@ class RuntimeConfig:
     ``replay_shard`` (clusters/*.yaml label their node kinds so), each learner, env actor or replay shard asks
     for 0.001 of it, which pins it to those nodes (CPUs and GPUs still decide how many fit); false = place by
     CPUs and GPUs only."""
+    fit_to_cluster: bool = True
+    """Ray runtime, joining a cluster that declares no node labels and has fewer CPUs than the run reserves
+    (e.g. ``ray start --head`` on a laptop): scale every CPU reservation down by the same factor so the run fits,
+    and say so; false = keep them and wait for more nodes (an autoscaling cluster without node labels; the
+    labelled clusters of clusters/*.yaml are never scaled)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -256,6 +264,34 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class EvalConfig:
+    """Evaluation during training: a few episodes on separate envs (their own seeds), logged under ``eval/``.
+    ``max_steps`` and ``stuck_steps`` apply to ``distrl eval`` too (override them there as ``eval.max_steps=...``).
+    Not part of the config fingerprint: changing it never blocks ``--resume``."""
+
+    every_updates: int = 20
+    """Evaluate whenever the learner version crosses a multiple of this, and once at the end (0 = never). The
+    quickstart makes about 60 learner updates in 40k env steps."""
+    episodes: int = 5
+    """Episodes per evaluation during training."""
+    greedy: bool = False
+    """Take the argmax action instead of sampling. False evaluates the policy as it was trained (sampled), as
+    the NetHack and Atari baselines do; a greedy policy can get stuck repeating one action."""
+    video: bool = True
+    """Record the first episode of each evaluation during training: ``<run_dir>/videos/eval_<version>.mp4``
+    (GIF without PyAV), and ``eval/video`` on wandb."""
+    max_steps: int = 27_000
+    """Cap on an evaluation episode's length (agent steps) when the env has no shorter limit of its own
+    (27,000 = Atari's 108k frames at frame skip 4)."""
+    stuck_steps: int = 20
+    """Greedy only: end an episode as stuck when the same (observation, action) pair, or a cycle of up to 4
+    pairs, has repeated for this many steps; it counts in ``eval/stuck_episodes`` (0 = never)."""
+    num_cpus: float = 0.0
+    """Ray runtime: CPUs the evaluator actor reserves (0: it shares the others' CPUs; it runs a few episodes
+    now and then and never blocks placement)."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class ExperimentConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -266,6 +302,7 @@ class ExperimentConfig:
     bonus: BonusConfig = field(default_factory=BonusConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self) -> ExperimentConfig:
         """Cross-field checks. Raises ConfigError naming the fields; returns self for chaining."""
@@ -312,6 +349,11 @@ class ExperimentConfig:
              "learner.num_cpus and replay.num_cpus must be >= 0"),
             (self.runtime.mode == "ray" or self.learner.num_learners == 1,
              "learner.num_learners > 1 needs runtime.mode=ray"),
+            (self.eval.every_updates >= 0, "eval.every_updates must be >= 0 (0 = no evaluation during training)"),
+            (self.eval.episodes >= 1, "eval.episodes must be >= 1"),
+            (self.eval.max_steps >= 1, "eval.max_steps must be >= 1"),
+            (self.eval.stuck_steps >= 0, "eval.stuck_steps must be >= 0 (0 = no stuck detection)"),
+            (self.eval.num_cpus >= 0, "eval.num_cpus must be >= 0"),
         ]
         errors = [msg for ok, msg in checks if not ok]
         if errors:
@@ -321,10 +363,11 @@ class ExperimentConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def fingerprint(self, ignore: Sequence[str] = ("runtime", "logging")) -> str:
+    def fingerprint(self, ignore: Sequence[str] = ("runtime", "logging", "eval")) -> str:
         """A stable JSON string of the config sections that define the model and learning problem.
 
-        Checkpoints store it; resuming with a different fingerprint is refused.
+        Checkpoints store it; resuming with a different fingerprint is refused. Evaluation settings are not part
+        of it.
         """
         d = {k: v for k, v in self.to_dict().items() if k not in ignore}
         d["actor"] = {k: v for k, v in d["actor"].items() if k not in ("device", "threads", "inference")}

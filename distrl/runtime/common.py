@@ -2,7 +2,8 @@
 
 :class:`RunMonitor` receives raw numbers from the runtime (env steps, episodes, learner reports, shard and actor
 stats), turns them into namespaced metrics and logs them through the sinks at most every
-``logging.log_every_s`` seconds. It owns no components and makes no remote calls.
+``logging.log_every_s`` seconds; evaluation results go out at once under ``eval/`` (:meth:`RunMonitor.log_eval`).
+It owns no components and makes no remote calls.
 """
 
 from __future__ import annotations
@@ -13,14 +14,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from distrl import storage
 from distrl.config import ExperimentConfig
 from distrl.logging import EpisodeTracker, RateMeter, make_sinks
-from distrl.types import ActorReport, EpisodeStats, LearnerReport
+from distrl.types import ActorReport, EpisodeStats, EvalResult, LearnerReport
 
 
 @dataclass(frozen=True)
 class RunPaths:
+    """``run_dir`` is where this process writes; ``location`` is where the run is kept (:mod:`distrl.storage`):
+    the same directory, or a remote URI that ``run_dir`` stages for (``push`` uploads a part of it)."""
+
     run_dir: Path
+    location: str = ""
 
     @property
     def learner_checkpoint(self) -> Path:
@@ -28,6 +34,22 @@ class RunPaths:
 
     def shard_dir(self, shard_id: int) -> Path:
         return self.run_dir / "replay" / f"shard_{shard_id}"
+
+    def shard_location(self, shard_id: int) -> str:
+        """Where replay shard ``shard_id`` saves its checkpoint, from whichever node it runs on."""
+        if storage.is_remote(self.location):
+            return storage.join(self.location, "replay", f"shard_{shard_id}")
+        return str(self.shard_dir(shard_id))
+
+    def push(self, *parts: str) -> None:
+        """Upload ``run_dir/parts`` to the remote location (no-op for a local one)."""
+        if storage.is_remote(self.location):
+            storage.push(self.run_dir.joinpath(*parts), storage.join(self.location, *parts))
+
+    def eval_video(self, version: int) -> Path:
+        """Where the in-training evaluation at learner version ``version`` writes its video (the writer may change
+        the extension: .gif without PyAV)."""
+        return self.run_dir / "videos" / f"eval_{version}.mp4"
 
 
 def next_checkpoint(version: int, every: int) -> int:
@@ -56,6 +78,7 @@ class RunMonitor:
         self._learner_metrics: dict[str, float] = {}
         self.last_metrics: dict[str, float] = {}
         self._actor_times: dict[tuple[int, int], tuple[float, float, float]] = {}
+        self.last_eval: EvalResult | None = None
 
     def add_episodes(self, episodes: Iterable[EpisodeStats]) -> None:
         self.tracker.add(episodes)
@@ -67,6 +90,26 @@ class RunMonitor:
         self.learner_env_steps += report.env_steps
         self.learner_samples += report.samples
         self._learner_metrics = dict(report.metrics)
+
+    def log_eval(self, result: EvalResult, env_steps: int) -> dict[str, float]:
+        """Log an evaluation under ``eval/`` at ``env_steps`` (and its video as ``eval/video`` to the sinks that
+        take media: wandb). Returns the metrics logged."""
+        m = {
+            "charts/env_steps": float(env_steps),
+            "eval/return_mean": result.return_mean,
+            "eval/return_std": result.return_std,
+            "eval/length_mean": result.length_mean,
+            "eval/learner_version": float(result.learner_version),
+            "eval/episodes": float(result.episodes),
+            "eval/stuck_episodes": float(result.stuck_episodes),
+        }
+        if result.success_rate is not None:
+            m["eval/success_rate"] = result.success_rate
+        self.sinks.log(m, step=env_steps)
+        if result.video:
+            self.sinks.log_video("eval/video", result.video, step=env_steps)
+        self.last_eval = result
+        return m
 
     def should_stop(self, env_steps: int) -> bool:
         if env_steps >= self.cfg.runtime.total_env_steps:
@@ -156,6 +199,7 @@ class RunMonitor:
             "episode_return": t.get("charts/episode_return"),
             "success_rate": t.get("charts/success_rate"),
             "episodes": self.tracker.total_episodes,
+            "eval": None if self.last_eval is None else self.last_eval.to_dict(),
         }
 
     def close(self, exit_code: int = 0) -> None:

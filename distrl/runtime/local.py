@@ -2,8 +2,10 @@
 
 The same EnvActor, ReplayShard, ReplaySampler, Learner and WeightStore classes as the Ray runtime, wired by a
 plain loop: actors step and insert; the learner trains as long as the shards' rate limiters allow; weights go
-to the actors after every publish. Slower than the Ray runtime (nothing overlaps) but deterministic given a seed
-and debuggable with ``breakpoint()``.
+to the actors after every publish. Every ``eval.every_updates`` learner updates (and once at the end) an
+:class:`~distrl.runtime.evaluate.Evaluator` plays ``eval.episodes`` episodes in-line with the latest published
+weights, on its own envs, and the results go to the sinks under ``eval/``. Slower than the Ray runtime (nothing
+overlaps) but deterministic given a seed and debuggable with ``breakpoint()``.
 
 Usage::
 
@@ -25,6 +27,7 @@ from distrl.replay.client import LocalShardClient
 from distrl.replay.sampler import ReplaySampler
 from distrl.replay.shard import ReplayShard
 from distrl.runtime.common import RunMonitor, RunPaths, n_fresh, next_checkpoint
+from distrl.runtime.evaluate import Evaluator
 from distrl.runtime.learner_worker import LearnerWorker
 from distrl.runtime.weights import WeightStore
 
@@ -60,10 +63,25 @@ class LocalRuntime:
         actors = [EnvActor(cfg, i) for i in range(cfg.actor.num_actors)]
         monitor = RunMonitor(cfg, self.paths.run_dir, env_steps_base)
         next_ckpt = next_checkpoint(worker.version, cfg.learner.checkpoint_every)
+        next_eval = next_checkpoint(worker.version, cfg.eval.every_updates)
+        evaluator: Evaluator | None = None
+        evaluated = -1  # learner version of the last evaluation
         exit_code = 1
 
         def env_steps() -> int:
             return env_steps_base + sum(a.env_steps for a in actors)
+
+        def run_eval() -> None:
+            nonlocal evaluator, evaluated
+            version, weights = store.get()
+            if version == evaluated:
+                return
+            if evaluator is None:
+                evaluator = Evaluator(cfg, spec)
+            video = self.paths.eval_video(version) if cfg.eval.video else None
+            result = evaluator.run(weights, cfg.eval.episodes, greedy=cfg.eval.greedy, video_path=video)
+            monitor.log_eval(result, env_steps())
+            evaluated = version
 
         try:
             while not monitor.should_stop(env_steps()):
@@ -96,9 +114,14 @@ class LocalRuntime:
                 if next_ckpt and worker.version >= next_ckpt:
                     self._checkpoint(worker, shards, env_steps(), replay=False)
                     next_ckpt = next_checkpoint(worker.version, cfg.learner.checkpoint_every)
+                if next_eval and worker.version >= next_eval:
+                    run_eval()
+                    next_eval = next_checkpoint(worker.version, cfg.eval.every_updates)
                 monitor.maybe_log(
                     env_steps(), [s.stats() for s in shards], [a.counters() for a in actors]
                 )
+            if cfg.eval.every_updates > 0:
+                run_eval()  # the trained agent as it ends (skipped when that version was just evaluated)
             self._checkpoint(worker, shards, env_steps(), replay=True)
             monitor.maybe_log(env_steps(), [s.stats() for s in shards], [a.counters() for a in actors],
                               force=True)
@@ -107,6 +130,8 @@ class LocalRuntime:
         finally:
             for a in actors:
                 a.close()
+            if evaluator is not None:
+                evaluator.close()
             worker.close()
             monitor.close(exit_code)
 

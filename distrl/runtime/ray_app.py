@@ -20,9 +20,16 @@ checkpoints.
   only its ObjectRef, and actors fetch it when their version is older.
 * **Checkpoints**: the driver writes the learner checkpoint into the run directory (learner state travels through
   the object store); replay shards write theirs from their own node, so on a multi-node cluster put
-  ``runtime.run_dir`` on a shared filesystem or label the driver's node ``replay_shard`` (clusters/*.yaml do).
+  ``runtime.run_dir`` on a shared filesystem, make it a URI (``s3://...``: each writer stages on its node and
+  uploads through fsspec, :mod:`distrl.storage`), or label the driver's node ``replay_shard`` (clusters/*.yaml do).
+* **Fitting a small cluster**: joining an unlabelled cluster with fewer CPUs than the run reserves (``ray start
+  --head`` on a laptop), every CPU reservation is scaled down by one factor and the log says so
+  (``runtime.fit_to_cluster``, :func:`distrl.runtime.resources.fit_to_cluster`).
 * **Faults**: a dead env actor is restarted (up to ``runtime.actor_restarts`` times per actor id) and the run
   goes on; a dead learner or replay shard stops the run with an error naming it (resume with ``--resume``).
+* **Evaluation**: every ``eval.every_updates`` learner updates, an evaluator actor (``eval.num_cpus``, default 0)
+  plays a few episodes with the weight store's latest weights while training goes on; the driver polls it without
+  waiting and logs ``eval/`` metrics and the video (:mod:`distrl.runtime.ray_eval`).
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ import ray
 import torch
 import torch.distributed as dist
 
+from distrl import storage
 from distrl.config import ExperimentConfig
 from distrl.envs.base import EnvSpec
 from distrl.envs.registry import env_spec
@@ -46,6 +54,7 @@ from distrl.replay.sampler import ReplaySampler
 from distrl.runtime.common import RunMonitor, RunPaths, n_fresh, next_checkpoint
 from distrl.runtime.learner_worker import LearnerWorker
 from distrl.runtime.ray_env_actor import EnvActorHandle, restart_env_actor, start_env_actors
+from distrl.runtime.ray_eval import EvalDriver
 from distrl.runtime.ray_replay import make_ray_shards, ray_shard_clients
 from distrl.runtime.resources import (
     ENV_ACTOR,
@@ -53,6 +62,7 @@ from distrl.runtime.resources import (
     REPLAY_SHARD,
     cpus_needed,
     describe,
+    fit_to_cluster,
     placement_message,
     ray_options,
 )
@@ -142,9 +152,9 @@ class RayLearner:
 
 
 class RayRuntime:
-    def __init__(self, cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False) -> None:
+    def __init__(self, cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False, location: str = "") -> None:
         self.cfg = cfg
-        self.paths = RunPaths(Path(run_dir))
+        self.paths = RunPaths(Path(run_dir), location or str(run_dir))  # location: a remote URI run_dir stages for
         self.resume = resume
         self.learners: list[Any] = []
         self.actor_handles: list[EnvActorHandle] = []
@@ -184,17 +194,20 @@ class RayRuntime:
         cfg, paths = self.cfg, self.paths
         spec = env_spec(cfg.env)
         J = cfg.replay.num_shards
-        restore = [paths.shard_dir(j) for j in range(J)]
-        restore_dirs = restore if self.resume and all(d.is_dir() for d in restore) else None
+        restore: list[str | Path] = [paths.shard_location(j) for j in range(J)]
+        restore_dirs = restore if self.resume and all(storage.exists(str(d)) for d in restore) else None
         cluster = ray.cluster_resources()
-        self.options = opts = ray_options(cfg, cluster)
+        self.options, fitted = fit_to_cluster(cfg, ray_options(cfg, cluster), cluster)
+        opts = self.options
+        if fitted:
+            log.warning("distrl: %s", fitted)
         log.info("distrl: %s", describe(cfg, opts, cluster))
         shard_opts = opts[REPLAY_SHARD]
         shards = make_ray_shards(cfg.replay, J, num_cpus=shard_opts["num_cpus"], resources=shard_opts.get("resources"),
                                  seed=cfg.runtime.seed, restore_dirs=restore_dirs)
         store = ray.remote(num_cpus=0)(RayWeightStore).remote()
         world = cfg.learner.num_learners
-        if float(cluster.get("CPU", 0.0)) + 1e-9 < cpus_needed(cfg)["total"]:
+        if not fitted and float(cluster.get("CPU", 0.0)) + 1e-9 < cpus_needed(cfg)["total"]:
             # An autoscaling cluster may still add nodes; otherwise Ray would wait for ever, so say it now.
             log.warning("distrl: %s; waiting up to runtime.placement_timeout_s=%g s for more nodes",
                         placement_message(cfg, cluster), cfg.runtime.placement_timeout_s)
@@ -224,6 +237,8 @@ class RayRuntime:
         every = cfg.learner.checkpoint_every
         next_ckpt = next_checkpoint(version, every)
         round_refs = [lr.train.remote(64, 0.5) for lr in learners]
+        evals = EvalDriver(cfg, spec, store, video_path=paths.eval_video)
+        evals.start_at(version)
         exit_code = 1
 
         def env_steps() -> int:
@@ -240,6 +255,9 @@ class RayRuntime:
                         self._save_learner(env_steps())
                         next_ckpt = next_checkpoint(version, every)
                     round_refs = [lr.train.remote(64, 0.5) for lr in learners]
+                    evals.on_version(version)
+                for result in evals.poll():
+                    monitor.log_eval(result, env_steps())
                 now = time.monotonic()
                 if now - last_poll >= min(1.0, cfg.logging.log_every_s):
                     last_poll = now
@@ -258,11 +276,13 @@ class RayRuntime:
             try:
                 ready, _ = ray.wait(round_refs, num_returns=len(round_refs), timeout=300)
                 if len(ready) == len(round_refs):
-                    self._collect_round(round_refs, monitor)
+                    version = self._collect_round(round_refs, monitor)
             except ray.exceptions.RayError as e:
                 raise RuntimeError(f"a learner failed: {e}") from e
+            for result in evals.finish(version):  # the trained agent as it ends
+                monitor.log_eval(result, env_steps())
             self._save_learner(env_steps())
-            ray.get([s.save.remote(str(paths.shard_dir(j))) for j, s in enumerate(shards)])
+            ray.get([s.save.remote(paths.shard_location(j)) for j, s in enumerate(shards)])
             stats = ray.get([s.stats.remote() for s in shards], timeout=60)
             monitor.maybe_log(env_steps(), stats, list(latest_stats.values()), force=True)
             summary = monitor.summary(env_steps())
@@ -274,6 +294,7 @@ class RayRuntime:
             exit_code = 0
             return summary
         finally:
+            evals.close()
             monitor.close(exit_code)
             for h in actors:
                 try:
@@ -306,6 +327,7 @@ class RayRuntime:
     def _save_learner(self, env_steps: int) -> None:
         state = ray.get(self.learners[0].state_dict.remote())
         save_checkpoint_file({**state, "extra": {"env_steps": env_steps}}, self.paths.learner_checkpoint)
+        self.paths.push("checkpoints")
 
     @staticmethod
     def _collect_round(refs: list[Any], monitor: RunMonitor) -> int:

@@ -27,6 +27,7 @@ Usage::
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -34,6 +35,7 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 import ray
 
+from distrl import storage
 from distrl.config import ReplayConfig
 from distrl.replay.shard import InsertResult, ReplayShard, ShardSample, ShardStats
 from distrl.types import Trajectory, as_numpy
@@ -58,6 +60,27 @@ class RayPending(Generic[T]):
             return ray.get(self.ref, timeout=timeout)
         except ray.exceptions.GetTimeoutError as e:
             raise TimeoutError(f"replay shard call not answered within {timeout}s") from e
+
+
+class StoredShard(ReplayShard):
+    """A ReplayShard whose ``save`` / ``restore`` also take a remote run location (``s3://...``, see
+    :mod:`distrl.storage`): the checkpoint is written to this node's staging directory and pushed there (or
+    pulled from there first), so a shard on any node of a cluster keeps its checkpoint with the run."""
+
+    def save(self, path: str | Path, *, fsync: bool = True) -> Path:  # type: ignore[override]
+        if not storage.is_remote(str(path)):
+            return super().save(path, fsync=fsync)
+        local = super().save(storage.staging_dir(str(path)), fsync=fsync)
+        storage.push(local, str(path))
+        return local
+
+    def restore(self, path: str | Path, **kwargs: Any) -> ShardStats:  # type: ignore[override]
+        if storage.is_remote(str(path)):
+            local = storage.staging_dir(str(path))
+            shutil.rmtree(local, ignore_errors=True)
+            storage.pull(str(path), local)
+            path = local
+        return super().restore(path, **kwargs)
 
 
 def _np(x: Any) -> np.ndarray | None:
@@ -108,7 +131,7 @@ def make_ray_shard(
     and the new actor is killed.
     """
     extra: dict[str, Any] = {"resources": dict(resources)} if resources else {}
-    cls = ray.remote(num_cpus=cfg.num_cpus if num_cpus is None else num_cpus, max_restarts=0, **extra)(ReplayShard)
+    cls = ray.remote(num_cpus=cfg.num_cpus if num_cpus is None else num_cpus, max_restarts=0, **extra)(StoredShard)
     handle = cls.remote(cfg, shard_id, seed=seed, core_state_dtype=core_state_dtype)
     if restore_from is not None:
         try:

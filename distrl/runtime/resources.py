@@ -69,6 +69,35 @@ def ray_options(cfg: ExperimentConfig, cluster: Mapping[str, float]) -> dict[str
     return options
 
 
+def fit_to_cluster(
+    cfg: ExperimentConfig, options: Mapping[str, Mapping[str, Any]], cluster: Mapping[str, float]
+) -> tuple[dict[str, dict[str, Any]], str]:
+    """``options`` with every CPU reservation scaled down by one factor so that the run fits the cluster's CPUs,
+    and a line for the log saying so; ``(options, "")`` unchanged when the run fits, when
+    ``runtime.fit_to_cluster`` is false, or when the cluster declares node labels (a managed cluster: its nodes
+    decide, and an autoscaler may add more).
+
+    This is what a fresh local Ray does by over-committing logical CPUs: the actors share the cores they have.
+    """
+    out = {c: dict(o) for c, o in options.items()}
+    have = float(cluster.get("CPU", 0.0))
+    counts = component_counts(cfg)
+    need = sum(counts[c] * float(o["num_cpus"]) for c, o in out.items())
+    labelled = any(float(cluster.get(label, 0.0)) > 0 for label in NODE_LABELS.values())
+    if not cfg.runtime.fit_to_cluster or labelled or have <= 0 or need <= have + 1e-9:
+        return out, ""
+    factor = have / need
+    for o in out.values():
+        if o["num_cpus"] > 0:  # Ray counts CPUs in units of 0.0001; round down so the sum stays within `have`
+            o["num_cpus"] = max(int(o["num_cpus"] * factor * 1000) / 1000, 0.001)
+    scaled = ", ".join(f"{_KIND[c]} {out[c]['num_cpus']:g}" for c in COMPONENTS)
+    return out, (
+        f"the cluster has {have:g} CPUs and this run reserves {need:g}; scaled every CPU reservation by "
+        f"{factor:.3g} to fit (per actor: {scaled}), so the actors share the cores as a local run does. "
+        f"runtime.fit_to_cluster=false keeps the reservations and waits for more nodes instead"
+    )
+
+
 def describe(cfg: ExperimentConfig, options: Mapping[str, Mapping[str, Any]], cluster: Mapping[str, float]) -> str:
     """One line for the log: what each component asks for, and which node labels the cluster has."""
     counts = component_counts(cfg)

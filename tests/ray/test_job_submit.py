@@ -6,7 +6,10 @@ and stops only the processes it started (never `ray stop`, which kills every Ray
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -72,3 +75,112 @@ def test_ray_job_submit_runs_distrl_train(tmp_path):
         except ProcessLookupError:
             pass
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+# ---- the README's "On a Ray cluster" commands, as a user pastes them -----------------------------------------
+
+def _readme_cluster_block() -> list[str]:
+    """The command lines of the bash block in README.md's "On a Ray cluster" section (comments dropped)."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("### On a Ray cluster", 1)[1]
+    block = section.split("```bash", 1)[1].split("```", 1)[0]
+    return [ln.strip() for ln in block.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+
+
+def _start_head(cmd: str, env: dict[str, str], log_path: Path, temp_dir: Path) -> subprocess.Popen:
+    """The README's `ray start --head ...`, plus private ports, temp dir and --block (this machine is shared: never
+    the default ports, /tmp/ray or `ray stop`), and 2 CPUs like the 2-core machine the issue was found on."""
+    args = [
+        *shlex.split(cmd), "--block", "--port", "6394", "--node-ip-address", "127.0.0.1", "--dashboard-port", "8277",
+        "--ray-client-server-port", "6395", "--dashboard-agent-listen-port", "52397", "--num-cpus", "2",
+        "--temp-dir", str(temp_dir), "--disable-usage-stats"]
+    with open(log_path, "w") as log:
+        head = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while "Ray runtime started" not in log_path.read_text():
+        assert head.poll() is None, log_path.read_text()
+        assert time.monotonic() < deadline, "ray head did not start in 180 s:\n" + log_path.read_text()
+        time.sleep(1)
+    return head
+
+
+def _stop_head(head: subprocess.Popen, temp_dir: Path) -> None:
+    head.send_signal(signal.SIGTERM)
+    try:
+        head.wait(60)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(head.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _submit(cmd: str, env: dict[str, str], extra: list[str], **subs: str) -> tuple[str, dict]:
+    for k, v in subs.items():
+        cmd = cmd.replace(k, v)
+    job = subprocess.run(shlex.split(cmd) + extra, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
+    out = job.stdout + job.stderr
+    assert job.returncode == 0, f"job failed:\n{out[-6000:]}"
+    final = [ln for ln in job.stdout.splitlines() if ln.startswith("{") and '"run_dir"' in ln]
+    assert final, f"no final JSON line:\n{out[-4000:]}"
+    return out, json.loads(final[-1])
+
+
+@pytest.mark.timeout(1800)
+def test_readme_cluster_commands_keep_outputs_and_resume(tmp_path):
+    """README's cluster block pasted as is: token auth, `ray start --head` (2 CPUs), `ray job submit -- distrl
+    train` (the default run fits, scaled), outputs at the printed absolute location survive the job and the
+    cluster; a resubmitted `--resume RUN_DIR` on a new head continues the counters."""
+    lines = _readme_cluster_block()
+    assert lines[0] == "ray get-auth-token --generate"
+    assert lines[1] == "export RAY_AUTH_MODE=token"
+    assert lines[2].startswith("ray start --head")
+    submit, resume = lines[3], lines[4]
+    assert submit.startswith("ray job submit --address http://127.0.0.1:8265 --working-dir . -- distrl train")
+    assert resume.endswith("--resume RUN_DIR")
+    home = tmp_path / "home"  # the user's home: ~/.ray/auth_token and ~/distrl/runs live here, not in the real one
+    home.mkdir()
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}", "HOME": str(home)}
+    env.pop("RAY_ADDRESS", None)
+    env.pop("RAY_AUTH_MODE", None)
+    subprocess.run(shlex.split(lines[0]), env=env, check=True, capture_output=True, timeout=60)
+    key, value = lines[1].removeprefix("export ").split("=", 1)
+    env[key] = value
+    temp_dir = Path(f"/tmp/rayreadme_{os.getpid()}")
+    small = ["runtime.total_env_steps=2000", "logging.progress=false", "logging.log_every_s=1",
+             "logging.wandb=offline", "learner.checkpoint_every=0"]
+    head = _start_head(lines[2], env, tmp_path / "head.log", temp_dir)
+    try:
+        out, summary = _submit(submit, env, small, **{"8265": "8277"})
+    finally:
+        _stop_head(head, temp_dir)
+    assert "scaled every CPU reservation" in out, out[-4000:]  # the default's 2.5 CPUs fitted to the head's 2
+    printed = re.search(r"distrl: run directory (\S+)", out)
+    assert printed, out[-4000:]
+    run_dir = Path(printed.group(1))
+    assert summary["run_dir"] == str(run_dir)
+    assert run_dir.parent == home / "distrl" / "runs", run_dir  # relative run_dir in a job: under ~/distrl
+    # the job and the cluster are gone (its temp dir removed); the outputs are not
+    assert not temp_dir.exists()
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    first_steps = rows[-1]["charts/env_steps"]
+    assert first_steps >= 2000
+    assert (run_dir / "checkpoints/learner.pt").is_file()
+    assert list((run_dir / "replay").glob("shard_*/manifest.json"))
+    assert list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+    wandb_id = (run_dir / "wandb_run_id").read_text().strip()
+
+    head = _start_head(lines[2], env, tmp_path / "head2.log", temp_dir)  # a new cluster
+    try:
+        _, summary2 = _submit(resume, env, ["runtime.total_env_steps=4000"],
+                              **{"8265": "8277", "RUN_DIR": str(run_dir)})
+    finally:
+        _stop_head(head, temp_dir)
+    assert summary2["run_dir"] == str(run_dir)
+    assert summary2["env_steps"] >= 4000
+    rows2 = read_jsonl(run_dir / "metrics.jsonl")[len(rows):]
+    assert rows2 and min(r["charts/env_steps"] for r in rows2) >= first_steps  # counters continue, not restart
+    assert (run_dir / "wandb_run_id").read_text().strip() == wandb_id  # the same wandb run, resumed
+    assert len(list(run_dir.glob("wandb/offline-run-*"))) == 2  # both sessions, for one `wandb sync`

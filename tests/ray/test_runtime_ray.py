@@ -71,7 +71,9 @@ def test_a_run_the_cluster_cannot_place_fails_with_the_arithmetic(ray_cluster, t
     import ray
 
     cpus = ray.cluster_resources()["CPU"]
-    runtime, _ = _run(tmp_path, "runtime.total_env_steps=1000", *over)
+    # fit_to_cluster=false: keep the reservations (by default they would be scaled down to fit this unlabelled
+    # cluster: test_fit_to_cluster_runs_where_it_would_not_place)
+    runtime, _ = _run(tmp_path, "runtime.total_env_steps=1000", "runtime.fit_to_cluster=false", *over)
     with pytest.raises(RuntimeError, match=f"{what} did not start within") as e:
         runtime.train()
     assert f"and the cluster has {cpus:g}" in str(e.value) and "ray start --num-cpus" in str(e.value)
@@ -80,3 +82,15 @@ def test_a_run_the_cluster_cannot_place_fails_with_the_arithmetic(ray_cluster, t
     while ray.available_resources().get("CPU", 0) < cpus and time.monotonic() < deadline:
         time.sleep(0.2)
     assert ray.available_resources().get("CPU", 0) == cpus
+
+
+def test_fit_to_cluster_runs_where_it_would_not_place(ray_cluster, tmp_path):
+    """The same 3-actor run that cannot be placed as asked (1 + 0.5 + 3 CPUs on 4) runs once its reservations
+    are scaled to the cluster's CPUs, as a user's first run on `ray start --head` must."""
+    runtime, _ = _run(tmp_path, "runtime.total_env_steps=1500", "actor.num_actors=3",
+                      "runtime.placement_timeout_s=120")
+    summary = runtime.train()
+    assert summary["env_steps"] >= 1500
+    opts = summary["ray_resources"]
+    assert opts["env_actor"]["num_cpus"] < 1 and 3 * opts["env_actor"]["num_cpus"] + opts["learner"]["num_cpus"] \
+        + opts["replay_shard"]["num_cpus"] <= 4

@@ -202,3 +202,58 @@ def test_a_labelled_cluster_pins_each_component_to_its_node_kind(launcher):
         assert types[node_type]["resources"].get(label, 0) > 0, (component, node_type)
         others = [n for n in types if n != node_type]
         assert all(label not in types[n].get("resources", {}) for n in others), (component, label)
+
+
+# ---- storage: where each file's run writes, and what the runtime does with a cluster that is still starting ----
+
+
+def _run_dir_of(command: str) -> str:
+    found = [t.split("=", 1)[1] for t in shlex.split(command) if t.startswith("runtime.run_dir=")]
+    assert found, f"no runtime.run_dir in {command!r}: a job's relative run_dir would land under ~/distrl"
+    return found[0]
+
+
+def test_rayjob_run_dir_is_on_the_heads_volume(rayjob):
+    """The driver (and the replay shards, pinned to the head) write the run under runtime.run_dir: it must be
+    on a volume the head pod mounts, or the run is lost with the cluster."""
+    from distrl import storage
+
+    run_dir = _run_dir_of(rayjob["spec"]["entrypoint"])
+    assert storage.resolve_location(run_dir) == run_dir, "absolute, as given"
+    head = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]
+    mounts = [m["mountPath"] for c in _containers(head) for m in c.get("volumeMounts", [])]
+    assert any(run_dir == m or run_dir.startswith(m.rstrip("/") + "/") for m in mounts), (run_dir, mounts)
+    claims = {v["name"] for v in head["template"]["spec"]["volumes"] if "persistentVolumeClaim" in v}
+    mounted = {m["name"] for c in _containers(head) for m in c.get("volumeMounts", [])}
+    assert claims & mounted, "the runs volume must be a PersistentVolumeClaim, which outlives the RayJob"
+
+
+def test_launcher_submit_example_loads_and_keeps_the_run_on_the_head():
+    text = (CLUSTERS / "ray-cluster.yaml").read_text()
+    m = re.search(r"ray job submit .*?-- \\\n#\s+(distrl train [^\n]+)", text)
+    assert m
+    command = m.group(1)
+    run_dir = _run_dir_of(command)
+    assert run_dir.startswith("/") or "://" in run_dir, run_dir
+    from distrl.config import load_config
+
+    cfg = load_config(_config_path_in(command), [t for t in shlex.split(command) if "=" in t])
+    assert cfg.runtime.address == "auto"
+
+
+@pytest.mark.parametrize("name", ["ray-cluster.yaml", "rayjob.yaml"])
+def test_a_cluster_with_only_its_head_up_is_not_shrunk_to_fit(name, launcher, rayjob):
+    """At submission an autoscaled cluster may be just its head; the head's label keeps distrl from scaling the
+    run's CPU reservations down to the head's CPUs (runtime.fit_to_cluster applies to unlabelled clusters)."""
+    from distrl.config import load_config
+    from distrl.runtime.resources import fit_to_cluster, ray_options
+
+    if name == "ray-cluster.yaml":
+        head = dict(launcher["available_node_types"][launcher["head_node_type"]]["resources"])
+    else:
+        head = ray_resources(rayjob["spec"]["rayClusterSpec"]["headGroupSpec"])
+    head = {**head, "CPU": 2.0}
+    cfg = load_config(REPO / "configs/minihack_multiroom.yaml")
+    opts = ray_options(cfg, head)
+    fitted, msg = fit_to_cluster(cfg, opts, head)
+    assert fitted == opts and msg == ""
