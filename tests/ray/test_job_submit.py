@@ -10,14 +10,13 @@ import json
 import os
 import re
 import shlex
-import shutil
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from procs import stop_group
 
 from distrl.logging import read_jsonl
 
@@ -65,16 +64,7 @@ def test_ray_job_submit_runs_distrl_train(tmp_path):
         assert offline and offline[0].stat().st_size > 0, sorted(p.name for p in (run_dir / "job").rglob("*"))
         assert (run_dir / "job/checkpoints/learner.pt").is_file()
     finally:
-        head.send_signal(signal.SIGTERM)
-        try:
-            head.wait(30)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(head.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        stop_group(head, temp_dir, timeout_s=30)
 
 
 # ---- the README's "On a Ray cluster" commands, as a user pastes them -----------------------------------------
@@ -102,19 +92,6 @@ def _start_head(cmd: str, env: dict[str, str], log_path: Path, temp_dir: Path) -
         assert time.monotonic() < deadline, "ray head did not start in 180 s:\n" + log_path.read_text()
         time.sleep(1)
     return head
-
-
-def _stop_head(head: subprocess.Popen, temp_dir: Path) -> None:
-    head.send_signal(signal.SIGTERM)
-    try:
-        head.wait(60)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
-        os.killpg(head.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _submit(cmd: str, env: dict[str, str], extra: list[str], **subs: str) -> tuple[str, dict]:
@@ -155,7 +132,7 @@ def test_readme_cluster_commands_keep_outputs_and_resume(tmp_path):
     try:
         out, summary = _submit(submit, env, small, **{"8265": "8277"})
     finally:
-        _stop_head(head, temp_dir)
+        stop_group(head, temp_dir)
     assert "scaled every CPU reservation" in out, out[-4000:]  # the default's 2.5 CPUs fitted to the head's 2
     printed = re.search(r"distrl: run directory (\S+)", out)
     assert printed, out[-4000:]
@@ -177,7 +154,7 @@ def test_readme_cluster_commands_keep_outputs_and_resume(tmp_path):
         _, summary2 = _submit(resume, env, ["runtime.total_env_steps=4000"],
                               **{"8265": "8277", "RUN_DIR": str(run_dir)})
     finally:
-        _stop_head(head, temp_dir)
+        stop_group(head, temp_dir)
     assert summary2["run_dir"] == str(run_dir)
     assert summary2["env_steps"] >= 4000
     rows2 = read_jsonl(run_dir / "metrics.jsonl")[len(rows):]

@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from procs import stop_group
 
 from distrl.logging import read_jsonl
 
@@ -38,18 +38,6 @@ def _start(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.P
         assert time.monotonic() < deadline, f"ray start did not finish in 180 s:\n{log_path.read_text()}"
         time.sleep(1)
     return proc
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def _ray_list(what: str, env: dict[str, str]) -> list[dict]:
@@ -108,7 +96,7 @@ def test_two_node_cluster_places_by_label_and_keeps_outputs(tmp_path):
         assert where.get("StoredShard") == {head_id}, where
     finally:
         for p in reversed(procs):
-            _stop(p)
+            stop_group(p)
         shutil.rmtree(head_tmp, ignore_errors=True)
         shutil.rmtree(worker_tmp, ignore_errors=True)
     assert read_jsonl(run_dir / "metrics.jsonl")[-1]["charts/env_steps"] >= 3000
