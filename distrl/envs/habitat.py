@@ -27,11 +27,29 @@ env.step(a)``):
   last allowed step is the agent's own decision, so it terminates).
 * **Episode-end info**: ``"success"`` (Habitat's Success metric), ``"episode_return"`` (raw return, also when
   ``cfg.reward_free`` zeroes the reward) and ``"extra"`` = ``{"spl": ..., "distance_to_goal": ...}``.
-* **Seeding and resets**: Habitat's ``reset()`` moves to the next episode of its dataset iterator and
-  ``habitat_env.seed`` does not rewind it (so gymnasium's determinism check fails on raw Habitat). Here, the
-  first ``reset()`` after ``make(cfg, seed)`` and every ``reset(seed=s)`` seed the simulator AND rebuild the
-  episode iterator with that seed (``iterator_options`` of the task config), so one seed fixes the sequence of
-  episodes; ``reset()`` without a seed moves on to the next episode, as Habitat does.
+* **Seeding and resets**: Habitat's ``reset()`` moves to the next episode of its dataset iterator;
+  ``habitat_env.seed`` does not rewind it, and habitat-lab's ``EpisodeIterator`` shuffles the dataset's episode
+  list IN PLACE with the global ``random`` module, seeded only when the seed is truthy (so two envs with seed 0
+  start on different episodes, and rebuilding the iterator shuffles an already shuffled list). Here, the first
+  ``reset()`` after ``make(cfg, seed)`` and every ``reset(seed=s)`` seed the simulator, put the dataset's
+  episodes back in a canonical order (by scene, then episode id, numeric ids numerically) and rebuild the
+  iterator (``iterator_options`` of the task config) under a private ``random``/``np.random`` state seeded with
+  ``s``; that state also drives the iterator's later reshuffles, so other code drawing from the global RNGs
+  (other envs of the process included) cannot change the sequence. One seed fixes the sequence of episodes in
+  any process; ``reset()`` without a seed moves on to the next episode, as Habitat does.
+* **Closing**: habitat-sim's first simulator in a process creates the OpenGL context that the later ones share;
+  closing it (or letting it be garbage-collected) while others live aborts the process at their next render
+  (``GL::Context::current(): no current context``, SIGABRT). The adapter closes simulators through a
+  process-wide :class:`_SimulatorRegistry`: ``close()`` closes a simulator at once unless it is the one holding
+  the context while others live; that one stays open (unusable through this adapter) until it is the last,
+  and whatever is left is closed at interpreter exit in the same safe order. The context is also per thread:
+  a ``close()`` from another thread than the simulator's (a threaded Ray actor's ``close``) only releases it,
+  and it is closed on its own thread later or never (the process's exit frees it). ``close()`` is idempotent.
+* **Data and device** (real Habitat only): without a ``habitat.dataset.data_path`` override (or with
+  ``habitat.dataset.data_path=bundled``), the adapter uses distrl's bundled ``two_rooms.glb`` with 20 PointNav
+  episodes generated once by ``habitat_data/make_episodes.py`` into ``$DISTRL_HABITAT_CACHE`` (default
+  ``~/.cache/distrl/habitat``). Without a ``...habitat_sim_v0.gpu_device_id`` override it adds
+  ``gpu_device_id=-1`` (CPU rendering, Mesa llvmpipe EGL) when torch sees no CUDA device.
 
 Usage::
 
@@ -42,8 +60,20 @@ Usage::
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import hashlib
 import importlib
-from collections.abc import Sequence
+import logging
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -61,16 +91,25 @@ DEFAULT_TASK_CONFIG = "benchmark/nav/pointnav/pointnav_habitat_test.yaml"
 REAL_ID = "habitat:pointnav"
 FAKE_ID = "habitat:fake-pointnav"
 _SENSORS = "habitat.simulator.agents.main_agent.sim_sensors"
+GPU_KEY = "habitat.simulator.habitat_sim_v0.gpu_device_id"
+DATA_PATH_KEY = "habitat.dataset.data_path"
+SCENES_DIR_KEY = "habitat.dataset.scenes_dir"
+#: ``habitat.dataset.data_path`` value (also the default) that selects distrl's bundled scene and episodes.
+BUNDLED = "bundled"
+#: Env var naming the folder where the bundled scene's generated episodes are cached.
+CACHE_ENV = "DISTRL_HABITAT_CACHE"
+
+log = logging.getLogger(__name__)
 
 INSTALL_HINT = """\
-habitat:pointnav needs habitat-lab and habitat-sim, which install from conda (not PyPI) on Linux:
+habitat:pointnav needs habitat-lab and habitat-sim; habitat-sim is not on PyPI. Either conda (Linux):
     conda create -n habitat python=3.9 cmake=3.14.0 && conda activate habitat
     conda install habitat-sim withbullet headless -c conda-forge -c aihabitat
     pip install habitat-lab==0.3.320260507      # pins numpy==1.26.4 and gym<0.23.1: keep it in its own env
     pip install "distrl[habitat]"
-    python -m habitat_sim.utils.datasets_download --uids habitat_test_scenes habitat_test_pointnav_dataset \\
-        --data-path data/
-Without a GPU add the override habitat.simulator.habitat_sim_v0.gpu_device_id=-1 (Mesa llvmpipe EGL).
+or a build from source (Debian 12, Python 3.11, no GPU needed): see the README's "Habitat" section.
+With no data_path override distrl uses its bundled two_rooms.glb scene (episodes generated on first use), and
+with no CUDA device it renders on the CPU (gpu_device_id=-1, Mesa llvmpipe EGL).
 To test the pipeline without Habitat use env.name=habitat:fake-pointnav (a FAKE replaying a recorded run)."""
 
 
@@ -107,6 +146,205 @@ def pointnav_obs_specs(keys: Sequence[str], size: int) -> dict[str, ArraySpec]:
 
 def _key(override: str) -> str:
     return override.split("=", 1)[0].strip().lstrip("+~")
+
+
+def _value(overrides: Sequence[str], key: str) -> str | None:
+    """The value the last override of ``key`` sets (None when none does)."""
+    out = None
+    for o in overrides:
+        if "=" in o and _key(o) == key:
+            out = o.split("=", 1)[1].strip()
+    return out
+
+
+def _no_cuda_device() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.device_count() == 0
+    except Exception:  # no torch CUDA runtime: no GPU to render on
+        return True
+
+
+def bundled_dataset(python: str | None = None) -> tuple[str, str]:
+    """(data_path, scenes_dir) of distrl's bundled ``two_rooms.glb`` with its 20 PointNav episodes.
+
+    The episodes are generated once with habitat-sim's navmesh by ``habitat_data/make_episodes.py`` (run in a
+    subprocess, so its simulator never shares this process's GL context) into
+    ``$DISTRL_HABITAT_CACHE/two_rooms-<hash>/`` (default ``~/.cache/distrl/habitat``), under a file lock so
+    that concurrent env processes generate them once.
+    """
+    import fcntl
+
+    from distrl.envs.habitat_fake import habitat_dir
+
+    src = habitat_dir()
+    scene, script = src / "two_rooms.glb", src / "make_episodes.py"
+    digest = hashlib.sha256(scene.read_bytes() + script.read_bytes()).hexdigest()[:12]
+    root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "distrl" / "habitat")
+    out = root / f"two_rooms-{digest}"
+    data = out / "pointnav" / "train" / "train.json.gz"
+    if not data.is_file():
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not data.is_file():
+                shutil.copyfile(scene, out / "two_rooms.glb")
+                with tempfile.TemporaryDirectory(dir=out) as tmp:
+                    subprocess.run(
+                        [python or sys.executable, str(script), str(out / "two_rooms.glb"), tmp],
+                        check=True, timeout=600, stdout=subprocess.DEVNULL,
+                    )
+                    data.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(Path(tmp) / "pointnav" / "train" / "train.json.gz", data)
+    return str(data), str(out)
+
+
+def _episode_order_key(ep: Any) -> tuple[str, int, int, str]:
+    """Canonical episode order: by scene, then numeric ids numerically, then other ids as text."""
+    eid = str(ep.episode_id)
+    return (str(getattr(ep, "scene_id", "")), 0 if eid.isdigit() else 1, int(eid) if eid.isdigit() else 0, eid)
+
+
+class _PrivateRNG:
+    """A private ``random`` + ``np.random`` global state: ``with rng:`` swaps it in, then back out.
+
+    habitat-lab's episode iterator draws from the GLOBAL ``random`` (and ``np.random`` for episode sampling);
+    running its calls inside this keeps one env's episode sequence independent of everything else in the
+    process, and leaves the global state as it found it.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self._py = random.Random(seed).getstate()
+        self._np = np.random.RandomState(seed % 2**32).get_state()
+        self._saved: list[tuple[Any, Any]] = []
+
+    def __enter__(self) -> None:
+        self._saved.append((random.getstate(), np.random.get_state()))
+        random.setstate(self._py)
+        np.random.set_state(self._np)
+
+    def __exit__(self, *exc: Any) -> None:
+        self._py, self._np = random.getstate(), np.random.get_state()
+        py, npy = self._saved.pop()
+        random.setstate(py)
+        np.random.set_state(npy)
+
+
+_ISOLATED: dict[type, type] = {}
+
+
+def _isolate(iterator: Iterator[Any], rng: _PrivateRNG) -> Iterator[Any]:
+    """Make ``iterator`` (a habitat EpisodeIterator) draw from ``rng`` instead of the global RNGs.
+
+    The object keeps its class's behaviour through a subclass (habitat's ``Env.step`` calls ``step_taken`` only
+    on ``EpisodeIterator`` instances) whose ``__next__``/``step_taken`` run inside ``rng``.
+    """
+    base = type(iterator)
+    cls = _ISOLATED.get(base)
+    if cls is None:
+
+        def __next__(self: Any) -> Any:
+            with self._distrl_rng:
+                return base.__next__(self)
+
+        body: dict[str, Any] = {"__next__": __next__}
+        if hasattr(base, "step_taken"):
+
+            def step_taken(self: Any) -> None:
+                with self._distrl_rng:
+                    base.step_taken(self)
+
+            body["step_taken"] = step_taken
+        cls = _ISOLATED[base] = type(base.__name__, (base,), body)
+    iterator.__class__ = cls
+    iterator._distrl_rng = rng  # type: ignore[attr-defined]
+    return iterator
+
+
+class _SimulatorRegistry:
+    """Closes the habitat simulators of this process in an order, and on a thread, that keep GL contexts alive.
+
+    habitat-sim's first simulator in a thread creates an OpenGL context, current in that thread only;
+    simulators created later on that thread share it, and closing it while they live aborts the process
+    (SIGABRT) at their next render. A simulator touched from another thread (no current context there) aborts
+    too. So per creating thread, the OLDEST open simulator is taken to hold the context. ``release(env)``
+    closes ``env`` now if the caller is on ``env``'s thread and ``env`` is not a holder with others open; a
+    held-back holder is closed as soon as it is the last open one of its thread. A release from another
+    thread (a threaded Ray actor closing its envs, a garbage collection) only marks the simulator released:
+    it is closed by the next registry call on its own thread, or never. At interpreter exit ``close_all``
+    closes the exiting thread's simulators newest first and leaves the others open for good (the OS frees
+    them; destroying them would abort). Entries hold the habitat gym env strongly, so garbage collection
+    cannot close a holder behind the registry's back.
+    """
+
+    def __init__(self) -> None:
+        self._open: list[list[Any]] = []  # [gym_env, released, creating thread id], in creation order
+        self._lock = threading.RLock()
+        self._leaked: list[Any] = []
+
+    def add(self, env: Any) -> None:
+        with self._lock:
+            self._open.append([env, False, threading.get_ident()])
+            self._flush(threading.get_ident())
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def held_back(self) -> int:
+        """Simulators released by their adapter but kept open (GL context holder, or another thread's)."""
+        return sum(1 for e in self._open if e[1])
+
+    def release(self, env: Any) -> None:
+        with self._lock:
+            for entry in self._open:
+                if entry[0] is env:
+                    entry[1] = True
+                    break
+            else:
+                return
+            self._flush(threading.get_ident())
+
+    def _flush(self, thread: int) -> None:
+        mine = [e for e in self._open if e[2] == thread]
+        for entry in mine[1:]:  # never the holder while others of its thread are open
+            if entry[1]:
+                self._open.remove(entry)
+                self._close(entry[0])
+        mine = [e for e in self._open if e[2] == thread]
+        if len(mine) == 1 and mine[0][1]:
+            self._open.remove(mine[0])
+            self._close(mine[0][0])
+
+    def close_all(self) -> None:
+        with self._lock:
+            me = threading.get_ident()
+            for entry in reversed(list(self._open)):  # newest first: each thread's holder goes last
+                self._open.remove(entry)
+                if entry[2] == me:
+                    self._close(entry[0])
+                else:
+                    self._leak(entry[0])
+
+    def _leak(self, env: Any) -> None:
+        # Made on a thread that cannot close it now: keep it alive past interpreter teardown (which would
+        # run habitat_sim.Simulator.__del__ -> close -> abort); the process's exit frees it.
+        import ctypes
+
+        self._leaked.append(env)
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(env))
+
+    @staticmethod
+    def _close(env: Any) -> None:
+        try:
+            env.close()
+        except Exception as e:  # a broken simulator may fail to close; that must not stop the others
+            log.warning("habitat env close failed: %s: %s", type(e).__name__, e)
+
+
+#: This process's habitat simulators (see :class:`_SimulatorRegistry`).
+SIMULATORS = _SimulatorRegistry()
+atexit.register(SIMULATORS.close_all)
 
 
 class HabitatPointNavEnv(gym.Env):
@@ -152,13 +390,29 @@ class HabitatPointNavEnv(gym.Env):
         ]
         if cfg.max_episode_steps > 0:
             derived.append(f"habitat.environment.max_episode_steps={cfg.max_episode_steps}")
+        is_fake = bool(getattr(hab, "IS_FAKE", False))
+        if GPU_KEY not in {_key(o) for o in user} and _no_cuda_device():
+            derived.append(f"{GPU_KEY}=-1")  # no GPU visible: render on the CPU (EGL, Mesa llvmpipe)
+        if not is_fake and _value(user, DATA_PATH_KEY) in (None, BUNDLED):
+            data_path, scenes_dir = bundled_dataset()
+            user = [o for o in user if _key(o) != DATA_PATH_KEY]
+            derived.append(f"{DATA_PATH_KEY}={data_path}")
+            if _value(user, SCENES_DIR_KEY) in (None, BUNDLED):
+                user = [o for o in user if _key(o) != SCENES_DIR_KEY]
+                derived.append(f"{SCENES_DIR_KEY}={scenes_dir}")
         user_keys = {_key(o) for o in user}
         all_overrides = [o for o in derived if _key(o) not in user_keys] + list(user)
         self.habitat_config = hab.get_config(
             cfg.habitat_config or DEFAULT_TASK_CONFIG, overrides=all_overrides
         )
+        self._closed = True  # until the simulator exists: close() and __del__ have nothing to do
         self.env = hab.gym.make_gym_from_config(self.habitat_config)
+        SIMULATORS.add(self.env)
+        self._closed = False
         self._henv = self.env.unwrapped.habitat_env
+        # The dataset's file order is lost (habitat's iterator shuffled the list in place already): the
+        # canonical order that every reseed restores (module docstring, "Seeding and resets").
+        self._canonical_episodes = sorted(self._henv._dataset.episodes, key=_episode_order_key)
         names = list(self._henv.task.actions.keys())
         missing = [a for a in ACTIONS if a not in names]
         if missing or int(self.env.action_space.n) != len(names):
@@ -195,12 +449,18 @@ class HabitatPointNavEnv(gym.Env):
     # -------------------------------------------------------------------------------------------------
 
     def _reseed(self, seed: int) -> None:
+        """Seed the simulator and restart the episode sequence for ``seed`` (module docstring)."""
         self._henv.seed(seed)
-        # Habitat's seed() does not rewind the dataset iterator; rebuild it with this seed so that one seed
-        # fixes the episode sequence (HABITAT.md §3.1, "Reset semantics").
+        dataset = self._henv._dataset
+        # habitat's iterator shuffles dataset.episodes in place: restore the canonical order first, in place
+        # (the dataset object is habitat's; other code may hold the list).
+        dataset.episodes[:] = self._canonical_episodes
         opts = {k.lower(): v for k, v in self.env.unwrapped.config.environment.iterator_options.items()}
-        opts["seed"] = seed
-        self._henv.episode_iterator = self._henv._dataset.get_episode_iterator(**opts)
+        opts["seed"] = None  # seeded below, also for seed 0 (habitat seeds only a truthy seed)
+        rng = _PrivateRNG(seed)
+        with rng:
+            iterator = dataset.get_episode_iterator(**opts)
+        self._henv.episode_iterator = _isolate(iterator, rng)
 
     # -- observations
     # --------------------------------------------------------------------------------------------
@@ -229,6 +489,7 @@ class HabitatPointNavEnv(gym.Env):
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        self._check_open()
         if seed is not None:
             self._pending_seed = int(seed)
         if self._pending_seed is not None:
@@ -240,6 +501,7 @@ class HabitatPointNavEnv(gym.Env):
         return self._obs(raw), {"episode_id": str(self._henv.current_episode.episode_id)}
 
     def step(self, action: int) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        self._check_open()
         if self._need_reset:
             raise RuntimeError(f"{self.cfg.name}: step() called before reset() or after the episode ended")
         if not 0 <= action < len(ACTIONS):
@@ -263,8 +525,25 @@ class HabitatPointNavEnv(gym.Env):
             reward = 0.0
         return self._obs(raw), reward, terminated, truncated, info
 
+    def render(self) -> np.ndarray:
+        """The rgb sensor's current image, RGB uint8 [H, W, 3] at the sensor's rendered size
+        (``habitat.Env.render("rgb")``)."""
+        return np.ascontiguousarray(np.asarray(self._henv.render("rgb"))[..., :3], dtype=np.uint8)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"{self.cfg.name}: the env is closed")
+
     def close(self) -> None:
-        self.env.close()
+        """Release the simulator: closed now, or later if it holds the GL context others share. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        SIMULATORS.release(self.env)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
 
 
 # ------------------------------------------------------------------------------------------------------------

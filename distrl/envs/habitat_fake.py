@@ -17,8 +17,25 @@ What is mimicked (same names and calls as habitat-lab, see HABITAT.md §3.1):
   ``episodes``, ``episode_iterator`` (settable), ``_dataset.get_episode_iterator``, ``_elapsed_steps``,
   ``_past_limit()``, ``episode_over``, ``get_metrics()``, ``task.actions``, and ``unwrapped.config`` (the
   ``habitat`` subtree).
-* Semantics: ``reset()`` takes the next episode of a cycling, seed-shuffled iterator (seeding the env does NOT
-  rewind it, as in Habitat); reward = slack -0.01 + decrease of the distance to goal + 2.5 on success; success
+* Episodes: the dataset holds 20 PointNav episodes with ids "0".."19", like the file ``make_episodes.py``
+  writes for ``two_rooms.glb``: the three recorded ones ("7", "15", "19") and 17 synthetic ones (start and goal
+  drawn in the room, reset frames borrowed from a recorded episode) that run on the planar model below.
+* Episode order, as habitat-lab's ``EpisodeIterator`` does it (and what the adapter must defend against): the
+  iterator seeds the GLOBAL ``random`` and ``np.random`` only when its seed is truthy (``habitat.seed=0`` does
+  not seed), shuffles the dataset's episode list IN PLACE with the global ``random`` (so a second iterator on
+  the same dataset shuffles an already shuffled list), reshuffles a copy with the global ``random`` at each
+  new cycle, and ``habitat_env.seed(s)`` seeds the global ``random``/``np.random`` but does NOT rewind it.
+* GL context, as habitat-sim does it: the first simulator of a process creates the OpenGL context and the
+  simulators created while it lives share it. Closing (or garbage-collecting) the simulator that created it
+  destroys it: the real habitat-sim then aborts the whole process (``GL::Context::current(): no current
+  context``, SIGABRT) at the next render of any other simulator; the fake raises :class:`FakeGLContextLost`
+  there instead (at reset, step or close of a sharing simulator). The context is per thread: a simulator
+  reset, stepped or closed from a thread other than its creator's finds none (the real one aborts, as it did
+  when distrl's threaded Ray env actor closed its envs from another thread than the one that made them).
+* ``close()`` of the gym wrapper is not idempotent: a second call raises ``AttributeError``, as habitat-lab's
+  ``HabGymWrapper.close`` (``del self._last_obs``) does.
+* Semantics: ``reset()`` takes the next episode of the iterator (seeding the env does NOT rewind it, as in
+  Habitat); reward = slack -0.01 + decrease of the distance to goal + 2.5 on success; success
   iff ``stop`` is called within 0.2 m; SPL = success * d_start / max(d_start, path_length); ``done`` on stop,
   on the step limit, or on success (``end_on_success``); stepping after ``done`` raises, as Habitat asserts.
 
@@ -41,6 +58,8 @@ import functools
 import json
 import math
 import os
+import random
+import threading
 import types
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -187,9 +206,9 @@ def get_config(config_path: str, overrides: Sequence[str] | None = None) -> Fake
 
 
 class FakeEpisode:
-    """One recorded PointNav episode: start, goal, reset observation and the recorded steps."""
+    """One PointNav episode: start, goal, reset observation and (for the recorded ones) the recorded steps."""
 
-    def __init__(self, index: int, data: dict[str, Any], frames: dict[str, np.ndarray]) -> None:
+    def __init__(self, data: dict[str, Any], rgb: np.ndarray, depth: np.ndarray) -> None:
         self.episode_id = str(data["episode_id"])
         self.scene_id = "two_rooms.glb"
         self.start_position = list(data["start_position"])
@@ -197,33 +216,95 @@ class FakeEpisode:
         self.reset_pointgoal = np.asarray(data["reset_obs"]["pointgoal_with_gps_compass"], np.float32)
         self.reset_metrics = dict(data["reset_metrics"])
         self.steps = list(data["steps"])
-        self.rgb = frames[f"ep{index}_reset_rgb"]
-        self.depth = frames[f"ep{index}_reset_depth"]
+        self.rgb = rgb
+        self.depth = depth
+
+
+#: Episodes in the dataset (``make_episodes.py`` writes 20, with ids "0".."19"; three of them are recorded).
+NUM_EPISODES = 20
+
+
+def _synthetic_episode(episode_id: int, y: float) -> dict[str, Any]:
+    """An unrecorded episode: start and goal in the room (1-8 m apart), random heading; FAKE, not Habitat's."""
+    rng = np.random.default_rng(1000 + episode_id)
+    while True:
+        a = [float(rng.uniform(0.5, _ROOM_X - 0.5)), y, float(rng.uniform(0.5, _ROOM_Z - 0.5))]
+        b = [float(rng.uniform(0.5, _ROOM_X - 0.5)), y, float(rng.uniform(0.5, _ROOM_Z - 0.5))]
+        d = math.dist(a, b)
+        if 1.0 < d < 8.0:
+            break
+    heading = float(rng.uniform(-math.pi, math.pi))
+    return {
+        "episode_id": str(episode_id),
+        "start_position": a,
+        "goal_position": b,
+        "reset_obs": {"pointgoal_with_gps_compass": [d, _wrap(_bearing(a, b) - heading)]},
+        "reset_metrics": {"distance_to_goal": d, "success": 0.0, "spl": 0.0, "distance_to_goal_reward": -0.0},
+        "steps": [],
+    }
+
+
+def _episodes(recording: dict[str, Any], frames: dict[str, np.ndarray]) -> list[FakeEpisode]:
+    """The dataset's episodes in file order ("0".."19"): recorded ones where recorded, synthetic otherwise."""
+    recorded = {str(e["episode_id"]): (i, e) for i, e in enumerate(recording["episodes"])}
+    y = float(recording["episodes"][0]["start_position"][1])
+    ids = sorted({*map(str, range(NUM_EPISODES)), *recorded}, key=lambda e: (not e.isdigit(), e.zfill(9)))
+    out = []
+    for n, eid in enumerate(ids):
+        i, data = recorded.get(eid, (n % len(recorded), None))
+        if data is None:
+            data = _synthetic_episode(int(eid), y)
+        out.append(FakeEpisode(data, frames[f"ep{i}_reset_rgb"], frames[f"ep{i}_reset_depth"]))
+    return out
 
 
 class FakeEpisodeIterator(Iterator[FakeEpisode]):
-    """Cycles over the episodes, reshuffled (by ``seed``) at the start of each cycle when ``shuffle``."""
+    """habitat-lab's ``EpisodeIterator`` ordering, faithfully (module docstring, "Episode order").
+
+    ``seed`` seeds the GLOBAL ``random``/``np.random`` only when truthy; ``shuffle`` shuffles ``episodes`` IN
+    PLACE (the caller's list: the dataset's) with the global ``random``; each new cycle reshuffles a copy.
+    Scene grouping is moot (one scene) but, as in habitat, makes the list kept here a new one.
+    """
 
     def __init__(
         self,
         episodes: Sequence[FakeEpisode],
         cycle: bool = True,
         shuffle: bool = False,
+        group_by_scene: bool = True,
+        num_episode_sample: int = -1,
         seed: int | None = None,
         **_other_options: Any,
     ) -> None:
-        self._episodes, self._cycle, self._shuffle = list(episodes), cycle, shuffle
-        self._rng = np.random.default_rng(seed)
-        self._order: list[int] = []
+        if seed:
+            random.seed(seed)
+            np.random.seed(seed)
+        if num_episode_sample >= 0:
+            episodes = list(np.random.choice(episodes, num_episode_sample, replace=False))  # type: ignore
+        if not isinstance(episodes, list):
+            episodes = list(episodes)
+        self.episodes = episodes
+        self.cycle, self.shuffle, self.group_by_scene = cycle, shuffle, group_by_scene
+        if shuffle:
+            random.shuffle(self.episodes)
+        if group_by_scene:
+            self.episodes = list(self.episodes)
+        self._iterator = iter(self.episodes)
 
     def __next__(self) -> FakeEpisode:
-        if not self._order:
-            if not self._cycle and getattr(self, "_started", False):
+        nxt = next(self._iterator, None)
+        if nxt is None:
+            if not self.cycle:
                 raise StopIteration
-            self._started = True
-            n = len(self._episodes)
-            self._order = list(self._rng.permutation(n)) if self._shuffle else list(range(n))
-        return self._episodes[self._order.pop(0)]
+            episodes = list(self.episodes)
+            if self.shuffle:
+                random.shuffle(episodes)
+            self._iterator = iter(episodes)
+            nxt = next(self._iterator)
+        return nxt
+
+    def step_taken(self) -> None:
+        pass
 
 
 class FakeDataset:
@@ -232,6 +313,26 @@ class FakeDataset:
 
     def get_episode_iterator(self, *args: Any, **kwargs: Any) -> FakeEpisodeIterator:
         return FakeEpisodeIterator(self.episodes, *args, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The process's OpenGL context, as habitat-sim shares it
+# ------------------------------------------------------------------------------------------------------------
+
+
+class FakeGLContextLost(RuntimeError):
+    """Where the real habitat-sim ABORTS the process (SIGABRT): a simulator rendered after the GL context it
+    shares was destroyed by closing the simulator that created it."""
+
+
+class _FakeGLContext:
+    alive = True
+
+
+#: ``.current``: the context current in each thread (none until a simulator creates one), as the real
+#: ``GL::Context::current()``, which is per thread: a simulator used from a thread other than the one that
+#: created it finds no current context there and aborts the process.
+_TLS = threading.local()
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -262,7 +363,15 @@ class FakeHabitatCoreEnv:
         self._config = config
         self.task = FakeTask(recording["task_action_order"])
         self._action_names = list(recording["task_action_order"])
-        self._dataset = FakeDataset([FakeEpisode(i, e, frames) for i, e in enumerate(recording["episodes"])])
+        self._dataset = FakeDataset(_episodes(recording, frames))
+        # habitat-sim: the first simulator creates the GL context, later ones share the current one.
+        if getattr(_TLS, "current", None) is None:
+            _TLS.current = _FakeGLContext()
+            self._owns_context = True
+        else:
+            self._owns_context = False
+        self._context = _TLS.current
+        self._closed = False
         opts = {k.lower(): v for k, v in config.environment.iterator_options.items()}
         self._episode_iterator: Iterator[FakeEpisode] = self._dataset.get_episode_iterator(
             seed=config.seed, **opts
@@ -303,8 +412,38 @@ class FakeHabitatCoreEnv:
         return self._episode_over
 
     def seed(self, seed: int) -> None:
-        # Habitat seeds the simulator and task here; it does NOT rewind the episode iterator.
+        # Habitat seeds the global RNGs, the simulator and the task here; it does NOT rewind the iterator.
+        random.seed(seed)
+        np.random.seed(seed)
         self.seeds.append(int(seed))
+
+    def _check_context(self, what: str) -> None:
+        if not self._context.alive or getattr(_TLS, "current", None) is not self._context:
+            raise FakeGLContextLost(
+                f"FakeHabitat {what}: GL::Context::current(): no current context (the simulator that created "
+                "this GL context was closed, or this thread is not the one the simulator was created on; the "
+                "real habitat-sim aborts the process here)"
+            )
+
+    def close(self) -> None:
+        """Close the simulator (a no-op once closed, as habitat_sim.Simulator.close is). Closing the one that
+        created the GL context destroys it for every simulator sharing it (module docstring)."""
+        if self._closed:
+            return
+        self._check_context("close")
+        self._closed = True
+        if self._owns_context:
+            self._context.alive = False
+            if getattr(_TLS, "current", None) is self._context:
+                _TLS.current = None
+
+    def __del__(self) -> None:
+        # habitat_sim.Simulator.__del__ closes the simulator: garbage collection kills the context too.
+        if not getattr(self, "_closed", True):
+            try:
+                self.close()
+            except FakeGLContextLost:
+                pass
 
     def _past_limit(self) -> bool:
         return self._max_episode_steps != 0 and self._max_episode_steps <= self._elapsed_steps
@@ -312,10 +451,19 @@ class FakeHabitatCoreEnv:
     def get_metrics(self) -> dict[str, float]:
         return dict(self._metrics)
 
+    def render(self, mode: str = "rgb") -> np.ndarray:
+        """FAKE ``habitat.Env.render``: the current observation of sensor ``mode`` (``"rgb"``: uint8 [H, W, 3])."""
+        self._check_context("render")
+        assert self._started, "Cannot call render before calling reset"
+        obs = self._observe()
+        assert mode in obs, f"mode {mode} sensor is not active"
+        return obs[mode]
+
     # --- episode dynamics
     # ---------------------------------------------------------------------------------------
 
     def reset(self) -> dict[str, np.ndarray]:
+        self._check_context("reset")
         if self._episode_from_iter_on_reset:
             self._current_episode = next(self._episode_iterator)
         self._episode_from_iter_on_reset = True
@@ -336,6 +484,7 @@ class FakeHabitatCoreEnv:
         return self._observe()
 
     def step(self, action: int | str | dict[str, Any]) -> dict[str, np.ndarray]:
+        self._check_context("step")
         assert self._started, "Cannot call step before calling reset"
         assert not self._episode_over, "Episode over, call reset before calling step"
         if isinstance(action, dict):
@@ -433,6 +582,9 @@ class FakeRLTaskEnv:
         done = self.habitat_env.episode_over or (task.end_on_success and metrics[task.success_measure] > 0)
         return obs, self.habitat_env._reward, bool(done), metrics
 
+    def close(self) -> None:
+        self.habitat_env.close()
+
 
 class FakeGymHabitatEnv:
     """FAKE ``habitat.gym.GymHabitatEnv`` (old gym API: 4-tuple step, obs-only reset)."""
@@ -450,23 +602,27 @@ class FakeGymHabitatEnv:
             }
         )
         self.action_space = gym.spaces.Discrete(len(self._env.habitat_env.task.actions))
+        self._last_obs: Any = None
 
     @property
     def unwrapped(self) -> FakeRLTaskEnv:
         return self._env
 
     def reset(self, *, return_info: bool = False) -> Any:
-        obs = self._env.reset()
+        obs = self._last_obs = self._env.reset()
         return (obs, {}) if return_info else obs
 
     def step(self, action: int) -> tuple[dict[str, np.ndarray], float, bool, dict[str, float]]:
         assert self.action_space.contains(action), (
             f"Invalid action {action} for action space {self.action_space}"
         )
-        return self._env.step(action)
+        out = self._env.step(action)
+        self._last_obs = out[0]
+        return out
 
     def close(self) -> None:
-        pass
+        del self._last_obs  # as habitat-lab's HabGymWrapper.close: a second close raises AttributeError
+        self._env.close()
 
 
 def make_gym_from_config(config: FakeConfigNode) -> FakeGymHabitatEnv:

@@ -1,16 +1,24 @@
 """Habitat PointNav adapter.
 
 Most tests run the adapter against FakeHabitat (:mod:`distrl.envs.habitat_fake`), a FAKE of habitat-lab's API
-built from a recorded real run: they test the adapter's logic, NOT Habitat. The last test runs the adapter on
-real habitat-lab + habitat-sim where those are installed (conda), and is skipped elsewhere.
+built from a recorded real run: they test the adapter's logic, NOT Habitat. The fake also reproduces three
+hazards of the real habitat-sim/habitat-lab that the adapter defends against (episode lists shuffled in place
+with the global ``random``; closing the simulator that holds the process's GL context kills the others; a
+second ``close()`` raising); the tests under "Seeding" and "Closing" check the adapter's defences. The tests
+marked ``envs`` at the end run the adapter on real habitat-lab + habitat-sim where those are installed, and
+are skipped elsewhere.
 """
 
 from __future__ import annotations
 
 import copy
+import gc
 import math
+import random
 import subprocess
 import sys
+import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -39,7 +47,7 @@ def replay(env, episode):
     return [env.step(TO_DISTRL[s["action"]]) for s in episode["steps"]]
 
 
-def reset_to(env, episode_id, max_resets=10):
+def reset_to(env, episode_id, max_resets=25):
     for _ in range(max_resets):
         obs, info = env.reset()
         if info["episode_id"] == episode_id:
@@ -73,9 +81,11 @@ def test_spec_matches_reset_and_step_observations(size):
         obs, *_ = env.step(2)
 
 
-def test_reset_observation_is_the_recorded_one_channel_first():
+@pytest.mark.parametrize("episode_id", ["7", "15", "19"])
+def test_reset_observation_is_the_recorded_one_channel_first(episode_id):
     env = fake_env()
-    obs, info = env.reset()
+    obs = reset_to(env, episode_id)
+    info = {"episode_id": episode_id}
     index = [e["episode_id"] for e in RECORDING["episodes"]].index(info["episode_id"])
     np.testing.assert_array_equal(obs["rgb"], FRAMES[f"ep{index}_reset_rgb"].transpose(2, 0, 1))
     np.testing.assert_array_equal(obs["depth"], FRAMES[f"ep{index}_reset_depth"].transpose(2, 0, 1))
@@ -93,7 +103,10 @@ def test_sensor_size_differing_from_image_size_is_area_resized():
         habitat_module=habitat_fake.fake_habitat_module(),
         overrides=user,
     )
-    obs, info = env.reset()
+    reset_to(env, "15")
+    obs, info = env.reset(seed=0)
+    while info["episode_id"] not in BY_ID:
+        obs, info = env.reset()
     index = [e["episode_id"] for e in RECORDING["episodes"]].index(info["episode_id"])
     raw = FRAMES[f"ep{index}_reset_rgb"].astype(np.float64)
     pooled = raw.reshape(32, 2, 32, 2, 3).mean((1, 3))  # 64 -> 32 area resize = 2x2 means
@@ -249,6 +262,226 @@ def test_seed_alone_does_not_rewind_in_habitat_but_reset_with_seed_does():
     assert len(set(ids)) > 1
     env = fake_env()
     assert len({env.reset(seed=1)[1]["episode_id"] for _ in range(6)}) == 1
+    env.close()
+    raw.close()  # raw fakes are outside the adapter's registry: close the adapter's first, as habitat needs
+
+
+def test_fake_iterator_shuffles_the_dataset_in_place_like_habitat():
+    """Fidelity of the fake (what the real habitat-lab does): seed 0 does not seed, the dataset's own list is
+    shuffled in place with the global `random`, and env.seed() reseeds the global RNG without rewinding."""
+    hmod = habitat_fake.fake_habitat_module()
+    raw = hmod.gym.make_gym_from_config(hmod.get_config(hab.DEFAULT_TASK_CONFIG, ["habitat.seed=0"]))
+    henv = raw.unwrapped.habitat_env
+    ids = lambda: [e.episode_id for e in henv._dataset.episodes]  # noqa: E731
+    assert sorted(ids(), key=int) == [str(i) for i in range(habitat_fake.NUM_EPISODES)]
+    before = ids()
+    random.seed(123)
+    henv._dataset.get_episode_iterator(shuffle=True, seed=0)
+    after_0 = ids()
+    assert after_0 != before  # shuffled in place, by the global random (seed 0 did not reseed it)
+    random.seed(123)
+    henv._dataset.get_episode_iterator(shuffle=True, seed=0)
+    assert ids() != after_0  # the same global state, an already shuffled list: another order
+    raw.close()
+
+
+def test_two_envs_with_the_same_seed_start_on_the_same_episodes():
+    """Real-Habitat failure `'17' == '5'`: two envs with seed 0 started on different episodes."""
+    for seed in (0, 7):
+        a = fake_env(seed=seed)
+        random.random()  # anything else drawing from the global RNG in between
+        b = fake_env(seed=seed)
+        assert _episode_ids(a, 45) == _episode_ids(b, 45)  # past two cycles (20 episodes each) too
+        a.close()
+        b.close()
+
+
+def test_reset_with_seed_rewinds_after_the_list_was_shuffled():
+    env = fake_env(seed=3)
+    first = _episode_ids(env, 25)
+    assert _episode_ids(env, 25, seed=3) == first
+    assert _episode_ids(env, 25, seed=3) == first
+    other = _episode_ids(env, 25, seed=4)
+    assert other != first
+    assert _episode_ids(fake_env(seed=4), 25) == other
+
+
+def test_episode_sequence_ignores_other_users_of_the_global_rng():
+    """Interleaved envs (one vectorised actor) and other code drawing or reseeding `random` mid-sequence."""
+    alone = _episode_ids(fake_env(seed=11), 45)
+    env, other = fake_env(seed=11), fake_env(seed=12)
+    ids = [env.reset()[1]["episode_id"]]
+    other.reset()
+    for k in range(44):
+        random.seed(k)  # e.g. another env's habitat_env.seed()
+        np.random.seed(k)
+        other.reset(seed=k if k % 5 == 0 else None)
+        ids.append(env.reset()[1]["episode_id"])
+    assert ids == alone
+
+
+def test_same_seed_same_episodes_in_a_fresh_process():
+    code = (
+        "from distrl.config import EnvConfig\n"
+        "from distrl.envs import habitat as hab\n"
+        "import random; random.seed(99)\n"
+        "env = hab.make(EnvConfig(name=hab.FAKE_ID, image_size=16), 5)\n"
+        "ids = [env.reset()[1]['episode_id'] for _ in range(25)]\n"
+        "print(','.join(ids))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    env = fake_env(seed=5, image_size=16)
+    assert out.stdout.strip().split(",") == [env.reset()[1]["episode_id"] for _ in range(25)]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Closing: the shared GL context and idempotent close
+# ------------------------------------------------------------------------------------------------------------
+
+
+def test_fake_closing_the_context_holder_kills_the_others_like_habitat_sim(monkeypatch):
+    """Fidelity of the fake: the real habitat-sim aborts the process (SIGABRT) where the fake raises."""
+    monkeypatch.setattr(habitat_fake, "_TLS", threading.local())  # as in a fresh process: no GL context yet
+    hmod = habitat_fake.fake_habitat_module()
+    cfg = hmod.get_config(hab.DEFAULT_TASK_CONFIG)
+    a, b = hmod.gym.make_gym_from_config(cfg), hmod.gym.make_gym_from_config(cfg)
+    a.reset()
+    b.reset()
+    a.close()
+    with pytest.raises(habitat_fake.FakeGLContextLost, match="no current context"):
+        b.reset()
+    with pytest.raises(AttributeError):
+        a.close()  # habitat-lab's gym wrapper: a second close raises
+    c, d = hmod.gym.make_gym_from_config(cfg), hmod.gym.make_gym_from_config(cfg)
+    d.close()  # closing one that shares the context is harmless
+    c.reset()
+    c.close()
+
+
+@pytest.mark.parametrize("first_closed", [0, 1, 2])
+def test_closing_one_env_keeps_the_others_running(first_closed, monkeypatch):
+    monkeypatch.setattr(habitat_fake, "_TLS", threading.local())  # fresh process: envs[0] creates the context
+    envs = [fake_env(seed=s) for s in range(3)]
+    for e in envs:
+        e.reset()
+    envs[first_closed].close()
+    for k, e in enumerate(envs):
+        if k != first_closed:
+            e.reset()
+            e.step(2)
+    for e in envs:
+        e.close()
+    assert all(e.env.unwrapped.habitat_env._closed for e in envs)  # all closed once all were released
+    fresh = fake_env(seed=9)  # a new simulator after all were closed
+    fresh.reset()
+    fresh.step(1)
+    fresh.close()
+
+
+def test_a_garbage_collected_env_does_not_kill_the_others(monkeypatch):
+    monkeypatch.setattr(habitat_fake, "_TLS", threading.local())
+    a, b = fake_env(seed=1), fake_env(seed=2)
+    a.reset()
+    b.reset()
+    del a
+    gc.collect()
+    b.reset()
+    b.step(1)
+    b.close()
+
+
+def test_envs_made_on_one_thread_and_closed_from_another_do_not_kill_it(monkeypatch):
+    """distrl's Ray env actor is threaded: its envs are made and stepped on the run thread and closed from
+    another (the real habitat-sim aborted there: GL contexts are current per thread)."""
+    monkeypatch.setattr(habitat_fake, "_TLS", threading.local())
+    envs, errors = [], []
+
+    def worker():
+        try:
+            envs.extend(fake_env(seed=s) for s in range(3))
+            for e in envs:
+                e.reset()
+                e.step(1)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    assert not errors
+    main = fake_env(seed=7)  # the main thread's own simulator and context
+    main.reset()
+    for e in envs:
+        e.close()  # from the main thread: released, not closed here
+    main.step(1)
+    main.close()
+
+
+def test_close_is_idempotent_and_a_closed_env_refuses_use():
+    env = fake_env()
+    env.reset()
+    env.close()
+    env.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        env.reset()
+
+
+def test_vector_env_replacing_a_faulted_env_keeps_its_neighbours(monkeypatch):
+    """A fault in the env that holds the GL context: its replacement must not take the other slots down."""
+    from distrl.envs.vector import InlineVecEnv
+
+    made = []
+
+    class Boom(Exception):
+        pass
+
+    def env_fn(cfg, seed):
+        env = hab.make(cfg, seed)
+        made.append(env)
+        if len(made) == 1:  # the first instance (slot 0, the GL context holder) faults at its 3rd step
+            step, calls = env.step, []
+
+            def faulty(action):
+                calls.append(action)
+                if len(calls) == 3:
+                    raise Boom("injected")
+                return step(action)
+
+            env.step = faulty
+        return env
+
+    monkeypatch.setattr(habitat_fake, "_TLS", threading.local())  # fresh process: slot 0 creates the context
+    cfg = EnvConfig(name=FAKE, image_size=16, num_envs=3, max_episode_steps=8)
+    for prereset in (False, True):
+        made.clear()
+        venv = InlineVecEnv(cfg, 3, seed=0, prereset=prereset, env_fn=env_fn)
+        venv.reset(seed=0)
+        faults = 0
+        for _ in range(20):
+            res = venv.step(np.full(3, 2, dtype=np.int64))
+            faults += res.faults
+        assert faults == 1
+        venv.close()
+        assert all(e.env.unwrapped.habitat_env._closed for e in made)
+
+
+def test_cpu_rendering_when_no_gpu_is_visible(monkeypatch):
+    monkeypatch.setattr(hab, "_no_cuda_device", lambda: True)
+    assert fake_env().habitat_config.habitat.simulator.habitat_sim_v0.gpu_device_id == -1
+    user = EnvConfig(name=FAKE, image_size=16, habitat_overrides=(f"{hab.GPU_KEY}=1",))
+    assert hab.make(user, 0).habitat_config.habitat.simulator.habitat_sim_v0.gpu_device_id == 1
+    monkeypatch.setattr(hab, "_no_cuda_device", lambda: False)
+    assert fake_env().habitat_config.habitat.simulator.habitat_sim_v0.gpu_device_id == 0
+
+
+def test_shipped_configs_load():
+    from distrl.config import load_config
+
+    for name in ("habitat_pointnav.yaml", "habitat_pointnav_cpu.yaml"):
+        cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / name)
+        assert cfg.env.name == hab.REAL_ID
+        assert hab.spec(cfg.env).num_actions == 4
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -322,18 +555,24 @@ def test_missing_recording_names_the_folder_and_the_env_var(tmp_path):
 # ------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.envs
-def test_real_habitat_pointnav_on_two_rooms(tmp_path):
+@pytest.fixture(scope="module")
+def real_habitat(tmp_path_factory):
+    """Real habitat-sim + habitat-lab, with the bundled episodes generated into a fresh cache folder."""
     pytest.importorskip("habitat_sim")
     pytest.importorskip("habitat")
-    folder = habitat_fake.habitat_dir()
-    scene = folder / "two_rooms.glb"
-    subprocess.run(
-        [sys.executable, str(folder / "make_episodes.py"), str(scene), str(tmp_path)], check=True, timeout=300
-    )
-    overrides = [
-        f"habitat.dataset.data_path={tmp_path}/pointnav/train/train.json.gz",
-        f"habitat.dataset.scenes_dir={tmp_path}",
+    mp = pytest.MonkeyPatch()
+    mp.setenv(hab.CACHE_ENV, str(tmp_path_factory.mktemp("habitat_cache")))
+    data_path, scenes_dir = hab.bundled_dataset()
+    yield data_path, scenes_dir
+    mp.undo()
+
+
+@pytest.mark.envs
+def test_real_habitat_pointnav_on_two_rooms(real_habitat):
+    data_path, scenes_dir = real_habitat
+    overrides = [  # the bundled data, as explicit settings (what a user fills in for their own data)
+        f"habitat.dataset.data_path={data_path}",
+        f"habitat.dataset.scenes_dir={scenes_dir}",
         "habitat.simulator.habitat_sim_v0.gpu_device_id=-1",
     ]
     cfg = EnvConfig(name=hab.REAL_ID, image_size=64, max_episode_steps=40)
@@ -346,6 +585,7 @@ def test_real_habitat_pointnav_on_two_rooms(tmp_path):
     obs2, info2 = again.reset()
     assert info2["episode_id"] == info["episode_id"]
     np.testing.assert_allclose(obs2["pointgoal"], obs["pointgoal"], rtol=1e-5)
+    again.close()
     rng = np.random.default_rng(0)
     steps = 0
     while True:
@@ -359,6 +599,54 @@ def test_real_habitat_pointnav_on_two_rooms(tmp_path):
     env.reset()
     _, _, term, trunc, info = env.step(hab.STOP)
     assert term and not trunc and "spl" in info["extra"]
+    env.close()
+    env.close()  # idempotent (habitat-lab's own wrapper raises AttributeError here)
+
+
+@pytest.mark.envs
+def test_real_habitat_seeds_are_reproducible(real_habitat):
+    cfg = EnvConfig(name=hab.REAL_ID, image_size=32, max_episode_steps=10)  # bundled data, CPU by default
+    a, b = hab.make(cfg, 0), hab.make(cfg, 0)
+    ids_a = [a.reset()[1]["episode_id"]] + [a.reset()[1]["episode_id"] for _ in range(24)]
+    random.seed(5)
+    ids_b = [b.reset()[1]["episode_id"]] + [b.reset()[1]["episode_id"] for _ in range(24)]
+    assert ids_a == ids_b and len(set(ids_a)) == 20
+    assert [a.reset(seed=0)[1]["episode_id"]] + [a.reset()[1]["episode_id"] for _ in range(24)] == ids_a
+    other = [a.reset(seed=3)[1]["episode_id"]] + [a.reset()[1]["episode_id"] for _ in range(4)]
+    assert other != ids_a[:5]
+    code = (
+        "from distrl.config import EnvConfig\nfrom distrl.envs import habitat as hab\n"
+        "env = hab.make(EnvConfig(name=hab.REAL_ID, image_size=32, max_episode_steps=10), 0)\n"
+        "print(','.join([env.reset()[1]['episode_id'] for _ in range(25)]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1].split(",") == ids_a
+    a.close()
+    b.close()
+
+
+@pytest.mark.envs
+def test_real_habitat_closing_one_simulator_keeps_the_others(real_habitat):
+    """On habitat-sim, closing the simulator that created the GL context used to abort the process."""
+    cfg = EnvConfig(name=hab.REAL_ID, image_size=32, max_episode_steps=10)
+    code = (
+        "from distrl.config import EnvConfig\nfrom distrl.envs import habitat as hab\n"
+        "cfg = EnvConfig(name=hab.REAL_ID, image_size=32, max_episode_steps=10)\n"
+        "a, b, c = hab.make(cfg, 0), hab.make(cfg, 1), hab.make(cfg, 2)\n"
+        "for e in (a, b, c): e.reset()\n"
+        "a.close(); a.close()\n"
+        "b.reset(); b.step(1); c.reset(); c.step(2)\n"
+        "b.close()\n"
+        "c.reset(); c.step(1)\n"
+        "d = hab.make(cfg, 3); d.reset(); d.step(1)\n"
+        "c.close(); d.close()\n"
+        "e = hab.make(cfg, 4); e.reset(); e.step(1)\n"  # a new context once all were closed
+        "print('ALIVE')\n"  # e is left open: closed at exit
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and "ALIVE" in out.stdout, (out.returncode, out.stderr[-3000:])
+    assert hab.spec(cfg).num_actions == 4
 
 
 def test_pointnav_specs_import_no_simulator():
