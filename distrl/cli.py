@@ -114,6 +114,9 @@ def resolve_run(
             cfg = load_config(stored_path, extra)
         return RunSetup(cfg, location, run_dir, True)
     cfg = load_config(config, extra)
+    from distrl.learners.extras import enabled_extras  # torch: imported only when a run is set up
+
+    enabled_extras(cfg)  # an unknown learner extra fails here, before a run directory or an actor exists
     name = cfg.runtime.run_name or time.strftime("%Y%m%d-%H%M%S") + "-" + re.sub(r"[^A-Za-z0-9._-]+", "_", cfg.env.name)
     location = storage.join(storage.resolve_location(cfg.runtime.run_dir), name)
     if storage.exists(storage.join(location, "config.yaml")):

@@ -111,11 +111,6 @@ def build_extras(cfg: ExperimentConfig, spec: EnvSpec, agent: Agent) -> dict[str
     registered ones."""
     out: dict[str, LearnerExtra] = {}
     for name in enabled_extras(cfg):
-        if name not in EXTRAS:
-            raise ConfigError(
-                f"learner.extras: unknown extra {name!r}; registered: {sorted(EXTRAS) or 'none'} "
-                "(distrl.learners.extras.register_extra adds one)"
-            )
         extra = EXTRAS[name](cfg, spec, agent)
         if not isinstance(extra, LearnerExtra):
             raise TypeError(f"learner extra {name!r}: factory returned {type(extra).__name__}, not a LearnerExtra")
@@ -124,9 +119,16 @@ def build_extras(cfg: ExperimentConfig, spec: EnvSpec, agent: Agent) -> dict[str
 
 
 def enabled_extras(cfg: ExperimentConfig) -> tuple[str, ...]:
-    """Names of the extras a config switches on (``learner.extras``, duplicates refused)."""
+    """Names of the extras a config switches on (``learner.extras``). A ConfigError names a duplicate or an
+    unregistered name (with the registered ones); ``distrl train`` calls this before it starts anything."""
     names = tuple(cfg.learner.extras)
     if len(set(names)) != len(names):
         raise ConfigError(f"learner.extras lists an extra twice: {list(names)}")
+    for name in names:
+        if name not in EXTRAS:
+            raise ConfigError(
+                f"learner.extras: unknown extra {name!r}; registered: {sorted(EXTRAS) or 'none'} "
+                "(distrl.learners.extras.register_extra adds one)"
+            )
     return names
 

@@ -24,10 +24,11 @@ Usage::
 from __future__ import annotations
 
 import dataclasses
+import operator
 import os
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -133,8 +134,8 @@ class Learner:
         valid = part.valid
         batch = LearnerBatch(traj=part, out=out, valid=valid, is_weights=is_w, fresh=fresh, version=self.version)
 
-        intrinsic = _sum_hooks(e.intrinsic_reward(batch) for e in self.extras.values())
-        pg_extra = _prod_hooks(e.policy_weight(batch) for e in self.extras.values())
+        intrinsic = _combine((e.intrinsic_reward(batch) for e in self.extras.values()), operator.add)
+        pg_extra = _combine((e.policy_weight(batch) for e in self.extras.values()), operator.mul)
         rewards = learning_rewards(part.reward, part.truncated, part.truncation_value, lcfg.discount,
                                    clip=lcfg.reward_clip, intrinsic=intrinsic)
         discounts = step_discounts(part.terminated, part.truncated, lcfg.discount)
@@ -290,21 +291,13 @@ def _after_burn_in(traj: Trajectory, burn: int, state: CoreState) -> Trajectory:
     return Trajectory.unflatten({**leaves, **{f"core_state/{k}": v for k, v in state.items()}})
 
 
-def _sum_hooks(values: Iterable[Tensor | None]) -> Tensor | None:
-    """Sum of the extras' ``[T, B]`` answers (None when none answered)."""
+def _combine(values: Iterable[Tensor | None], op: Callable[[Tensor, Tensor], Tensor]) -> Tensor | None:
+    """The extras' ``[T, B]`` hook answers combined with ``op`` (rewards add, policy weights multiply), detached;
+    None when no extra answered."""
     out = None
     for v in values:
         if v is not None:
-            out = v.detach() if out is None else out + v.detach()
-    return out
-
-
-def _prod_hooks(values: Iterable[Tensor | None]) -> Tensor | None:
-    """Product of the extras' ``[T, B]`` answers (None when none answered)."""
-    out = None
-    for v in values:
-        if v is not None:
-            out = v.detach() if out is None else out * v.detach()
+            out = v.detach() if out is None else op(out, v.detach())
     return out
 
 

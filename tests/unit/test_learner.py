@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from distrl.cli import prepare_run
 from distrl.config import ConfigError, load_config
 from distrl.envs.base import ArraySpec, EnvSpec
 from distrl.learners.extras import EXTRAS, LearnerExtra, register_extra
@@ -126,9 +127,13 @@ def test_an_extra_is_trained_checkpointed_restored_and_published(reward_model, t
         plain.load_state_dict(state)
 
 
-def test_unknown_extra_is_a_config_error():
+def test_unknown_extra_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="unknown extra 'nope'"):
         Learner(_cfg("learner.extras=[nope]"), SPEC, device="cpu")
+    # `distrl train` refuses it while setting up the run: no run directory is left behind
+    with pytest.raises(ConfigError, match=r"unknown extra 'nope'.*register_extra"):
+        prepare_run(None, [f"runtime.run_dir={tmp_path}", "learner.extras=[nope]"])
+    assert not any(tmp_path.iterdir())
 
 
 def test_wrong_sequence_length_is_refused():
