@@ -8,7 +8,11 @@ dtype. :class:`SequenceStorage` holds one numpy array ``[capacity, *item_shape]`
 * No per-item Python objects: inserting B rows is one slice assignment per leaf (two at the ring's wrap) and
   sampling n rows is one ``np.take`` per leaf. dtypes are kept (uint8 observations stay uint8), so the bytes
   stored per step equal the raw bytes plus a few bytes of bookkeeping per sequence.
-* ``np.empty`` reserves the arrays without touching them; the OS commits pages only as the ring fills.
+* The arrays are reserved without being touched (:func:`reserve`); the OS commits pages only as the ring
+  fills. They are plain 4 KiB-page anonymous mappings: numpy's ``np.empty`` asks the kernel for transparent
+  huge pages on arrays of 4 MiB and more, and on a VM that hands free memory back to its host (free page
+  reporting) committing those cost about 1.7x the kernel time of 4 KiB pages while filling an empty buffer
+  (``tools/bench/replay.py``, ``insert_fill``: its ``*_sys_s`` and THP counters show it).
 * Frame stacks (Atari's ``frames`` [4, 84, 84], declared in ``EnvSpec.frame_stacks``) arrive packed by the
   inserting side (``Trajectory.batch_major(frame_stacks)``): ``obs/frames`` holds one frame per step and the
   per-row ``obs_stack/frames`` step 0's three older frames, about a quarter of the bytes; the stacks are
@@ -30,6 +34,7 @@ Usage::
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +43,19 @@ import numpy as np
 import torch
 
 CORE_STATE_PREFIX = "core_state/"
+_HUGE_PAGE_MIN_BYTES = 4 << 20  # numpy's threshold for asking for transparent huge pages
+
+
+def reserve(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An uninitialised array like ``np.empty(shape, dtype)``, backed by a private anonymous mapping that does
+    not ask for transparent huge pages (numpy's allocator does, with madvise, from 4 MiB). Pages are committed
+    on first write, 4 KiB at a time, unless the kernel's THP mode is ``always``."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if nbytes < _HUGE_PAGE_MIN_BYTES or not hasattr(mmap, "MAP_ANONYMOUS"):
+        return np.empty(shape, dtype=dtype)
+    buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    return np.frombuffer(buf, dtype=dtype).reshape(shape)  # the array keeps the mapping alive
 
 
 def to_numpy(name: str, value: Any) -> np.ndarray:
@@ -162,7 +180,7 @@ class SequenceStorage:
         self.capacity = int(capacity)
         self.schema = schema
         self.arrays: dict[str, np.ndarray] = {
-            s.name: np.empty((self.capacity, *s.shape), dtype=np.dtype(s.stored_dtype)) for s in schema.leaves
+            s.name: reserve((self.capacity, *s.shape), np.dtype(s.stored_dtype)) for s in schema.leaves
         }
 
     @property

@@ -3,7 +3,9 @@
 One run measures, on the same workload (sequences of 80 steps with MiniHack-sized observations, an LSTM core
 state of 2 x 256 float32, 8 actions; inserted 16 sequences per call):
 
-* ``insert_fill``   sequences/s inserting into an empty buffer until it is full (pays first-touch page faults)
+* ``insert_fill``   sequences/s inserting into an empty buffer until it is full (pays first-touch page faults);
+  a fresh buffer per round, alternating order; the line splits each side's CPU into user and system time and
+  gives its page faults and the kernel's THP/compaction counters over the fill
 * ``insert``        sequences/s inserting into a full buffer (FIFO overwrite; steady state)
 * ``sample``        batches/s of 64 sequences with IS weights, as torch tensors
 * ``update``        update_priorities(64) calls/s
@@ -35,6 +37,7 @@ import gc
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -111,6 +114,47 @@ def workload(n_distinct: int) -> list[Trajectory]:
     ]
 
 
+_VMSTAT_KEYS = ("thp_fault_alloc", "thp_fault_fallback", "compact_stall", "pgfault")
+
+
+def _vmstat() -> dict[str, int]:
+    out = {}
+    try:
+        for line in open("/proc/vmstat"):
+            key, val = line.split()
+            if key in _VMSTAT_KEYS:
+                out[key] = int(val)
+    except OSError:
+        pass
+    return out
+
+
+def thp_setting() -> str:
+    """The kernel's transparent-huge-page mode and defrag policy (numpy asks for huge pages with madvise on
+    arrays of 4 MiB and more; torch does not)."""
+    try:
+        en = open("/sys/kernel/mm/transparent_hugepage/enabled").read().split()
+        de = open("/sys/kernel/mm/transparent_hugepage/defrag").read().split()
+    except OSError:
+        return "?"
+    pick = [next((w[1:-1] for w in ws if w.startswith("[")), "?") for ws in (en, de)]
+    return f"enabled={pick[0]} defrag={pick[1]}"
+
+
+def measure_fill(fn: Callable[[int], None], n: int) -> dict[str, float]:
+    """Call ``fn(i)`` for i < n on an empty buffer: the rate, user and system CPU seconds, this process's minor
+    page faults, and the machine-wide THP and compaction counters (``/proc/vmstat``) over the fill."""
+    r0, v0, t0 = resource.getrusage(resource.RUSAGE_SELF), _vmstat(), time.perf_counter()
+    for i in range(n):
+        fn(i)
+    dt = time.perf_counter() - t0
+    r1, v1 = resource.getrusage(resource.RUSAGE_SELF), _vmstat()
+    out = {"per_s": n * INSERT_B / dt, "wall_s": dt, "user_s": r1.ru_utime - r0.ru_utime,
+           "sys_s": r1.ru_stime - r0.ru_stime, "minor_faults": float(r1.ru_minflt - r0.ru_minflt)}
+    out.update({f"vm_{key}": float(v1.get(key, 0) - v0.get(key, 0)) for key in _VMSTAT_KEYS if key != "pgfault"})
+    return out
+
+
 def raw_bytes_per_step(traj: Trajectory) -> float:
     return sum(v.nbytes for v in traj.batch_major().values()) / (traj.B * traj.T)
 
@@ -128,11 +172,42 @@ def compare(args: argparse.Namespace) -> None:
     cfg = ReplayConfig(
         capacity=cap, alpha=ALPHA, beta_start=BETA, beta_end=BETA, epsilon=EPS, min_size=1, samples_per_insert=0.0
     )
-    shard = ReplayShard(cfg, seed=0)
+    # First fill: each buffer from empty to full, on a fresh buffer per round, in alternating order (the first
+    # buffer a process fills can meet a different kernel state than the second). Each side's CPU time is split
+    # into user (Python, numpy, torch) and system (the kernel committing fresh pages), with its page faults and
+    # the kernel's transparent-huge-page and compaction counters over the fill.
+    n_fill = max(cap // INSERT_B, 1)
+
+    def new_distrl() -> tuple[Any, Callable[[int], None]]:
+        s = ReplayShard(cfg, seed=0)
+        return s, lambda i: s.insert(trajs[i % len(trajs)])
+
+    def new_torchrl() -> tuple[Any, Callable[[int], None]]:
+        b = trd.TensorDictPrioritizedReplayBuffer(
+            alpha=ALPHA, beta=BETA, eps=EPS, storage=trd.LazyTensorStorage(cap), batch_size=SAMPLE_B
+        )
+        return b, lambda i: b.extend(tds[i % len(tds)])
+
+    fills: dict[str, list[dict[str, float]]] = {"distrl": [], "torchrl": []}
+    makers = {"distrl": new_distrl, "torchrl": new_torchrl}
+    kept: dict[str, Any] = {}
+    for r in range(k):
+        for name in ("distrl", "torchrl") if r % 2 == 0 else ("torchrl", "distrl"):
+            kept.pop(name, None)
+            gc.collect()
+            obj, fn = makers[name]()
+            fills[name].append(measure_fill(fn, n_fill))
+            kept[name] = obj
+    fill = {name: statistics.median(f["per_s"] for f in runs) for name, runs in fills.items()}
+    detail = {f"{name}_{key}": round(statistics.median(f[key] for f in runs), 4)
+              for name, runs in fills.items() for key in runs[0] if key != "per_s"}
+    emit_pair("insert_fill", "sequences/s", fill["distrl"], fill["torchrl"], batch=INSERT_B, capacity=cap,
+              rounds=k, thp=thp_setting(), **detail)
+
+    # The buffers of the last fill round, full, for the steady-state measurements.
+    shard: ReplayShard = kept["distrl"]
+    rb = kept["torchrl"]
     sampler = ReplaySampler([LocalShardClient(shard)], cfg, batch_size=SAMPLE_B, prefetch=0, seed=0)
-    rb = trd.TensorDictPrioritizedReplayBuffer(
-        alpha=ALPHA, beta=BETA, eps=EPS, storage=trd.LazyTensorStorage(cap), batch_size=SAMPLE_B
-    )
     it = {"d": 0, "t": 0}
 
     def d_insert() -> None:
@@ -142,16 +217,6 @@ def compare(args: argparse.Namespace) -> None:
     def t_insert() -> None:
         rb.extend(tds[it["t"] % len(tds)])
         it["t"] += 1
-
-    # First fill: each buffer from empty to full, once.
-    n_fill = max(cap // INSERT_B, 1)
-    fill = {}
-    for name, fn in (("distrl", d_insert), ("torchrl", t_insert)):
-        t0 = time.perf_counter()
-        for _ in range(n_fill):
-            fn()
-        fill[name] = n_fill * INSERT_B / (time.perf_counter() - t0)
-    emit_pair("insert_fill", "sequences/s", fill["distrl"], fill["torchrl"], batch=INSERT_B, capacity=cap)
 
     res = rounds(
         {"distrl": lambda: rate(d_insert, sec) * INSERT_B, "torchrl": lambda: rate(t_insert, sec) * INSERT_B}, k

@@ -7,11 +7,13 @@ goes to stderr): throughput over the measurement window (after ``--warmup`` seco
 
 What is compared with distrl, and how it is kept equal:
 
-* **Env**: the same adapter (:class:`distrl.envs.minihack.MiniHackEnv`: same observation keys, same per-episode
-  reseeding), registered as an RLlib env; every sub-env gets its own seed.
+* **Env**: the same adapter (``distrl.envs.registry.make_env`` with the env section of ``--config``, default
+  the quickstart's, and ``env.name`` = ``--env``: MiniHack's observation keys and per-episode reseeding, or
+  Atari's DeepMind preprocessing), registered as an RLlib env; every sub-env gets its own seed.
 * **Model**: the exact network distrl trains, ``distrl.models.agent.Agent`` built from the same
-  :class:`~distrl.config.ModelConfig` (NetHack encoder → LSTM 256 → policy/value heads; same parameter
-  count, printed in the JSON), wrapped in an RLlib ``TorchRLModule`` that implements the APIs APPO needs
+  :class:`~distrl.config.ModelConfig` (the quickstart's: NetHack encoder → LSTM 256 → policy/value heads; or
+  ``--config``'s, e.g. Pong's Nature CNN; same parameter count, printed in the JSON), wrapped in an RLlib
+  ``TorchRLModule`` that implements the APIs APPO needs
   (``ValueFunctionAPI``, ``TargetNetworkAPI``: the target network is a copy of the whole agent).
   RLlib feeds ``[B, T, ...]`` sequences cut at episode ends (zero-padded), so the module transposes to
   distrl's time-major layout and needs no in-sequence resets.
@@ -35,41 +37,52 @@ when the run stops are neither consumed nor dropped. Learning curve: see :class:
 Usage (from the repo root)::
 
     .venv-rllib/bin/python tools/bench/rllib_appo.py --seconds 60 --warmup 15
+    .venv-rllib/bin/python tools/bench/rllib_appo.py --config configs/pong.yaml --env ALE/Pong-v5 --seconds 60
 """
 
 from __future__ import annotations
 
-import argparse
-import itertools
-import json
-import os
-import shutil
-import sys
-import tempfile
-import threading
 import time
-import uuid
-import warnings
-import weakref
-from typing import Any
 
-import gymnasium as gym
-import numpy as np
+LAUNCH_EPOCH = time.time()  # before the heavy imports: start-up counts towards the time to the target
+
+import argparse  # noqa: E402
+import itertools  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import uuid  # noqa: E402
+import warnings  # noqa: E402
+import weakref  # noqa: E402
+from dataclasses import replace  # noqa: E402
+from typing import Any  # noqa: E402
+
+import gymnasium as gym  # noqa: E402
+import numpy as np  # noqa: E402
 
 UNIQUE_KEY = "distrl_bench_env_steps_consumed_lifetime"
 ENV_ID = "distrl_minihack"
 _env_counter = itertools.count()
 
 
+def distrl_config(path: str | None, overrides: list[str], env_name: str) -> Any:
+    """The distrl ExperimentConfig whose env and model RLlib runs (``env.name`` set to ``env_name``)."""
+    from distrl.config import load_config
+
+    return load_config(path, [*overrides, f"env.name={env_name}"])
+
+
 def make_env(ctx: Any) -> Any:
-    """RLlib env creator: distrl's MiniHack adapter with a distinct seed per sub-env and process, wrapped so
-    that every finished episode is logged (see :class:`EpisodeLog`)."""
-    from distrl.config import EnvConfig
-    from distrl.envs.minihack import MiniHackEnv
+    """RLlib env creator: distrl's adapter for the config's env (MiniHack, Atari, ...) with a distinct seed per
+    sub-env and process, wrapped so that every finished episode is logged (see :class:`EpisodeLog`)."""
+    from distrl.envs.registry import make_env as distrl_make_env
 
     worker = int(getattr(ctx, "worker_index", 0) or 0)
     seed = int(ctx.get("seed", 0)) * 100_000 + worker * 1000 + next(_env_counter)
-    env = MiniHackEnv(EnvConfig(name=ctx["env_name"]), seed=seed)
+    env = distrl_make_env(distrl_config(ctx["config"], ctx["overrides"], ctx["env_name"]).env, seed)
     log_dir = ctx.get("episode_log_dir")
     return EpisodeLog(env, log_dir) if log_dir else env
 
@@ -103,9 +116,11 @@ class EpisodeLog(gym.Wrapper):
         super().close()
 
 
-def learning_curve(log_dir: str, window: int = 100, every: int = 10) -> tuple[list[list[float]], int]:
+def learning_curve(log_dir: str, window: int = 100, every: int = 10,
+                   target: float | None = None) -> tuple[list[list[float]], int, float | None]:
     """(``[[env_steps, mean_return, success_rate], ...]`` over the last ``window`` episodes, every ``every``
-    episodes and at the last one; the number of episodes), from the files :class:`EpisodeLog` wrote."""
+    episodes and at the last one; the number of episodes; the wall time (epoch) at which the mean return of a
+    full window first reached ``target``, or None), from the files :class:`EpisodeLog` wrote."""
     rows: list[tuple[float, str, int, float, float]] = []
     for name in sorted(os.listdir(log_dir)) if os.path.isdir(log_dir) else []:
         with open(os.path.join(log_dir, name)) as f:
@@ -118,15 +133,19 @@ def learning_curve(log_dir: str, window: int = 100, every: int = 10) -> tuple[li
     total = 0
     recent: list[tuple[float, float]] = []
     curve: list[list[float]] = []
-    for i, (_, name, steps, ret, succ) in enumerate(rows):
+    crossed: float | None = None
+    for i, (when, name, steps, ret, succ) in enumerate(rows):
         total += steps - latest.get(name, 0)
         latest[name] = steps
         recent.append((ret, succ))
         recent = recent[-window:]
+        if (crossed is None and target is not None and len(recent) == window
+                and sum(r for r, _ in recent) / window >= target):
+            crossed = when
         if (i + 1) % every == 0 or i == len(rows) - 1:
             n = len(recent)
             curve.append([float(total), sum(r for r, _ in recent) / n, sum(s for _, s in recent) / n])
-    return curve, len(rows)
+    return curve, len(rows), crossed
 
 
 def build_classes() -> tuple[type, type]:
@@ -144,7 +163,6 @@ def build_classes() -> tuple[type, type]:
     from ray.rllib.core.rl_module.torch import TorchRLModule
     from ray.rllib.utils.metrics import ALL_MODULES
 
-    from distrl.config import EnvConfig, ModelConfig
     from distrl.envs.registry import env_spec
     from distrl.models.agent import Agent
 
@@ -158,8 +176,11 @@ def build_classes() -> tuple[type, type]:
 
         def setup(self) -> None:
             mc = self.model_config
-            spec = env_spec(EnvConfig(name=mc["env_name"]))
-            self.agent = Agent(ModelConfig(hidden_size=int(mc["hidden_size"])), spec)
+            cfg = distrl_config(mc["config"], mc["overrides"], mc["env_name"])
+            model = cfg.model
+            if mc["hidden_size"] is not None:
+                model = replace(model, hidden_size=int(mc["hidden_size"]))
+            self.agent = Agent(model, env_spec(cfg.env))
 
         def get_initial_state(self) -> dict[str, np.ndarray]:
             s = self.agent.initial_state(1)
@@ -244,12 +265,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seq-len", type=int, default=40)
     p.add_argument("--batch-seqs", type=int, default=32)
     p.add_argument("--reuse", type=int, default=2, help="APPO circular buffer: passes per batch (K)")
-    p.add_argument("--hidden-size", type=int, default=256)
+    p.add_argument("--config", default=None,
+                   help="distrl config whose env section and model RLlib runs (default: the quickstart's)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="distrl config override")
+    p.add_argument("--hidden-size", type=int, default=None, help="LSTM width (default: the config's)")
     p.add_argument("--num-cpus", type=int, default=0, help="CPUs for the local Ray (0 = max(cores, needed))")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--verbose", action="store_true", help="forward Ray worker logs to stderr")
+    p.add_argument("--target", type=float, default=None,
+                   help="mean return (last 100 episodes) whose first crossing is timed (default: none)")
     p.add_argument("--iteration-s", type=float, default=2.0, help="min seconds per algo.train() call")
     args = p.parse_args(argv)
+    if args.config is not None:
+        args.config = os.path.abspath(args.config)  # Ray workers may run in another directory
 
     warnings.filterwarnings("ignore")
     import ray
@@ -271,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = (
             APPOConfig()
-            .environment(env=ENV_ID, env_config={"env_name": args.env, "seed": args.seed,
+            .environment(env=ENV_ID, env_config={"env_name": args.env, "seed": args.seed, "config": args.config,
+                                                 "overrides": args.set,
                                                  "episode_log_dir": log_dir})
             .env_runners(
                 num_env_runners=args.runners,
@@ -292,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             .rl_module(rl_module_spec=RLModuleSpec(
                 module_class=module_cls,
-                model_config={"env_name": args.env, "hidden_size": args.hidden_size, "max_seq_len": args.seq_len},
+                model_config={"env_name": args.env, "hidden_size": args.hidden_size, "max_seq_len": args.seq_len,
+                              "config": args.config, "overrides": args.set},
             ))
             .reporting(min_time_s_per_iteration=args.iteration_s, metrics_num_episodes_for_smoothing=100)
             .debugging(seed=args.seed, log_level="ERROR")
@@ -328,11 +358,13 @@ def main(argv: list[str] | None = None) -> int:
         def rate(key: str) -> float | None:
             return (end[key] - start[key]) / dt if dt > 0 else None
 
-        curve, n_episodes = learning_curve(log_dir)
+        curve, n_episodes, target_epoch = learning_curve(log_dir, target=args.target)
         out = {
             "bench": "train_rate",
             "system": "rllib_appo",
             "env": args.env,
+            "config": args.config,
+            "overrides": args.set,
             "num_envs": args.envs * args.runners,
             "env_runners": args.runners,
             "learners": args.learners,
@@ -344,7 +376,8 @@ def main(argv: list[str] | None = None) -> int:
             "duration_s": dt,
             "window_start_s": start["t"],
             "window_epoch": [start["time"], end["time"]],
-            "startup_s": build_s,
+            "build_s": build_s,
+            "first_trained_epoch": next((q["time"] for q in points if q["consumed"] > 0), None),
             "env_steps": end["env_steps"],
             "env_steps_consumed": end["consumed"],
             "env_steps_trained": end["trained"],
@@ -353,6 +386,9 @@ def main(argv: list[str] | None = None) -> int:
             "episode_return": curve[-1][1] if curve else None,
             "success_rate": curve[-1][2] if curve else None,
             "curve": curve,
+            "target": args.target,
+            "target_epoch": target_epoch,
+            "time_to_target_s": target_epoch - LAUNCH_EPOCH if target_epoch is not None else None,
             "versions": {"ray": ray.__version__, "torch": __import__("torch").__version__},
         }
         print(json.dumps(out), flush=True)

@@ -1,4 +1,9 @@
-"""End-to-end training throughput: distrl vs the raw env rate vs RLlib APPO, side by side in one run.
+"""End-to-end training throughput: distrl vs the raw env rate vs Sample Factory 2 and RLlib APPO, side by side
+in one run, on one or more tasks (``--tasks room5x5,pong``).
+
+Tasks: ``room5x5`` runs ``--env`` (default MiniHack-Room-5x5-v0) with ``--config`` (default the quickstart);
+``pong`` runs ALE/Pong-v5 with ``--pong-config`` (default ``configs/pong.yaml``: DeepMind preprocessing, Nature
+CNN). Every system trains the env and model of that distrl config. Rounds alternate the systems' order.
 
 Prints one JSON object per result line on stdout (progress and child logs go to stderr):
 
@@ -12,6 +17,10 @@ Prints one JSON object per result line on stdout (progress and child logs go to 
   has consumed data, and the last log point before the stop: ``consumed_steps_per_s`` (fresh env steps
   trained on, ``learner/env_steps_consumed``), ``env_steps_per_s`` (generated, ``charts/env_steps``) and
   ``trained_steps_per_s`` (updates x batch x sequence length, replayed steps included).
+* ``{"bench": "train_rate", "system": "sample_factory", ...}``: ``tools/bench/sample_factory_appo.py`` run by
+  the ``.venv-sf`` interpreter (``tools/bench/install_sf.sh``, run here when the venv is missing): Sample
+  Factory APPO with distrl's encoder, LSTM and linear heads from the same config (same parameter count),
+  ``--sf-workers`` rollout workers sharing ``--envs`` envs, the learner's own env-step counter as consumed.
 * ``{"bench": "train_rate", "system": "rllib_appo", ...}``: ``tools/bench/rllib_appo.py`` run by the
   ``.venv-rllib`` interpreter (created here when missing): RLlib APPO with distrl's exact network, the same
   env adapter, env and runner counts, batch shape and reuse; the same window rule and counters (see that
@@ -19,6 +28,17 @@ Prints one JSON object per result line on stdout (progress and child logs go to 
 * ``{"bench": "train_rate_ratio", ...}``: ``ratio`` = distrl / RLlib consumed env steps per second (the
   issue's metric), the same for generated steps, and sample efficiency: the mean return of the last 100
   episodes at the env-step count both runs reached (``common_env_steps``).
+* ``{"bench": "train_rate_vs_sample_factory", "task": ...}``: per task, each system's medians and their ratios
+  to Sample Factory's: ``<system>_consumed_steps_per_s_ratio`` (trained env steps per s), trained and generated
+  steps, ``cpu_cores_used``, ``peak_pss_gib`` and ``time_to_target_s`` (> 1: more memory / slower).
+
+Every training line also has ``cpu_cores_used`` (CPU seconds of every process the system started, over the
+window), ``peak_pss_gib`` (the largest summed PSS of that process tree over the whole run, sampled every
+second; ``window_peak_pss_gib`` over the window only), ``startup_s`` (launch to the first trained batch) and,
+on a task with a target (room5x5: 0.9), ``time_to_target_s``: launch to the first point at which the mean
+return of the last 100 episodes (at least 100 finished) reached it, start-up included. distrl's is read from
+its metrics rows (every ``target_resolution_s`` = 2 s), Sample Factory's after every training step, RLlib's
+from its per-episode log.
 
 Every measured process runs at the same priority: Ray starts its workers at nice 15 by default, which on a
 machine shared with other jobs starves them against everything at nice 0 (including RLlib's own driver, which
@@ -32,6 +52,8 @@ Usage::
     .venv/bin/python tools/bench/train_rate.py                  # full run (~9-10 min on 2 cores)
     .venv/bin/python tools/bench/train_rate.py --quick          # ~5 min smoke run
     .venv/bin/python tools/bench/train_rate.py --seconds 60 --warmup 15 --systems distrl,rllib_appo
+    .venv/bin/python tools/bench/train_rate.py --tasks room5x5,pong --systems distrl,sample_factory,rllib_appo \
+        --seconds 120 --warmup 20 --rounds 3
 """
 
 from __future__ import annotations
@@ -52,8 +74,15 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 RLLIB_VENV = ROOT / ".venv-rllib"
-RLLIB_STAMP = ".distrl-bench-installed"
-SYSTEMS = ("raw_env", "distrl", "rllib_appo")
+RLLIB_STAMP = ".distrl-bench-installed-2"  # bumped when the install steps change (2: ale-py for the pong task)
+SF_VENV = ROOT / ".venv-sf"
+SF_STAMP = ".distrl-bench-installed"  # written by tools/bench/install_sf.sh when it has finished
+SYSTEMS = ("raw_env", "distrl", "sample_factory", "rllib_appo")
+#: task -> (env name, argparse option holding its distrl config, target mean return timed from launch or None).
+TASKS: dict[str, tuple[str | None, str, float | None]] = {
+    "room5x5": (None, "config", 0.9),  # env: --env (default MiniHack-Room-5x5-v0)
+    "pong": ("ALE/Pong-v5", "pong_config", None),
+}
 
 
 def log(msg: str) -> None:
@@ -89,6 +118,7 @@ def ensure_rllib_venv(venv: Path, python: str = "python3.11") -> Path:
         [str(py), "-m", "pip", "install", "-q", "ray[rllib]==2.60.0", "setuptools<81", "minigrid", "pybind11",
          "numpy", "pyyaml"],
         [str(py), "-m", "pip", "install", "-q", "--no-deps", "nle==1.3.0", "minihack==1.0.2"],
+        [str(py), "-m", "pip", "install", "-q", "ale-py==0.12.1"],
         [str(py), "-m", "pip", "install", "-q", "--no-deps", "-e", str(ROOT)],
     ]
     for cmd in steps:
@@ -98,6 +128,20 @@ def ensure_rllib_venv(venv: Path, python: str = "python3.11") -> Path:
         if r.returncode != 0:
             raise RuntimeError(f"creating {venv}: {' '.join(cmd)} failed:\n{r.stdout[-3000:]}")
     (venv / RLLIB_STAMP).write_text("ok\n")
+    return py
+
+
+def ensure_sf_venv(venv: Path) -> Path:
+    """Create ``venv`` with Sample Factory 2 (``tools/bench/install_sf.sh``) when it is missing or an earlier
+    install did not finish; returns its python."""
+    py = venv / "bin" / "python"
+    if py.exists() and (venv / SF_STAMP).exists():
+        return py
+    log(f"creating {venv} (Sample Factory side of the benchmark; a few minutes, once)")
+    cmd = ["bash", str(ROOT / "tools" / "bench" / "install_sf.sh"), str(venv)]
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"creating {venv}: {' '.join(cmd)} failed:\n{r.stdout[-3000:]}")
     return py
 
 
@@ -123,9 +167,22 @@ def _proc_stats() -> dict[int, tuple[int, int, float]]:
     return out
 
 
+def _pss_bytes(pid: int) -> int:
+    """Proportional set size of one process (``/proc/PID/smaps_rollup``; shared pages split among their
+    users), 0 when it is gone or unreadable."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 class ProcessTree:
-    """Every process a child starts (its descendants, Ray's raylet, GCS and workers included): their CPU time
-    and, at the end, the ones still running.
+    """Every process a child starts (its descendants, Ray's raylet, GCS and workers included): their CPU time,
+    the tree's summed PSS at each sample (its peak is the system's memory footprint; Ray's object store is
+    shared memory, counted once across its users) and, at the end, the ones still running.
 
     Processes are keyed by (pid, start time), so a recycled pid is never mistaken for ours; CPU time of a
     process that has exited stays counted at its last sampled value.
@@ -135,6 +192,7 @@ class ProcessTree:
         self.root = root
         self.cpu: dict[tuple[int, int], float] = {}
         self.series: list[tuple[float, float]] = []  # (epoch seconds, CPU seconds of the tree so far)
+        self.pss: list[tuple[float, int]] = []  # (epoch seconds, summed PSS bytes of the live tree)
 
     def sample(self) -> None:
         stats = _proc_stats()
@@ -142,12 +200,21 @@ class ProcessTree:
         for pid, (ppid, _, _) in stats.items():
             children.setdefault(ppid, []).append(pid)
         todo = [self.root] if self.root in stats else []
+        pss = 0
         while todo:
             pid = todo.pop()
             _, start, cpu = stats[pid]
             self.cpu[(pid, start)] = cpu
+            pss += _pss_bytes(pid)
             todo.extend(children.get(pid, []))
-        self.series.append((time.time(), sum(self.cpu.values())))
+        now = time.time()
+        self.series.append((now, sum(self.cpu.values())))
+        self.pss.append((now, pss))
+
+    def peak_pss_gib(self, t0: float | None = None, t1: float | None = None) -> float | None:
+        """Largest summed PSS (GiB) over the samples between epoch times t0 and t1 (default: the whole run)."""
+        vals = [b for t, b in self.pss if (t0 is None or t >= t0) and (t1 is None or t <= t1)]
+        return max(vals) / 2**30 if vals else None
 
     def alive(self) -> list[int]:
         stats = _proc_stats()
@@ -314,6 +381,7 @@ def measure_distrl(args: argparse.Namespace, env: dict[str, str], work: Path) ->
     cmd = [sys.executable, "-m", "distrl", "train", str(args.config), *overrides]
     log(f"distrl: {' '.join(cmd[1:])}")
     load0 = os.getloadavg()[0]
+    launch = time.time()
     t0 = time.monotonic()
     rc, tree = run_child(cmd, env, args.warmup + args.seconds + 300, work / "distrl.stdout",
                          work / "distrl.stderr")
@@ -322,6 +390,10 @@ def measure_distrl(args: argparse.Namespace, env: dict[str, str], work: Path) ->
         tail = (work / "distrl.stderr").read_text()[-3000:]
         raise RuntimeError(f"distrl train exited with {rc}:\n{tail}")
     rows = _read_jsonl(work / "distrl" / "metrics.jsonl")
+    crossing = next((r for r in rows if args.target is not None and "time" in r
+                     and (r.get("charts/episode_return") or float("-inf")) >= args.target
+                     and r.get("charts/episodes", 0) >= 100), None)
+    first = next((r for r in rows if r.get("learner/env_steps_consumed", 0) > 0 and "time" in r), None)
     limit = args.warmup + args.seconds + 1.0  # drop the log written during shutdown
     rows = [r for r in rows if "charts/wall_time_s" in r and r["charts/wall_time_s"] <= limit]
     if len(rows) < 2:
@@ -339,7 +411,8 @@ def measure_distrl(args: argparse.Namespace, env: dict[str, str], work: Path) ->
              for r in rows if "charts/episode_return" in r]
     consumed = end.get("learner/env_steps_consumed", 0.0) - start.get("learner/env_steps_consumed", 0.0)
     return {
-        "bench": "train_rate", "system": "distrl", "env": args.env, "num_envs": args.envs * cfg.actor.num_actors,
+        "bench": "train_rate", "system": "distrl", "task": args.task, "env": args.env, "config": str(args.config),
+        "num_envs": args.envs * cfg.actor.num_actors,
         "env_actors": cfg.actor.num_actors, "learners": cfg.learner.num_learners, "overrides": args.distrl_set,
         "samples_per_insert": cfg.replay.samples_per_insert, "online_fraction": cfg.learner.online_fraction,
         "env_steps_per_s": rate("charts/env_steps"),
@@ -349,6 +422,10 @@ def measure_distrl(args: argparse.Namespace, env: dict[str, str], work: Path) ->
         "duration_s": dt, "window_start_s": start["charts/wall_time_s"], "process_s": process_s,
         "env_steps": end["charts/env_steps"], "env_steps_consumed": end.get("learner/env_steps_consumed"),
         "episode_return": end.get("charts/episode_return"), "success_rate": end.get("charts/success_rate"),
+        "startup_s": first["time"] - launch if first else None, "target": args.target,
+        "time_to_target_s": crossing["time"] - launch if crossing else None,
+        "env_steps_to_target": crossing.get("charts/env_steps") if crossing else None,
+        "target_resolution_s": 2.0,
         **cpu_fields(tree, start["time"], end["time"], consumed),
         "loadavg_1m": [round(load0, 2), round(os.getloadavg()[0], 2)],
         "curve": curve,
@@ -360,9 +437,12 @@ def measure_rllib(args: argparse.Namespace, env: dict[str, str], work: Path) -> 
     py = ensure_rllib_venv(args.rllib_venv)
     cmd = [str(py), str(ROOT / "tools" / "bench" / "rllib_appo.py"), "--env", args.env, "--envs", str(args.envs),
            "--runners", "1", "--learners", str(args.rllib_learners), "--seconds", str(args.seconds),
-           "--warmup", str(args.warmup), "--seed", str(args.seed)]
+           "--warmup", str(args.warmup), "--seed", str(args.seed), "--config", str(args.config)]
+    if args.target is not None:
+        cmd += ["--target", str(args.target)]
     log(f"rllib: {' '.join(cmd)}")
     load0 = os.getloadavg()[0]
+    launch = time.time()
     t0 = time.monotonic()
     rc, tree = run_child(cmd, env, args.warmup + args.seconds + 400, work / "rllib.stdout", work / "rllib.stderr")
     process_s = time.monotonic() - t0
@@ -372,6 +452,47 @@ def measure_rllib(args: argparse.Namespace, env: dict[str, str], work: Path) -> 
         raise RuntimeError(f"rllib_appo.py exited with {rc} and {len(results)} results:\n{tail}")
     res = results[-1]
     res["process_s"] = process_s
+    res["task"] = args.task
+    res["time_to_target_s"] = res["target_epoch"] - launch if res.get("target_epoch") else None
+    res["startup_s"] = res["first_trained_epoch"] - launch if res.get("first_trained_epoch") else None
+    res["target_resolution_s"] = 0.0
+    t0_epoch, t1_epoch = res.pop("window_epoch", (0.0, 0.0))
+    consumed = (res.get("consumed_steps_per_s") or 0.0) * res.get("duration_s", 0.0)
+    res.update(cpu_fields(tree, t0_epoch, t1_epoch, consumed))
+    res["loadavg_1m"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
+    return res
+
+
+def measure_sf(args: argparse.Namespace, env: dict[str, str], work: Path) -> dict[str, Any]:
+    """``tools/bench/sample_factory_appo.py`` in ``.venv-sf``: Sample Factory APPO with distrl's encoder from
+    the same config, ``--sf-workers`` rollout workers sharing ``--envs`` envs."""
+    work.mkdir(parents=True, exist_ok=True)
+    py = ensure_sf_venv(args.sf_venv)
+    if args.envs % (args.sf_workers * 2):
+        raise ValueError(f"--envs {args.envs} must split evenly over --sf-workers {args.sf_workers} x 2 halves "
+                         "(Sample Factory's double-buffered sampling)")
+    cmd = [str(py), str(ROOT / "tools" / "bench" / "sample_factory_appo.py"), "--config", str(args.config),
+           "--set", f"env.name={args.env}", "--workers", str(args.sf_workers),
+           "--envs-per-worker", str(args.envs // args.sf_workers), "--seconds", str(args.seconds),
+           "--warmup", str(args.warmup), "--seed", str(args.seed)]
+    if args.target is not None:
+        cmd += ["--target", str(args.target)]
+    log(f"sample_factory: {' '.join(cmd)}")
+    load0 = os.getloadavg()[0]
+    launch = time.time()
+    t0 = time.monotonic()
+    rc, tree = run_child(cmd, env, args.warmup + args.seconds + 400, work / "sf.stdout", work / "sf.stderr")
+    process_s = time.monotonic() - t0
+    results = [r for r in _read_jsonl(work / "sf.stdout") if r.get("system") == "sample_factory"]
+    if rc != 0 or not results or "error" in results[-1]:
+        tail = (work / "sf.stderr").read_text()[-3000:]
+        raise RuntimeError(f"sample_factory_appo.py exited with {rc} and results {results[-1:]}:\n{tail}")
+    res = results[-1]
+    res["process_s"] = process_s
+    res["task"] = args.task
+    res["time_to_target_s"] = res["target_epoch"] - launch if res.get("target_epoch") else None
+    res["startup_s"] = res["launch_epoch"] + res["startup_s"] - launch
+    res["target_resolution_s"] = 0.0
     t0_epoch, t1_epoch = res.pop("window_epoch", (0.0, 0.0))
     consumed = (res.get("consumed_steps_per_s") or 0.0) * res.get("duration_s", 0.0)
     res.update(cpu_fields(tree, t0_epoch, t1_epoch, consumed))
@@ -383,10 +504,12 @@ def cpu_fields(tree: ProcessTree, t0: float, t1: float, consumed: float) -> dict
     """CPU use of everything a system started (driver, Ray, actors, learner) over its measurement window:
     cores busy on average, and consumed env steps per CPU second (a rate that background load on a shared
     machine disturbs much less than steps per wall-clock second)."""
+    mem = {"peak_pss_gib": tree.peak_pss_gib(), "window_peak_pss_gib": tree.peak_pss_gib(t0, t1)}
     cpu = tree.cpu_between(t0, t1)
     if cpu is None or t1 <= t0:
-        return {"cpu_cores_used": None, "consumed_steps_per_cpu_s": None}
-    return {"cpu_cores_used": cpu / (t1 - t0), "consumed_steps_per_cpu_s": consumed / cpu if cpu > 0 else None}
+        return {"cpu_cores_used": None, "consumed_steps_per_cpu_s": None, **mem}
+    return {"cpu_cores_used": cpu / (t1 - t0), "consumed_steps_per_cpu_s": consumed / cpu if cpu > 0 else None,
+            **mem}
 
 
 def value_at(curve: list[list[Any]], steps: float) -> tuple[float | None, float | None]:
@@ -444,6 +567,29 @@ def ratio_line(env_name: str, results: dict[str, list[dict[str, Any]]]) -> dict[
     }
 
 
+def sf_ratio_line(task: str, env_name: str, results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Every system vs Sample Factory on one task: medians over rounds of each system's rates, cores, peak PSS
+    and time to the target, and their ratios to Sample Factory's (``<system>_<key>_ratio``; for peak PSS and
+    time to target, > 1 means more memory / slower than Sample Factory)."""
+    keys = ("consumed_steps_per_s", "trained_steps_per_s", "env_steps_per_s", "consumed_steps_per_cpu_s",
+            "cpu_cores_used", "peak_pss_gib", "time_to_target_s", "startup_s")
+    sf = {k: _median([r.get(k) for r in results["sample_factory"]]) for k in keys}
+    out: dict[str, Any] = {"bench": "train_rate_vs_sample_factory", "task": task, "env": env_name,
+                           "rounds": len(results["sample_factory"]),
+                           **{f"sample_factory_{k}": v for k, v in sf.items()}}
+    for system in ("distrl", "rllib_appo"):
+        runs = results.get(system) or []
+        if not runs:
+            continue
+        for k in keys:
+            v = _median([r.get(k) for r in runs])
+            out[f"{system}_{k}"] = v
+            out[f"{system}_{k}_ratio"] = _ratio(v, sf[k])
+        out[f"{system}_times_to_target_s"] = [r.get("time_to_target_s") for r in runs]
+    out["sample_factory_times_to_target_s"] = [r.get("time_to_target_s") for r in results["sample_factory"]]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, default=120.0, help="measured seconds per training run")
@@ -451,13 +597,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--raw-seconds", type=float, default=20.0, help="seconds of the raw env measurement")
     p.add_argument("--envs", type=int, default=16, help="envs per env actor / env runner / raw process")
     p.add_argument("--env", default="MiniHack-Room-5x5-v0")
-    p.add_argument("--config", default=str(ROOT / "configs" / "quickstart.yaml"), help="distrl config")
+    p.add_argument("--config", default=str(ROOT / "configs" / "quickstart.yaml"),
+                   help="distrl config of the room5x5 task (its env and model are also Sample Factory's and RLlib's)")
+    p.add_argument("--pong-config", default=str(ROOT / "configs" / "pong.yaml"), help="distrl config of the pong task")
+    p.add_argument("--tasks", default="room5x5", help=f"comma list from {tuple(TASKS)}")
     p.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma list from {SYSTEMS}")
     p.add_argument("--distrl-set", action="append", default=[], metavar="KEY=VALUE",
                    help="extra distrl config override, repeatable (e.g. replay.samples_per_insert=2.0)")
     p.add_argument("--rllib-learners", type=int, default=1,
                    help="RLlib learner actors (1 = a learner process, like distrl's; 0 = in the driver)")
     p.add_argument("--rllib-venv", type=Path, default=RLLIB_VENV)
+    p.add_argument("--sf-venv", type=Path, default=SF_VENV, help="Sample Factory venv (tools/bench/install_sf.sh)")
+    p.add_argument("--sf-workers", type=int, default=2, help="Sample Factory rollout workers sharing --envs envs")
     p.add_argument("--ray-worker-niceness", type=int, default=0,
                    help="RAY_worker_niceness for both Ray instances (Ray's own default is 15)")
     p.add_argument("--seed", type=int, default=0)
@@ -472,6 +623,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(systems) - set(SYSTEMS)
     if unknown:
         p.error(f"unknown systems {sorted(unknown)}; choose from {SYSTEMS}")
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if not tasks or set(tasks) - set(TASKS):
+        p.error(f"unknown tasks {sorted(set(tasks) - set(TASKS))}; choose from {tuple(TASKS)}")
 
     env = dict(os.environ)
     env["RAY_worker_niceness"] = str(args.ray_worker_niceness)
@@ -485,32 +639,43 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="train_rate_")) if args.keep is None else args.keep
     work.mkdir(parents=True, exist_ok=True)
-    results: dict[str, list[dict[str, Any]]] = {}
+    results: dict[str, dict[str, list[dict[str, Any]]]] = {t: {} for t in tasks}
     failures: dict[str, str] = {}
+    task_args = {t: task_namespace(args, t) for t in tasks}
     for rnd in range(args.rounds):
         # Rounds alternate the systems, so slow drifts in the machine's background load hit each alike.
         order = systems if rnd % 2 == 0 else [s for s in systems if s == "raw_env"] + [
             s for s in reversed(systems) if s != "raw_env"]
-        for system in order:
-            log(f"round {rnd + 1}/{args.rounds}: measuring {system} (load average {os.getloadavg()[0]:.2f})")
-            try:
-                if system == "raw_env":
-                    res = measure_raw(args.env, args.envs, args.raw_seconds, args.seed)
-                elif system == "distrl":
-                    res = measure_distrl(args, env, work / f"round{rnd}")
-                else:
-                    res = measure_rllib(args, env, work / f"round{rnd}")
-            except Exception as e:  # report and go on: one broken side must not hide the others
-                failures[system] = str(e)
-                emit({"bench": "train_rate", "system": system, "env": args.env, "round": rnd,
-                      "error": str(e)[-2000:]})
-                continue
-            res["round"] = rnd
-            results.setdefault(system, []).append(res)
-            emit(res if args.curves else {k: v for k, v in res.items() if k != "curve"})
+        for task in tasks:
+            targs = task_args[task]
+            for system in order:
+                log(f"round {rnd + 1}/{args.rounds}, {task}: measuring {system} "
+                    f"(load average {os.getloadavg()[0]:.2f})")
+                rdir = work / f"{task}_round{rnd}"
+                try:
+                    if system == "raw_env":
+                        res = measure_raw(targs.env, args.envs, args.raw_seconds, args.seed)
+                        res["task"] = task
+                    elif system == "distrl":
+                        res = measure_distrl(targs, env, rdir)
+                    elif system == "sample_factory":
+                        res = measure_sf(targs, env, rdir)
+                    else:
+                        res = measure_rllib(targs, env, rdir)
+                except Exception as e:  # report and go on: one broken side must not hide the others
+                    failures[f"{task}/{system}"] = str(e)
+                    emit({"bench": "train_rate", "system": system, "task": task, "env": targs.env, "round": rnd,
+                          "error": str(e)[-2000:]})
+                    continue
+                res["round"] = rnd
+                results[task].setdefault(system, []).append(res)
+                emit(res if args.curves else {k: v for k, v in res.items() if k != "curve"})
 
-    if results.get("distrl") and results.get("rllib_appo"):
-        emit(ratio_line(args.env, results))
+    for task in tasks:
+        if results[task].get("distrl") and results[task].get("rllib_appo"):
+            emit({**ratio_line(task_args[task].env, results[task]), "task": task})
+        if results[task].get("sample_factory"):
+            emit(sf_ratio_line(task, task_args[task].env, results[task]))
     raylets_after = raylet_count()
     if raylets_after > raylets_before:
         log(f"note: {raylets_after} raylets now vs {raylets_before} before; ours are gone (checked by session "
@@ -520,6 +685,13 @@ def main(argv: list[str] | None = None) -> int:
 
         shutil.rmtree(work, ignore_errors=True)
     return 1 if failures else 0
+
+
+def task_namespace(args: argparse.Namespace, task: str) -> argparse.Namespace:
+    """``args`` with the task's env name, distrl config and target."""
+    env_name, config_opt, target = TASKS[task]
+    return argparse.Namespace(**{**vars(args), "task": task, "env": env_name or args.env,
+                                 "config": getattr(args, config_opt), "target": target})
 
 
 if __name__ == "__main__":
