@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from distrl import storage
-from distrl.config import ConfigError, ExperimentConfig, config_from_dict, load_config, save_config
+from distrl.config import ConfigError, ExperimentConfig, load_config, save_config
 
 
 def _split_overrides(items: list[str]) -> list[str]:
@@ -99,9 +99,7 @@ def resolve_run(
         stored_path = run_dir / "config.yaml"
         if not stored_path.is_file():
             raise ConfigError(f"--resume {location}: no config.yaml there; is it a distrl run directory?")
-        import yaml
-
-        stored = config_from_dict(yaml.safe_load(stored_path.read_text()), source=str(stored_path))
+        stored = load_config(stored_path)
         if config:
             given = load_config(config, extra)
             if given.fingerprint() != stored.fingerprint():
@@ -202,9 +200,24 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"distrl: config error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:
+        if _is_checkpoint_error(e):  # a refused learner or replay checkpoint: no traceback, like a config error
+            print(f"distrl: checkpoint error: {e}", file=sys.stderr)
+            return 2
+        raise
     except KeyboardInterrupt:
         print("distrl: interrupted", file=sys.stderr)
         return 130
+
+
+def _is_checkpoint_error(e: BaseException) -> bool:
+    """A CheckpointError, also as raised by ``ray.get`` (a RayTaskError that subclasses its cause). Imported only
+    here: distrl.replay imports torch, which ``distrl train --help`` and config errors never need."""
+    if "distrl.replay.checkpoint" not in sys.modules:
+        return False  # nothing that raises one was imported
+    from distrl.replay.checkpoint import CheckpointError
+
+    return isinstance(e, CheckpointError)
 
 
 _FLAGS_WITH_VALUE = {"--resume", "--address", "--episodes", "--video", "--seed"}

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -54,6 +55,10 @@ class EnvConfig:
     max_episode_steps: int = 0
     """Truncate episodes after this many steps (0 = the env's own limit)."""
     seed: int = 0
+    num_levels: int = 0
+    """MiniHack: 0 = a new level (layout, NetHack seeds) every episode; k > 0 = each episode plays one of k
+    fixed levels, drawn at random, that depend on env.seed alone, so every actor and env slot shares them (the
+    number of contexts |C| of the global-vs-episodic bonus study; 1 = a singleton MDP)."""
     frame_skip: int = 4
     """Atari: frames per agent step (max-pooled over the last two)."""
     frame_stack: int = 4
@@ -91,6 +96,16 @@ class ModelConfig:
     glyph_embedding_dim: int = 32
     """NetHack encoder: glyph embedding width."""
     num_core_layers: int = 1
+    hcam_chunk: int = 8
+    """HCAM: steps per memory chunk (C); also the width of the local attention window."""
+    hcam_chunks: int = 32
+    """HCAM: chunks kept per layer (M, FIFO): the memory spans hcam_chunk * hcam_chunks steps."""
+    hcam_topk: int = 4
+    """HCAM: chunks each query attends to in detail (k, chosen by relevance to the chunk summaries)."""
+    hcam_heads: int = 4
+    """HCAM: attention heads inside the chosen chunks and in the local window (must divide hidden_size)."""
+    hcam_cross_episode: bool = False
+    """HCAM: keep the memory across episode starts (only the chunk being filled is dropped); false = clear it."""
     separate_intrinsic_value: bool = False
     """Add a second value head for intrinsic rewards."""
 
@@ -215,6 +230,72 @@ class BonusConfig:
     """beta for combine == 'add'."""
     normalize: Literal["int", "none"] = "int"
     ridge: float = 0.1
+    """E3B: lambda of the per-episode covariance lambda*I + sum phi phi^T (the E3B code's default)."""
+    count_key: Literal["position", "message", "glyphs", "obs"] = "position"
+    """State key psi(s) that count bonuses count (distrl.bonuses.keys): the agent's (x, y), the message, the
+    glyph map or the whole observation."""
+    count_form: Literal["first_visit", "isqrt"] = "first_visit"
+    """Episodic counts: 'first_visit' = 1 on the first visit of a key in the episode, else 0 (the study's
+    I[N_e = 1]); 'isqrt' = 1/sqrt(N_e) (RIDE/AGAC)."""
+    e3b_lr: float = 3e-4
+    """Learning rate of the E3B embedding and inverse-dynamics head (their own group in the learner's optimizer,
+    Adam by default). The E3B code's 1e-4 served ~78k updates; distrl's CPU runs make hundreds to a few
+    thousand, and on MultiRoom-N4 the IDM's held-out loss reached its plateau in ~100 updates at 3e-4 against
+    ~250 at 1e-4 (1e-3: little faster)."""
+    e3b_dim: int = 0
+    """E3B embedding width (0 = model.hidden_size)."""
+    e3b_encoder: Literal[
+        "", "auto", "nethack", "nethack_small", "nature_cnn", "small_cnn", "impala_cnn", "rgbd", "mlp"
+    ] = ""
+    """E3B embedding architecture: a model.encoder name ('' = the policy's, model.encoder, as in the E3B code).
+    The actors run it every step: 'nethack_small' (or another encoder with a NumPy kernel) keeps it cheap."""
+    e3b_resym_every: int = 256
+    """E3B: re-symmetrise each inverse covariance every this many of its updates (0 = never)."""
+    rnd_power: float = 1.0
+    """RND/NovelD: novelty = ||f(s) - f_bar(s)|| ** rnd_power (1 = the E3B code's un-squared norm; 2 = the paper's
+    equation)."""
+    rnd_on: Literal["next", "current"] = "next"
+    """The state a step's global bonus (RND, global counts) is evaluated on, and the RND predictor trained on:
+    'next' = s_{t+1}, the state the action led to (the E3B code); 'current' = s_t (the paper's equation). NovelD
+    always compares the two."""
+    noveld_scale: float = 0.1
+    """NovelD: c in [b(s_{t+1}) - c * b(s_t)]_+ (the E3B sweep's best, 0.1; 0 = RND on s_{t+1})."""
+    rnd_lr: float = 1e-4
+    """Learning rate of the RND predictor's own optimizer group (the E3B code's Adam 1e-4)."""
+    rnd_hidden: int = 256
+    """Width of the RND predictor's two hidden layers (the E3B code: 1024, over a 1024-d encoder)."""
+    count_power: float = 0.5
+    """Global counts: bonus = N(psi(s)) ** -count_power (0.5 = 1/sqrt(N), GEB eq. 7)."""
+    count_shards: int = 1
+    """Global counts on the Ray runtime: count-table actors, keys routed by hash (one is plenty below ~100
+    actors)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class DurationConfig:
+    """Duration-aware updates (ALGORITHMS.md §3, ``distrl.learners.duration``): how the learner corrects for
+    steps that take different wall-clock time reaching it at different rates."""
+
+    mode: Literal["off", "paper", "episode", "prior", "inclusion"] = "off"
+    """'paper': policy-gradient weight dt / batch-mean dt (clipped); 'episode': the same with the episode's
+    duration broadcast over its steps; 'prior': (dt / running-mean dt) ** kappa as a replay sampling prior,
+    divided out of the IS weights (no loss weight on prioritised rows); 'inclusion': weight 1 / estimated
+    probability that a launched step reaches the learner (binned by dt), normalised to batch mean 1."""
+    w_min: float = 0.1
+    """Clip of the normalised weight (paper, episode, inclusion)."""
+    w_max: float = 10.0
+    kappa: float = 1.0
+    """'prior': exponent of the duration prior."""
+    bins: int = 16
+    """'inclusion' and the instrumentation: log-spaced dt bins between dt_min and dt_max."""
+    dt_min: float = 1e-4
+    dt_max: float = 100.0
+    window_s: float = 0.0
+    """'inclusion' without launch counts: windowed collection of this many seconds, P_incl = max(0, 1 - dt/W)
+    (0 = estimate P_incl from launched vs consumed counts only)."""
+    instrument: bool = True
+    """Log dt at launch vs consumption, policy lag per dt bin and action shares vs pi at launch
+    (``extras/duration/...``) even with mode 'off' (the extra is then on, with no weight)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -236,7 +317,10 @@ class RuntimeConfig:
     """Run directory name under run_dir ('' = generated)."""
     seed: int = 0
     actor_restarts: int = 3
-    """Times the runtime restarts a dead env actor before failing the run."""
+    """Times the runtime restarts a dead env actor (or a dead replay shard) before failing the run."""
+    actor_stuck_timeout_s: float = 300.0
+    """Ray runtime: an env actor whose loop has been inside one step (env step + policy) for this long is taken
+    for hung (a stuck env), killed and restarted like a dead one (0 = never)."""
     placement_timeout_s: float = 600.0
     """Ray runtime: fail when learners or env actors are still unplaced (too few CPUs/GPUs in the cluster) after
     this many seconds (0 = wait for ever, e.g. for an autoscaler to add nodes)."""
@@ -303,6 +387,7 @@ class ExperimentConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    duration: DurationConfig = field(default_factory=DurationConfig)
 
     def validate(self) -> ExperimentConfig:
         """Cross-field checks. Raises ConfigError naming the fields; returns self for chaining."""
@@ -319,7 +404,7 @@ class ExperimentConfig:
             (self.replay.capacity >= self.learner.batch_size, "replay.capacity must be >= learner.batch_size"),
             (0.0 <= self.replay.alpha <= 2.0, "replay.alpha must be in [0, 2]"),
             (0.0 <= self.replay.beta_start <= 1.0 and 0.0 <= self.replay.beta_end <= 1.0,
-             "replay.beta_start/beta_end must be in [0, 1]"),
+             "replay.beta_start and replay.beta_end must be in [0, 1]"),
             (0.0 <= self.replay.priority_eta <= 1.0, "replay.priority_eta must be in [0, 1]"),
             (self.replay.min_size >= 1, "replay.min_size must be >= 1"),
             (self.replay.min_size <= self.replay.capacity, "replay.min_size must be <= replay.capacity"),
@@ -339,9 +424,13 @@ class ExperimentConfig:
              f"env.num_envs ({self.env.num_envs}) must be a multiple of env.num_workers "
              f"({self.env.num_workers}) with env.vectorization=subprocess"),
             (self.model.hidden_size >= 1, "model.hidden_size must be >= 1"),
-            (self.model.core != "hcam", "model.core=hcam is not implemented yet (planned; see README)"),
-            (self.bonus.episodic == "none" and self.bonus.glob == "none",
-             "bonus.episodic / bonus.glob are not implemented yet (planned; see README); set them to none"),
+            (self.model.core != "hcam" or min(self.model.hcam_chunk, self.model.hcam_chunks, self.model.hcam_topk,
+                                              self.model.hcam_heads) >= 1,
+             "model.hcam_chunk, hcam_chunks, hcam_topk and hcam_heads must be >= 1"),
+            (self.model.core != "hcam" or self.model.hidden_size % max(self.model.hcam_heads, 1) == 0,
+             f"model.hidden_size ({self.model.hidden_size}) must be a multiple of model.hcam_heads "
+             f"({self.model.hcam_heads})"),
+            *self._bonus_checks(),
             (self.runtime.total_env_steps > 0, "runtime.total_env_steps must be > 0"),
             (self.runtime.placement_timeout_s >= 0, "runtime.placement_timeout_s must be >= 0 (0 = no limit)"),
             (self.actor.num_cpus >= 0, "actor.num_cpus must be >= 0 (0 = 1 + env workers)"),
@@ -354,11 +443,84 @@ class ExperimentConfig:
             (self.eval.max_steps >= 1, "eval.max_steps must be >= 1"),
             (self.eval.stuck_steps >= 0, "eval.stuck_steps must be >= 0 (0 = no stuck detection)"),
             (self.eval.num_cpus >= 0, "eval.num_cpus must be >= 0"),
+            *self._range_checks(),
+            (0 < self.duration.w_min <= 1.0 <= self.duration.w_max,
+             "duration.w_min must be in (0, 1] and duration.w_max >= 1"),
+            (self.duration.kappa >= 0 and self.duration.bins >= 1 and self.duration.window_s >= 0
+             and 0 < self.duration.dt_min < self.duration.dt_max,
+             "duration: kappa >= 0, bins >= 1, window_s >= 0 and 0 < dt_min < dt_max are required"),
         ]
         errors = [msg for ok, msg in checks if not ok]
         if errors:
             raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
         return self
+
+    def _bonus_checks(self) -> list[tuple[bool, str]]:
+        """The bonus section: values in range, and combinations that cannot work named before anything starts."""
+        b = self.bonus
+        on = b.episodic != "none" or b.glob != "none"
+        return [
+            (b.coef > 0 or not on, "bonus.coef must be > 0 when a bonus is on"),
+            (b.global_coef >= 0, "bonus.global_coef must be >= 0"),
+            (b.ridge > 0, "bonus.ridge must be > 0"),
+            (b.rnd_power > 0, "bonus.rnd_power must be > 0"),
+            (b.noveld_scale >= 0, "bonus.noveld_scale must be >= 0 (0 = RND on s_{t+1})"),
+            (b.rnd_lr > 0, "bonus.rnd_lr must be > 0"),
+            (b.rnd_hidden >= 1, "bonus.rnd_hidden must be >= 1"),
+            (b.count_power > 0, "bonus.count_power must be > 0"),
+            (b.count_shards >= 1, "bonus.count_shards must be >= 1"),
+            (b.e3b_lr > 0, "bonus.e3b_lr must be > 0"),
+            (b.e3b_dim >= 0, "bonus.e3b_dim must be >= 0 (0 = model.hidden_size)"),
+            (b.e3b_resym_every >= 0, "bonus.e3b_resym_every must be >= 0 (0 = never)"),
+            (self.env.num_levels >= 0, "env.num_levels must be >= 0 (0 = a new level every episode)"),
+            (b.glob != "count" or not self.env.observation_keys
+             or self._count_key_obs() in (None, *self.env.observation_keys),
+             f"bonus.glob=count counts bonus.count_key={b.count_key!r}, which needs observation key "
+             f"{self._count_key_obs()!r}; add it to env.observation_keys {list(self.env.observation_keys)}"),
+            (b.episodic != "count" or not self.env.observation_keys
+             or self._count_key_obs() in (None, *self.env.observation_keys),
+             f"bonus.episodic=count counts bonus.count_key={b.count_key!r}, which needs observation key "
+             f"{self._count_key_obs()!r}; add it to env.observation_keys {list(self.env.observation_keys)}"),
+        ]
+
+    def _count_key_obs(self) -> str | None:
+        """The observation key that bonus.count_key reads (None: 'obs' reads them all)."""
+        return {"position": "blstats", "message": "message", "glyphs": "glyphs"}.get(self.bonus.count_key)
+
+    def _range_checks(self) -> list[tuple[bool, str]]:
+        """Per-field bounds (a value outside them would fail, or silently misbehave, deep inside a run), and
+        every float finite."""
+        lo: dict[str, tuple[float, bool]] = {  # key: (bound, strict) -> value > bound (strict) or >= bound
+            "env.max_episode_steps": (0, False), "env.seed": (0, False), "env.frame_skip": (1, False),
+            "env.frame_stack": (1, False), "env.noop_max": (0, False), "env.image_size": (1, False),
+            "env.crop_size": (1, False), "env.fake_episode_len": (1, False), "env.num_workers": (0, False),
+            "model.glyph_embedding_dim": (1, False), "model.num_core_layers": (1, False),
+            "replay.epsilon": (0, False), "replay.samples_per_insert_tolerance": (0, False),
+            "replay.checkpoint_every_s": (0, False), "replay.beta_steps": (0, False),
+            "learner.eps": (0, False), "learner.grad_clip": (0, False), "learner.baseline_cost": (0, False),
+            "learner.clip_rho": (0, True), "learner.clip_c": (0, True), "learner.clip_pg_rho": (0, True),
+            "learner.reward_clip": (0, False), "learner.kl_trust_region": (0, False),
+            "learner.checkpoint_every": (0, False), "learner.threads": (1, False),
+            "actor.weight_sync_every": (1, False), "actor.threads": (1, False),
+            "runtime.num_cpus": (0, False), "runtime.max_wall_time_s": (0, False), "runtime.seed": (0, False),
+            "runtime.actor_restarts": (0, False), "runtime.actor_stuck_timeout_s": (0, False),
+            "logging.log_every_s": (0, False),
+        }
+        out: list[tuple[bool, str]] = []
+        for key, (bound, strict) in lo.items():
+            section, name = key.split(".")
+            v = getattr(getattr(self, section), name)
+            out.append((v > bound if strict else v >= bound, f"{key} must be {'>' if strict else '>='} {bound}"))
+        for key, v in (("env.sticky_action_prob", self.env.sticky_action_prob),
+                       ("learner.rmsprop_alpha", self.learner.rmsprop_alpha)):
+            out.append((0.0 <= v <= 1.0, f"{key} must be in [0, 1]"))
+        for f in dataclasses.fields(self):
+            section = getattr(self, f.name)
+            for g in dataclasses.fields(section):
+                v = getattr(section, g.name)
+                if isinstance(v, float) and not math.isfinite(v):
+                    out.append((False, f"{f.name}.{g.name} must be a finite number, got {v}"))
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -397,16 +559,24 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if path in seen:
         raise ConfigError(f"{path}: include cycle via {' -> '.join(str(p) for p in seen)}")
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"config file not found: {path}" + (f" (include: in {seen[-1]})" if seen else ""))
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a text (UTF-8) file: {e}") from e
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read: {e}") from e
+    except RecursionError as e:  # deeply nested flow collections
+        raise ConfigError(f"{path}: nested too deeply to parse") from e
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
     includes = data.pop("include", []) or []
     if isinstance(includes, str):
         includes = [includes]
+    if not isinstance(includes, list) or not all(isinstance(i, str) and i for i in includes):
+        raise ConfigError(f"include: expected a file name or a list of file names, got {includes!r} (in {path})")
     merged: dict[str, Any] = {}
     for inc in includes:
         merged = _deep_merge(merged, _read_yaml(path.parent / inc, (*seen, path)))
@@ -435,6 +605,8 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         return _build(tp, value, key, getattr(value, "source", source))
     if origin is Literal:
         allowed = typing.get_args(tp)
+        if isinstance(value, bool) and ("on" if value else "off") in allowed:  # YAML 1.1 reads off/on as bools
+            value = "on" if value else "off"
         if value not in allowed:
             raise ConfigError(f"{key}: {value!r} is not one of {list(allowed)}{where}")
         return value
@@ -529,7 +701,18 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     data: dict[str, Any] = _read_yaml(Path(path)) if path else {}
     merged = _deep_merge(data, _overrides_tree(overrides))
     cfg = _build(ExperimentConfig, merged, "", str(path) if path else "")
-    return cfg.validate()
+    return _validated(cfg, [str(Path(path).resolve())] if path else [], overrides)
+
+
+def _validated(cfg: ExperimentConfig, files: Sequence[str], overrides: Sequence[str]) -> ExperimentConfig:
+    """``cfg.validate()``, its error naming where the values came from (the files and the command line)."""
+    try:
+        return cfg.validate()
+    except ConfigError as e:
+        sources = [*files, *(["command-line overrides"] if overrides else [])]
+        if not sources:
+            raise
+        raise ConfigError(f"{e} (config from {' + '.join(sources)})") from None
 
 
 def apply_overrides(cfg: ExperimentConfig, overrides: Sequence[str]) -> ExperimentConfig:

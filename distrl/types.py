@@ -133,6 +133,8 @@ class Trajectory:
     behaviour_logits: Tensor = field(metadata=per_step(np.float32, shape=("A",)))  # [T, B, A]
     episodic_bonus: Tensor = field(metadata=per_step(np.float32, default=0.0))  # [T, B], raw, actor-side (0: no bonus)
     duration: Tensor = field(metadata=per_step(np.float32))  # [T, B] seconds of env.step for this step
+    launch_time: Tensor = field(metadata=per_step(np.float64, default=0.0))  # [T, B] wall clock (s) at env.step
+    episode_time: Tensor = field(metadata=per_step(np.float32, default=0.0))  # [T, B] episode's seconds so far
     valid: Tensor = field(metadata=per_step(np.bool_, default=True))  # [T, B]
     core_state: CoreState  # each [B, ...]
     policy_version: Tensor  # [B] int64: weights version that acted at step 0
@@ -341,6 +343,29 @@ def rebuild_frame_stacks(head: Tensor, newest: Tensor, done: Tensor) -> Tensor:
 
 
 @dataclass(frozen=True)
+class EpisodeMemorySpec:
+    """What a core declares about the append-only part of its state, so replay can store it once per stream
+    instead of once per sequence (:mod:`distrl.replay.episode_memory`), without knowing the core.
+
+    ``keys`` name ring tensors ``[B, ring, *item]``: the c-th item written (c = 0, 1, ...) goes to slot
+    ``c % ring`` and is never changed afterwards; ``counter`` names the ``[B]`` int64 count of items written so
+    far. ``steps_per_item``: at least this many steps lie between two writes (so a span of P steps adds at most
+    ``ceil(P / steps_per_item)``). ``cleared_at_episode_start``: an episode start clears the memory (a new
+    stream); False for a memory kept across episodes (a counter that goes down starts a new stream anyway).
+
+    Usage::
+
+        spec = core.episode_memory       # HCAM: EpisodeMemorySpec(("mem0", "key0"), "count", 8, 32, True)
+    """
+
+    keys: tuple[str, ...]
+    counter: str
+    steps_per_item: int
+    ring: int
+    cleared_at_episode_start: bool = True
+
+
+@dataclass(frozen=True)
 class ReplaySample:
     """A batch of sequences drawn from one or more replay shards.
 
@@ -356,6 +381,7 @@ class ReplaySample:
     weights: Tensor  # [B] float32
     probs: Tensor  # [B] float64
     fresh: Tensor | None = None  # [B] bool: row was handed out as fresh (online) data, not a prioritized draw
+    prior: Tensor | None = None  # [B] float64: sampling prior d_i stored with the row (1 = none; ALGORITHMS §3.5)
 
     @property
     def B(self) -> int:

@@ -4,13 +4,17 @@ A plain class (no Ray): the local runtime drives it directly and :mod:`distrl.ru
 in a Ray actor. Per step (ALGORITHMS.md §6.1, without the bonus math):
 
 1. ``out = policy.act(obs_t, s_t)``: actions, behaviour logits, value, next core state (no autograd).
-2. ``b_t = bonus.step(obs_t)`` if an episodic bonus is attached (zeros otherwise).
+2. ``b_t = bonus.step(obs_t)`` if an episodic bonus is attached (zeros otherwise): the one injected, else the
+   one ``cfg.bonus.episodic`` names (:func:`~distrl.actors.bonus.build_episodic_bonus`: E3B, episodic counts),
+   raw, into ``Trajectory.episodic_bonus``. With ``bonus.glob=count`` the state keys of ``obs_t`` (one per env
+   step) also go to a buffer the runtime drains for the global count table (:meth:`EnvActor.drain_state_keys`).
 3. ``res = venv.step(actions)``: same-step autoreset, per-slot ``dt`` (§3.5), episode stats, faults.
 4. For slots truncated by a time limit: ``truncation_value = act(final_obs, pre-reset state).value`` so the
    learner can bootstrap through the cut. A slot whose env faulted (``res.faulted``) is also truncated, but
    its step is marked ``valid=False`` (its reward and transition are not real) and its truncation value is
    the value of the last good observation, ``out.value``.
-5. ``s_{t+1} = policy.reset_state(out.state, done)`` and ``bonus.reset(done)``: per-slot state lives here and
+5. ``s_{t+1} = policy.reset_state(out.state, done)`` and ``bonus.reset(done)`` (after reading the ended
+   episodes' distinct states, the episode stat ``episodic_unique``): per-slot state lives here and
    is reset by this actor's own done mask (ARCHITECTURE convention 8).
 6. The :class:`~distrl.actors.sequence.SequenceWriter` records the step; every ``sequence.period`` steps it
    emits a ``[burn_in + length, B]`` Trajectory carrying the core state at its start, the policy version that
@@ -44,12 +48,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from distrl.actors.bonus import build_episodic_bonus, check_state_key
 from distrl.actors.sequence import SequenceWriter
+from distrl.bonuses.keys import state_keys
 from distrl.config import ExperimentConfig
 from distrl.envs.base import EnvSpec, StepResult
 from distrl.envs.registry import env_spec
 from distrl.envs.vector import make_vec_env
 from distrl.models.acting import build_acting_policy
+from distrl.replay.priorities import DurationPrior
 from distrl.types import ActorReport, ActOut, CoreState, EpisodeStats, PolicyWeights, Trajectory
 from distrl.types import as_numpy as _np
 
@@ -73,6 +80,11 @@ class EpisodicBonusHook(Protocol):
 
     def step(self, obs: Mapping[str, np.ndarray]) -> Any:
         """Bonus [B] for the observations the agent acts on now (NumPy leaves [B, ...])."""
+
+    # Optional, used when present: ``load_weights(version, extras)`` receives the actor-side learner extras'
+    # weights (``PolicyWeights.extras``) on every ``set_weights``; ``episode_unique(mask) -> [B] | None`` gives
+    # the distinct states of the episodes ending in ``mask`` (called before ``reset``), reported as the
+    # episode stat ``episodic_unique``.
 
 
 class RandomPolicy:
@@ -118,6 +130,11 @@ def _rows(x: Any, idx: np.ndarray) -> Any:
     return x[idx]
 
 
+def _unique_stat(unique: np.ndarray | None, env_index: int) -> dict[str, float]:
+    """The ``episodic_unique`` episode stat of slot ``env_index`` (none without an episodic bonus)."""
+    return {} if unique is None else {"episodic_unique": float(unique[env_index])}
+
+
 def limit_numpy_blas_threads(n: int) -> None:
     """Cap NumPy's OpenBLAS thread pool at ``n`` threads in this process (PyTorch's own pools are left alone).
 
@@ -139,9 +156,9 @@ def actor_seed(env_seed: int, actor_id: int, incarnation: int = 0) -> int:
 class EnvActor:
     """Hosts ``cfg.env.num_envs`` env slots and one policy; yields Trajectory sequences (see the module doc).
 
-    ``incarnation`` distinguishes restarts of the same ``actor_id`` (new env seeds); ``bonus`` is an optional
-    :class:`EpisodicBonusHook`; ``prereset`` overrides the VecEnv's spare-env default (see
-    :func:`~distrl.envs.vector.make_vec_env`).
+    ``incarnation`` distinguishes restarts of the same ``actor_id`` (new env seeds); ``bonus`` is an
+    :class:`EpisodicBonusHook` that replaces the one ``cfg.bonus`` configures; ``prereset`` overrides the
+    VecEnv's spare-env default (see :func:`~distrl.envs.vector.make_vec_env`).
     """
 
     def __init__(
@@ -162,12 +179,19 @@ class EnvActor:
         limit_numpy_blas_threads(cfg.actor.threads)
         seed = actor_seed(cfg.env.seed, actor_id, incarnation)
         self.policy: Any = policy if policy is not None else build_acting_policy(cfg, self.spec, self.device, seed)
-        self.bonus = bonus
         self.num_envs = cfg.env.num_envs
+        self.bonus = bonus if bonus is not None else build_episodic_bonus(cfg, self.spec, self.num_envs, self.device)
+        self._bonus_unique = getattr(self.bonus, "episode_unique", None)
+        self._count_key: str | None = None
+        if cfg.bonus.glob == "count":
+            check_state_key(cfg.bonus.count_key, self.spec, "bonus.glob=count")
+            self._count_key = cfg.bonus.count_key
+        self._state_keys: list[np.ndarray] = []
         self.venv = make_vec_env(cfg.env, self.num_envs, seed, prereset=prereset)
         s = cfg.sequence
         self.writer = SequenceWriter(
-            self.spec, self.num_envs, burn_in=s.burn_in, length=s.length, period=s.period, actor_id=actor_id
+            self.spec, self.num_envs, burn_in=s.burn_in, length=s.length, period=s.period, actor_id=actor_id,
+            episode_memory=getattr(getattr(self.policy, "core", None), "episode_memory", None),
         )
         self.policy_version = -1
         self.extra_weights: dict[str, dict[str, Tensor]] = {}
@@ -181,6 +205,10 @@ class EnvActor:
         self._obs: dict[str, np.ndarray] | None = None
         self._state: CoreState = {}
         self._zeros = np.zeros(self.num_envs, dtype=np.float32)
+        self._episode_time = np.zeros(self.num_envs, dtype=np.float64)
+        self.duration_prior = DurationPrior(cfg.duration)
+        """The replay sampling prior of each emitted sequence (``duration.mode=prior``; None otherwise), which
+        the runtimes pass to the shard's ``insert``."""
         self._t_start = time.perf_counter()
         # Where step() spends its wall time (cumulative seconds): the policy (acting, truncation values, state
         # resets), the VecEnv (env steps, resets, fault handling) and, by difference, this actor's own work.
@@ -196,6 +224,9 @@ class EnvActor:
         self.policy.load_state_dict(weights.policy)
         self.extra_weights = dict(weights.extras)
         self.policy_version = int(weights.version)
+        load = getattr(self.bonus, "load_weights", None)
+        if load is not None:
+            load(self.policy_version, self.extra_weights)
 
     # ---- main loop ---------------------------------------------------------------------------------------
     def run(self, num_sequences: int | None = None) -> Iterator[Trajectory]:
@@ -220,8 +251,11 @@ class EnvActor:
         t0 = perf()
         out = self.policy.act(self._obs, self._state)
         bonus = None if self.bonus is None else self.bonus.step(self._obs)
+        if self._count_key is not None:
+            self._state_keys.append(state_keys(self._obs, self._count_key, lead_ndim=1))
         actions = _np(out.action)
         t1 = perf()
+        launch = np.full(B, time.time())  # wall clock at which this step's actions were launched (§3.5)
         res = self.venv.step(actions)
         t2 = perf()
         done = res.terminated | res.truncated
@@ -230,10 +264,15 @@ class EnvActor:
         if res.faults and faulted is not None and faulted.any():
             valid = ~faulted
         tv = self._truncation_values(res, out, faulted) if res.truncated.any() else self._zeros
+        self._episode_time += res.duration  # the episode's seconds so far, this step included
+        episode_time = self._episode_time.copy()
         state = out.state
+        unique = None
         if done.any():
             state = self.policy.reset_state(state, done)
             if self.bonus is not None:
+                if self._bonus_unique is not None:
+                    unique = self._bonus_unique(done)
                 self.bonus.reset(done)
         t3 = perf()
         traj = self.writer.add(
@@ -244,6 +283,8 @@ class EnvActor:
             truncated=res.truncated,
             truncation_value=tv,
             duration=res.duration,
+            launch_time=launch,
+            episode_time=episode_time,
             next_obs=res.obs,
             next_state=state,
             policy_version=self.policy_version,
@@ -251,6 +292,7 @@ class EnvActor:
             episodic_bonus=bonus,
             valid=valid,
         )
+        self._episode_time[done] = 0.0
         self._obs = res.obs
         self._state = state
         self.env_steps += B
@@ -263,7 +305,8 @@ class EnvActor:
                     episode_return=ep.episode_return,
                     length=ep.length,
                     success=ep.success,
-                    extra=tuple(sorted(ep.extra.items())),
+                    extra=tuple(sorted({**ep.extra, **_unique_stat(unique, ep.env_index),
+                                        "episode_duration_s": float(episode_time[ep.env_index])}.items())),
                 )
             )
         self.episodes += len(res.episodes)
@@ -296,6 +339,15 @@ class EnvActor:
         sub = {k: _rows(v, idx) for k, v in out.state.items()}
         tv[idx] = _np(self.policy.act(final, sub).value)
         return tv
+
+    def drain_state_keys(self) -> np.ndarray:
+        """State keys (``bonus.count_key``, int64) of the observations acted on since the last call, one per
+        env step, for the global count table (drained; empty unless ``bonus.glob=count``)."""
+        if not self._state_keys:
+            return np.zeros(0, dtype=np.int64)
+        out = np.concatenate(self._state_keys)
+        self._state_keys = []
+        return out
 
     # ---- reporting ---------------------------------------------------------------------------------------
     def episode_stats(self) -> list[EpisodeStats]:

@@ -11,7 +11,9 @@ the sequences they belong to (``[total + 1, B, ...]``, allocated when a sequence
 Trajectory as its own memory on emission), so each observation is copied once per sequence that contains it
 and never gathered. The small per-step fields (``Trajectory.step_fields()``: action, reward, ...) live in one
 ring each of ``total + 1`` rows, preallocated from that declaration, that an emission gathers in time order.
-Core states are kept only for the steps where a future sequence starts (a multiple of ``period``), cloned once.
+Core states are kept only for the steps where a future sequence starts (a multiple of ``period``), cloned once;
+with ``episode_memory`` (a core's :class:`~distrl.types.EpisodeMemorySpec`, e.g. HCAM's chunk memory) only the
+memory items written since the previous sequence start are kept (:mod:`distrl.replay.episode_memory`).
 
 Step t's record is ``obs[t]``, one value ``[B, ...]`` per step field (passed to :meth:`SequenceWriter.add` by
 field name; a field with a default may be left out), the policy version that chose the action and the actor's
@@ -39,7 +41,8 @@ import torch
 from torch import Tensor
 
 from distrl.envs.base import EnvSpec
-from distrl.types import CoreState, StepField, Trajectory
+from distrl.replay.episode_memory import MemoryCompactor
+from distrl.types import CoreState, EpisodeMemorySpec, StepField, Trajectory
 from distrl.types import as_numpy as _np
 
 
@@ -55,6 +58,7 @@ class SequenceWriter:
         length: int,
         period: int,
         actor_id: int = 0,
+        episode_memory: EpisodeMemorySpec | None = None,
     ) -> None:
         total = burn_in + length
         if length < 1 or burn_in < 0:
@@ -87,6 +91,9 @@ class SequenceWriter:
         self._version = np.zeros(R, dtype=np.int64)
         self._env_step = np.zeros(R, dtype=np.int64)
         self._states: collections.deque[tuple[int, CoreState]] = collections.deque()
+        # A core with append-only memory (HCAM): keep only what each sequence start adds (episode_memory.py).
+        self._compactor = (MemoryCompactor(episode_memory, num_envs, period, actor_id)
+                           if episode_memory is not None else None)
         self._t = -1  # steps added so far; -1 = begin() not called
         # Gather indices for an emission whose first step sits at ring row r0 (precomputed for every r0).
         self._step_idx = [(r0 + np.arange(total)) % R for r0 in range(R)]
@@ -102,7 +109,9 @@ class SequenceWriter:
         self._states.clear()
         self._open.clear()
         self._open_sequence(0, obs)
-        self._states.append((0, _clone_state(state)))
+        if self._compactor is not None:
+            self._compactor.restart()
+        self._states.append((0, self._keep_state(state)))
 
     def _open_sequence(self, start: int, obs: Mapping[str, Any]) -> None:
         """Allocate the observation arrays of the sequence starting at step ``start``; ``obs`` is its obs[0]."""
@@ -151,6 +160,8 @@ class SequenceWriter:
             else:
                 ring[r] = v  # NumPy arrays (and array-likes) convert in the assignment
         self._trunc_value[r][~self._truncated[r]] = 0.0  # truncation_value is kept only where truncated
+        if self._compactor is not None:
+            self._compactor.episode_end(self._truncated[r] | self._rings["terminated"][r])
         self._version[r] = policy_version
         self._env_step[r] = env_step
         t += 1
@@ -162,11 +173,16 @@ class SequenceWriter:
                 buf[row] = obs1[k]
         if t % self.period == 0:
             self._open_sequence(t, obs1)
-            self._states.append((t, _clone_state(next_state)))
+            self._states.append((t, self._keep_state(next_state)))
         start = t - self.total
         if start >= 0 and start % self.period == 0:
             return self._emit(start)
         return None
+
+    def _keep_state(self, state: CoreState) -> CoreState:
+        """The core state stored with a sequence: a CPU copy, with append-only memory reduced to what was
+        written since the previous sequence start (``episode_memory``)."""
+        return _clone_state(state) if self._compactor is None else self._compactor.compact(state)
 
     def _emit(self, start: int) -> Trajectory:
         s_t, state = self._states.popleft()

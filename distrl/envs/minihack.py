@@ -18,7 +18,9 @@ step, so it is not used.) The final info carries ``"success"`` (1.0 iff the task
 Seeding: NetHack keeps the seeds set by ``set_initial_seeds`` for *every* later reset (one level forever), so
 the adapter draws fresh (core, disp) seeds for each episode from its own generator, seeded by ``make(cfg,
 seed)`` or ``reset(seed=...)``: one seed fixes the whole stream of levels. MiniGrid-based tasks (MultiRoom,
-...) also seed their MiniGrid layout generator the same way.
+...) also seed their MiniGrid layout generator the same way. With ``env.num_levels = k > 0`` each episode
+instead plays one of k fixed levels (:func:`fixed_levels`, from ``env.seed`` alone, shared by every env),
+drawn by that generator.
 
 Crops of the map layers (``glyphs_crop`` etc.) are cut by the adapter from a preallocated padded buffer instead
 of MiniHack's per-step ``np.pad`` (1.3-1.4x faster steps, identical numbers). MiniHack has NLE fill and copy all
@@ -145,6 +147,8 @@ def _check_cfg(cfg: EnvConfig) -> None:
         )
     if cfg.max_episode_steps < 0:
         problems.append(f"env.max_episode_steps must be >= 0, got {cfg.max_episode_steps}")
+    if cfg.num_levels < 0:
+        problems.append(f"env.num_levels must be >= 0 (0 = a new level every episode), got {cfg.num_levels}")
     keys = observation_keys(cfg)
     if len(set(keys)) != len(keys):
         problems.append(f"env.observation_keys has duplicates: {keys}")
@@ -314,6 +318,7 @@ class MiniHackEnv(gym.Env):
                 self._crops[k] = _Crop(src, tuple(space.shape), space.dtype, cfg.crop_size, pad)
         self.observation_space = gym.spaces.Dict({k: _space(self.env, k, cfg.crop_size) for k in self.keys})
         self.action_space = gym.spaces.Discrete(int(self.env.action_space.n))
+        self._levels = fixed_levels(cfg)
         self._seed(seed)
         self._return = 0.0
         self._need_reset = True
@@ -347,7 +352,13 @@ class MiniHackEnv(gym.Env):
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         if seed is not None:
             self._seed(seed)
-        core, disp = (int(s) for s in self._rng.integers(1, 2**62, size=2))
+        if self._levels:
+            core, disp, layout = self._levels[int(self._rng.integers(len(self._levels)))]
+            minigrid = getattr(self.env, "minigrid_env", None)
+            if minigrid is not None:  # its next reset (inside MiniHack's) draws this level's layout
+                minigrid.reset(seed=layout)
+        else:
+            core, disp = (int(s) for s in self._rng.integers(1, 2**62, size=2))
         self.env.nethack.set_initial_seeds(core, disp, False)
         raw, _ = self.env.reset()
         self._raw = raw
@@ -425,6 +436,16 @@ def spec(cfg: EnvConfig) -> EnvSpec:
     """EnvSpec for a MiniHack id (builds the env once per distinct config and caches the result)."""
     _check_cfg(cfg)
     return _spec_cached(cfg.name, observation_keys(cfg), cfg.crop_size)
+
+
+def fixed_levels(cfg: EnvConfig) -> list[tuple[int, int, int]]:
+    """The ``env.num_levels`` fixed levels as (NetHack core seed, disp seed, MiniGrid layout seed), from
+    ``env.seed`` alone (empty for 0: a new level every episode)."""
+    if cfg.num_levels <= 0:
+        return []
+    ss = np.random.SeedSequence(entropy=int(cfg.seed), spawn_key=(0x1E7E15,))
+    raw = ss.generate_state(3 * cfg.num_levels, dtype=np.uint64).reshape(-1, 3)
+    return [(int(a % (2**62 - 1)) + 1, int(b % (2**62 - 1)) + 1, int(c % (2**31 - 1))) for a, b, c in raw]
 
 
 def make(cfg: EnvConfig, seed: int, render: bool = False) -> MiniHackEnv:

@@ -18,6 +18,8 @@ Info keys the VecEnv reads on the step that ends an episode (all optional):
 ``"success"`` (float), ``"episode_return"`` (float: overrides the summed reward, e.g. Atari full-game score when
 life loss ends learning episodes), ``"report"`` (bool, default True: False for a learning-only episode end that is
 not a real episode end, such as an Atari life loss), ``"extra"`` (dict[str, float], e.g. {"spl": 0.5}).
+On any step, ``"duration"`` (float seconds) replaces the measured wall time of ``env.step`` as the step's
+``dt`` (an env with a simulated clock, such as ``duration:bandit``).
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ _FAMILIES: tuple[tuple[str, str, str], ...] = (
     ("habitat:", "distrl.envs.habitat", "habitat"),
     ("MiniWorld-", "distrl.envs.miniworld", "miniworld"),
     ("fake:", "distrl.envs.fake", "fake"),
+    ("Ballet-", "distrl.envs.memory_tasks", "memory"),
+    ("Recall-", "distrl.envs.memory_tasks", "memory"),
+    ("duration:", "distrl.envs.duration_bandit", "fake"),
 )
 
 

@@ -15,7 +15,8 @@ Semantics of :meth:`step` (both implementations):
 
 * Same-step autoreset: where slot i ends an episode (``terminated | truncated``), ``obs[i]`` is already the
   first observation of its next episode and ``final_obs[i]`` is the last observation of the one that ended.
-* ``duration[i]`` is the wall-clock time of slot i's ``env.step`` call (not of the autoreset): §3.5's ``dt``.
+* ``duration[i]`` is the wall-clock time of slot i's ``env.step`` call (not of the autoreset): §3.5's ``dt``,
+  or the ``info["duration"]`` the env reported for the step (a simulated clock).
 * ``episodes`` lists finished episodes (return = summed raw reward unless the final info has
   ``"episode_return"``; ``"success"``, ``"extra"`` and ``"report"`` info keys as documented in
   :mod:`distrl.envs.registry`).
@@ -196,6 +197,9 @@ class _SlotRunner:
         self.ep_return = [0.0] * n
         self.ep_len = [0] * n
         self.fault_streak = [0] * n
+        # Per local slot, the env instance whose step output last passed the full check (_validate_step): each
+        # instance is checked on its first step after becoming active (about once per episode), not every step.
+        self.step_checked: list[Any] = [None] * n
         self.pending: collections.deque[int] = collections.deque()  # local slots whose spare needs a reset
         # Per local slot, (key, view of its row in bufs.obs): ``row[...] = x`` skips building a view per store.
         self._obs_rows = [tuple((k, bufs.obs[k][i, ...]) for k in self.keys) for i in slots]
@@ -225,6 +229,32 @@ class _SlotRunner:
                 )
             out[k] = v
         return out
+
+    def _validate_step(self, res: Any) -> None:
+        """Full check of one ``env.step`` result: a 5-tuple, observation keys/shapes/dtypes against the spec,
+        scalar reward and flags, a mapping for info. A mismatch is a bug in the env (a wrong shape would
+        otherwise be broadcast, a wrong dtype silently cast into the batch buffers), so it raises naming the key
+        rather than counting as a fault. Run on each instance's first step after it becomes active."""
+        name = self.cfg.name
+        if not isinstance(res, tuple) or len(res) != 5:
+            raise ValueError(f"env {name!r}: step returned {type(res).__name__} "
+                             f"{'of length ' + str(len(res)) if isinstance(res, tuple) else ''}; expected "
+                             "(obs, reward, terminated, truncated, info)")
+        obs, reward, te, tr, info = res
+        if not isinstance(obs, Mapping):
+            raise ValueError(f"env {name!r}: step returned observation of type {type(obs).__name__}; expected a "
+                             "dict of arrays")
+        self._validate_first(obs)
+        if np.ndim(reward) != 0 or not isinstance(reward, int | float | np.integer | np.floating) \
+                or isinstance(reward, bool | np.bool_):
+            raise ValueError(f"env {name!r}: step returned reward {reward!r} ({type(reward).__name__}); expected "
+                             "a scalar number")
+        for key, flag in (("terminated", te), ("truncated", tr)):
+            if not (isinstance(flag, bool | np.bool_) or (isinstance(flag, int | np.integer) and flag in (0, 1))):
+                raise ValueError(f"env {name!r}: step returned {key}={flag!r} ({type(flag).__name__}); expected "
+                                 "a bool")
+        if not isinstance(info, Mapping):
+            raise ValueError(f"env {name!r}: step returned info of type {type(info).__name__}; expected a dict")
 
     def _fresh(self, j: int) -> tuple[Any, dict[str, np.ndarray]]:
         """Build and reset a new instance for local slot j, retrying failures; returns (env, first obs).
@@ -369,6 +399,9 @@ class _SlotRunner:
         rew = [0.0] * n
         term, trunc, faulted = [False] * n, [False] * n, [False] * n
         for j, res in enumerate(out):
+            if self.step_checked[j] is not envs[j] and not isinstance(res, Exception):
+                self._validate_step(res)
+                self.step_checked[j] = envs[j]
             try:
                 if isinstance(res, Exception):
                     raise res
@@ -386,6 +419,8 @@ class _SlotRunner:
                 continue
             self.fault_streak[j] = 0
             rew[j], term[j], trunc[j] = reward, te, tr
+            if "duration" in info:  # an env with a simulated clock reports the time the step stands for
+                dur[j] = float(info["duration"])
             self.ep_return[j] += reward
             self.ep_len[j] += 1
             if te or tr:

@@ -31,6 +31,7 @@ Usage::
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -60,6 +61,7 @@ class LearnerBatch:
     is_weights: Tensor
     fresh: Tensor
     version: int  # learner version before this update
+    prior: Tensor | None = None  # [B] float64 replay sampling prior d_i of each row (None: no replay prior)
 
 
 class LearnerExtra(nn.Module):
@@ -95,6 +97,7 @@ class LearnerExtra(nn.Module):
 
 ExtraFactory = Callable[[ExperimentConfig, EnvSpec, "Agent"], LearnerExtra]
 
+
 EXTRAS: dict[str, ExtraFactory] = {}
 """Registry of learner extras by config name (``learner.extras``)."""
 
@@ -107,8 +110,8 @@ def register_extra(name: str, factory: ExtraFactory) -> None:
 
 
 def build_extras(cfg: ExperimentConfig, spec: EnvSpec, agent: Agent) -> dict[str, LearnerExtra]:
-    """The extras ``cfg.learner.extras`` names, in that order. Unknown names are a ConfigError naming the
-    registered ones."""
+    """The extras :func:`enabled_extras` names (``learner.extras``, then those the bonus section implies), in
+    that order. Unknown names are a ConfigError naming the registered ones."""
     out: dict[str, LearnerExtra] = {}
     for name in enabled_extras(cfg):
         extra = EXTRAS[name](cfg, spec, agent)
@@ -118,17 +121,44 @@ def build_extras(cfg: ExperimentConfig, spec: EnvSpec, agent: Agent) -> dict[str
     return out
 
 
+BUILTIN_EXTRAS: tuple[str, ...] = ("distrl.learners.e3b_extra", "distrl.learners.bonus", "distrl.learners.duration")
+"""Modules that register distrl's own extras when imported (loaded on first use, so this module stays light)."""
+
+
+def _load_builtin_extras() -> None:
+    for module in BUILTIN_EXTRAS:
+        importlib.import_module(module)
+
+
+def implied_extras(cfg: ExperimentConfig) -> tuple[str, ...]:
+    """Extras another config section switches on by itself: the exploration bonus (``bonus.episodic`` or
+    ``bonus.glob`` not none) needs ``bonus`` (the combination, RND/NovelD/global counts, the normaliser), and
+    ``bonus.episodic=e3b`` needs ``e3b`` (the embedding the actors' E3B bonus uses), before it; ``duration.mode``
+    other than off, or ``duration.instrument``, needs ``duration`` (distrl.learners.duration)."""
+    out: list[str] = []
+    if cfg.bonus.episodic == "e3b":
+        out.append("e3b")
+    if cfg.bonus.episodic != "none" or cfg.bonus.glob != "none":
+        out.append("bonus")
+    if cfg.duration.mode != "off" or cfg.duration.instrument:  # duration weighting and its instrumentation
+        out.append("duration")
+    return tuple(out)
+
+
 def enabled_extras(cfg: ExperimentConfig) -> tuple[str, ...]:
-    """Names of the extras a config switches on (``learner.extras``). A ConfigError names a duplicate or an
-    unregistered name (with the registered ones); ``distrl train`` calls this before it starts anything."""
-    names = tuple(cfg.learner.extras)
-    if len(set(names)) != len(names):
-        raise ConfigError(f"learner.extras lists an extra twice: {list(names)}")
+    """Names of the extras a config switches on: ``learner.extras`` followed by :func:`implied_extras` not
+    already listed. A ConfigError names a duplicate or an unregistered name (with the registered ones);
+    ``distrl train`` calls this before it starts anything."""
+    _load_builtin_extras()
+    listed = tuple(cfg.learner.extras)
+    if len(set(listed)) != len(listed):
+        raise ConfigError(f"learner.extras lists an extra twice: {list(listed)}")
+    names = listed + tuple(n for n in implied_extras(cfg) if n not in listed)
     for name in names:
         if name not in EXTRAS:
             raise ConfigError(
-                f"learner.extras: unknown extra {name!r}; registered: {sorted(EXTRAS) or 'none'} "
-                "(distrl.learners.extras.register_extra adds one)"
+                f"learner.extras: unknown extra {name!r} (of {list(names)}); registered: "
+                f"{sorted(EXTRAS) or 'none'} (distrl.learners.extras.register_extra adds one)"
             )
     return names
 

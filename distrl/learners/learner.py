@@ -23,11 +23,13 @@ Usage::
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import operator
 import os
 import tempfile
 import time
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,10 +46,16 @@ from distrl.learners.extras import LearnerBatch, LearnerExtra, build_extras
 from distrl.learners.vtrace import learning_rewards, step_discounts, step_weights, vtrace_loss
 from distrl.losses.pg import entropy, kl_categorical, trust_region_mask
 from distrl.models.agent import Agent, build_agent
+from distrl.replay.checkpoint import CheckpointError
 from distrl.replay.priorities import sequence_priority
 from distrl.types import CoreState, PolicyWeights, ReplaySample, Trajectory
 
 CHECKPOINT_SCHEMA = 1  # checkpoints without an 'extras' entry (written before extras existed) load as none
+
+
+class LearnerCheckpointError(CheckpointError, ValueError):
+    """A learner checkpoint is missing, truncated, corrupt, foreign or does not fit this learner. Raised before
+    anything is loaded, or after the learner was put back as it was: a refused checkpoint loads nothing."""
 
 
 @dataclass(frozen=True)
@@ -132,7 +140,8 @@ class Learner:
         out = self.agent.unroll(part.obs, reset[burn:], state)
         logits, values = out.logits[:-1], out.value[:-1]  # [T, B, A], [T, B]
         valid = part.valid
-        batch = LearnerBatch(traj=part, out=out, valid=valid, is_weights=is_w, fresh=fresh, version=self.version)
+        batch = LearnerBatch(traj=part, out=out, valid=valid, is_weights=is_w, fresh=fresh, version=self.version,
+                             prior=None if sample.prior is None else sample.prior.to(self.device))
 
         intrinsic = _combine((e.intrinsic_reward(batch) for e in self.extras.values()), operator.add)
         pg_extra = _combine((e.policy_weight(batch) for e in self.extras.values()), operator.mul)
@@ -251,25 +260,67 @@ class Learner:
         }
 
     def load_state_dict(self, state: dict[str, Any], source: str = "checkpoint") -> None:
+        """Load a :meth:`state_dict`; all or nothing. A checkpoint of another schema, config or set of extras,
+        or one whose tensors do not fit this learner, raises (LearnerCheckpointError, or ConfigError for another
+        config) and leaves the learner as it was."""
+        if not isinstance(state, dict):
+            raise LearnerCheckpointError(f"{source}: expected a dict, got {type(state).__name__}")
         if state.get("schema") != CHECKPOINT_SCHEMA:
-            raise ValueError(f"{source}: checkpoint schema {state.get('schema')!r}, expected {CHECKPOINT_SCHEMA}")
+            raise LearnerCheckpointError(
+                f"{source}: checkpoint schema {state.get('schema')!r}, expected {CHECKPOINT_SCHEMA}"
+            )
         if state.get("fingerprint") != self.cfg.fingerprint():
             raise ConfigError(
                 f"{source}: checkpoint was written by a run with a different config (env/model/learner/replay "
                 "sections differ); refusing to load it. Start a new run, or resume with the original config."
             )
         saved = state.get("extras", {})
-        if set(saved) != set(self.extras):
-            raise ValueError(
-                f"{source}: checkpoint has learner extras {sorted(saved)}, this learner has {sorted(self.extras)}"
+        if not isinstance(saved, dict) or set(saved) != set(self.extras):
+            raise LearnerCheckpointError(
+                f"{source}: checkpoint has learner extras {sorted(saved) if isinstance(saved, dict) else saved!r}, "
+                f"this learner has {sorted(self.extras)}"
             )
-        self.agent.load_state_dict(state["model"])
+        backup = self._snapshot()
+        try:
+            counters = {k: int(state[k]) for k in ("version", "env_steps", "samples_trained")}
+            if min(counters.values()) < 0:
+                raise ValueError(f"negative counters {counters}")
+            self.agent.load_state_dict(state["model"])
+            for name, e in self.extras.items():
+                e.load_state_dict(saved[name])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self._check_optimizer_state()
+        except Exception as err:
+            self._restore_snapshot(backup)
+            raise LearnerCheckpointError(
+                f"{source}: does not fit this learner ({type(err).__name__}: {err}); nothing was loaded"
+            ) from err
+        self.version = counters["version"]
+        self.env_steps = counters["env_steps"]
+        self.samples_trained = counters["samples_trained"]
+
+    def _snapshot(self) -> dict[str, Any]:
+        return {
+            "model": {k: v.detach().clone() for k, v in self.agent.state_dict().items()},
+            "extras": {n: {k: v.detach().clone() for k, v in e.state_dict().items()} for n, e in self.extras.items()},
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+        }
+
+    def _restore_snapshot(self, backup: dict[str, Any]) -> None:
+        self.agent.load_state_dict(backup["model"])
         for name, e in self.extras.items():
-            e.load_state_dict(saved[name])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.version = int(state["version"])
-        self.env_steps = int(state["env_steps"])
-        self.samples_trained = int(state["samples_trained"])
+            e.load_state_dict(backup["extras"][name])
+        self.optimizer.load_state_dict(backup["optimizer"])
+
+    def _check_optimizer_state(self) -> None:
+        """torch's Optimizer.load_state_dict checks group sizes only; a moment buffer of the wrong shape would
+        fail at the next step, far from the checkpoint that caused it."""
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                for name, v in self.optimizer.state.get(p, {}).items():
+                    if isinstance(v, Tensor) and v.dim() > 0 and v.shape != p.shape:
+                        raise ValueError(f"optimizer state {name!r} has shape {tuple(v.shape)}, its parameter "
+                                         f"{tuple(p.shape)}")
 
     def save_checkpoint(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
         """Write atomically: a temp file in the same directory, fsync, then rename over ``path``."""
@@ -301,7 +352,38 @@ def _combine(values: Iterable[Tensor | None], op: Callable[[Tensor, Tensor], Ten
     return out
 
 
+_STATE_KEYS = frozenset({"schema", "fingerprint", "model", "extras", "optimizer", "version", "env_steps",
+                         "samples_trained", "config", "extra", "checksum"})
+
+
+def state_checksum(obj: Any, crc: int = 0) -> int:
+    """CRC-32 over a checkpoint's content: nested dicts (order-free), lists, tensors (dtype, shape, bytes) and
+    scalars. ``torch.load`` does not verify the CRCs of the zip it reads, so a flipped bit in a tensor would
+    load silently without this."""
+    if isinstance(obj, Tensor):
+        t = obj.detach().to("cpu").contiguous()
+        crc = zlib.crc32(f"T{t.dtype}{tuple(t.shape)}".encode(), crc)
+        if t.numel():
+            crc = zlib.crc32(memoryview(t.reshape(-1).view(torch.uint8).numpy()), crc)
+        return crc
+    if isinstance(obj, dict):
+        crc = zlib.crc32(f"D{len(obj)}".encode(), crc)
+        for k in sorted(obj, key=repr):
+            crc = state_checksum(obj[k], zlib.crc32(repr(k).encode(), crc))
+        return crc
+    if isinstance(obj, list | tuple):
+        crc = zlib.crc32(f"L{len(obj)}".encode(), crc)
+        for v in obj:
+            crc = state_checksum(v, crc)
+        return crc
+    return zlib.crc32(f"S{obj!r}".encode(), crc)
+
+
 def save_checkpoint_file(state: dict[str, Any], path: str | Path) -> Path:
+    """Write ``state`` (a :meth:`Learner.state_dict`, plus ``extra``) with its :func:`state_checksum` to
+    ``path`` atomically: a temp file in the same directory, fsync, then rename over ``path``."""
+    state = {**{k: v for k, v in state.items() if k != "checksum"}, "checksum": None}
+    state["checksum"] = state_checksum({k: v for k, v in state.items() if k != "checksum"})
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
@@ -319,14 +401,27 @@ def save_checkpoint_file(state: dict[str, Any], path: str | Path) -> Path:
 
 
 def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
-    """Load with ``weights_only=True``: tensors and plain containers only, a checkpoint cannot execute code."""
+    """Load with ``weights_only=True`` (tensors and plain containers only: a checkpoint cannot execute code) and
+    verify its checksum. A missing, truncated, corrupt or foreign file raises LearnerCheckpointError."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise LearnerCheckpointError(f"checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, pickle with code, ...
-        raise ValueError(f"{path}: not a valid distrl checkpoint ({type(e).__name__}: {e})") from e
-    if not isinstance(state, dict) or "model" not in state:
-        raise ValueError(f"{path}: not a distrl checkpoint (no 'model' entry)")
+        raise LearnerCheckpointError(f"{path}: not a valid distrl checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise LearnerCheckpointError(f"{path}: not a distrl checkpoint (no 'model' entry)")
+    unknown = sorted(map(repr, set(state) - _STATE_KEYS))
+    if unknown:
+        raise LearnerCheckpointError(f"{path}: not a distrl checkpoint (unknown entries {', '.join(unknown)})")
+    stored = state.pop("checksum", None)  # absent in checkpoints written before it existed
+    if stored is not None:
+        try:
+            crc = state_checksum(state)
+        except Exception as e:  # e.g. a tensor type the checksum cannot read
+            raise LearnerCheckpointError(f"{path}: unreadable content ({type(e).__name__}: {e})") from e
+        if crc != stored:
+            raise LearnerCheckpointError(f"{path}: checksum mismatch (corrupt file: content CRC-32 {crc:#010x}, "
+                                         f"stored {stored!r})")
     return state

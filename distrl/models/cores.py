@@ -245,8 +245,15 @@ class IdentityCore(CoreBase):
 CORES: dict[str, Callable[[ModelConfig, int], CoreBase]] = {
     "lstm": LSTMCore,
     "identity": IdentityCore,
+    "hcam": lambda cfg, in_dim: _hcam_core(cfg, in_dim),
 }
-"""Core constructors keyed by ``ModelConfig.core``: ``CORES[name](cfg, in_dim)``. 'hcam' joins later."""
+"""Core constructors keyed by ``ModelConfig.core``: ``CORES[name](cfg, in_dim)``."""
+
+
+def _hcam_core(cfg: ModelConfig, in_dim: int) -> CoreBase:
+    from distrl.models.hcam import HCAMCore  # hcam.py builds on CoreBase above (imported here, not at the top)
+
+    return HCAMCore(cfg, in_dim)
 
 
 def build_core(cfg: ModelConfig, in_dim: int) -> CoreBase:

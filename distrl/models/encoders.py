@@ -601,6 +601,7 @@ AUTO_ENCODER: dict[str, str] = {
     "habitat": "rgbd",
     "miniworld": "rgbd",
     "fake": "mlp",
+    "memory": "mlp",
 }
 
 

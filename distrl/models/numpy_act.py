@@ -79,6 +79,8 @@ MODEL_OPTIONS: dict[str, str] = {
     "hidden_size": "any width",
     "glyph_embedding_dim": "any width",
     "num_core_layers": "the LSTM kernel runs any number of layers",
+    **{f"hcam_{n}": "read only by the hcam core, which has no NumPy kernel (refused by its class)"
+       for n in ("chunk", "chunks", "topk", "heads", "cross_episode")},
     "separate_intrinsic_value": "Agent.act does not read the intrinsic value head",
 }
 """The :class:`~distrl.config.ModelConfig` fields the NumPy path implements, with how."""
@@ -517,3 +519,47 @@ class NumpyPolicy:
 
     def state_dict(self) -> dict[str, Any]:
         return self.agent.state_dict()
+
+
+class NumpyEncoder:
+    """An encoder's forward alone in NumPy: obs leaves ``[B, ...]`` → ``[B, out_dim]`` float32, with the same
+    kernels as :class:`NumpyPolicy` (the env actors' E3B embedding uses it). Raises ValueError naming what
+    has no kernel (see :meth:`unsupported`). Call :meth:`sync` after changing the encoder's weights.
+
+    Usage::
+
+        enc = build_encoder(model_cfg, spec)
+        fast = NumpyEncoder(enc)
+        phi = fast(obs)                    # NumPy [B, enc.out_dim], equal to enc(obs) to float32 rounding
+    """
+
+    def __init__(self, encoder: nn.Module) -> None:
+        why = self.unsupported(encoder)
+        if why is not None:
+            raise ValueError(f"NumpyEncoder cannot run this encoder: {why}")
+        self.encoder = encoder
+        self.keys: tuple[str, ...] = tuple(encoder.keys)
+        self.out_dim = int(encoder.out_dim)
+        self._plans: dict[tuple[int, int, int], int] = {}
+        self.sync()
+
+    @staticmethod
+    def unsupported(encoder: nn.Module) -> str | None:
+        """Why :class:`NumpyEncoder` cannot run ``encoder`` (None when it can)."""
+        problems = _uncovered("encoder", encoder, ENCODER_PARTS)
+        if getattr(encoder, "compute_dtype", torch.float32) != torch.float32:
+            problems.append(f"the encoder computes in {encoder.compute_dtype}")
+        if any(p.device.type != "cpu" for p in encoder.parameters()):
+            problems.append("the encoder is not on the CPU")
+        return "; ".join(problems) or None
+
+    def sync(self) -> None:
+        """Copy the encoder's parameters into the NumPy layout."""
+        self._encode = _ENCODERS[type(self.encoder)](self.encoder, _Workspace(self._plans))
+
+    def __call__(self, obs: Mapping[str, Any]) -> Array:
+        flat = {k: _as_array(obs[k]) for k in self.keys}
+        n = int(flat[self.keys[0]].shape[0])
+        out = np.empty((n, self.out_dim), dtype=np.float32)
+        self._encode(flat, n, out)
+        return out

@@ -3,7 +3,8 @@
 Layout of a checkpoint directory::
 
     <dir>/manifest.json       format, schema version, shard counters, leaf schema, and per file:
-                              shape, dtype, byte count and CRC-32 of the array data
+                              shape, dtype, byte count and CRC-32 of the array data; a CRC-32 of the
+                              manifest itself (``manifest_crc32``)
     <dir>/a000.npy ...        one plain .npy file per array (no pickle, loaded with allow_pickle=False rules)
 
 Writing goes to a hidden temporary sibling directory which is fsync'ed and then renamed into place; an
@@ -12,10 +13,10 @@ reader never sees a half-written checkpoint under the target name. (If the proce
 renames, the previous checkpoint survives as ``.<name>.old-*`` next to the target; :func:`read_manifest`
 names it.)
 
-Reading checks everything before any state changes: the manifest parses and has the expected format and
-version; every file exists, has the exact expected size, an .npy header with the manifest's shape and dtype,
-and data whose CRC-32 matches. Arrays are read straight into caller-provided destination arrays (no second
-copy of a multi-GB buffer). Any failure raises :class:`CheckpointError` naming the file.
+Reading checks everything before any state changes: the manifest parses, matches its own checksum and has the
+expected format and version; every file exists, has the exact expected size, an .npy header with the manifest's
+shape and dtype, and data whose CRC-32 matches. Arrays are read straight into caller-provided destination
+arrays (no second copy of a multi-GB buffer). Any failure raises :class:`CheckpointError` naming the file.
 
 Usage::
 
@@ -38,6 +39,7 @@ from typing import Any
 import numpy as np
 
 MANIFEST = "manifest.json"
+_MANIFEST_CRC = "manifest_crc32"  # CRC-32 of the manifest's other entries (sorted-key JSON)
 _CHUNK = 64 << 20
 
 
@@ -94,6 +96,7 @@ def save_arrays(
                 "crc32": _crc32(arr),
             }
         full = {**manifest, "files": files}
+        full[_MANIFEST_CRC] = _manifest_crc(full)
         with open(tmp / MANIFEST, "w") as f:
             json.dump(full, f, indent=1, sort_keys=True)
             f.flush()
@@ -128,8 +131,10 @@ def read_manifest(path: str | Path, *, expected_format: str, expected_version: i
         manifest = json.loads(mpath.read_text())
     except FileNotFoundError as e:
         raise CheckpointError(f"{mpath}: missing (not a complete replay checkpoint)") from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise CheckpointError(f"{mpath}: corrupt or truncated manifest: {e}") from e
+    except OSError as e:
+        raise CheckpointError(f"{mpath}: cannot be read: {e}") from e
     if not isinstance(manifest, dict):
         raise CheckpointError(f"{mpath}: expected a JSON object")
     if manifest.get("format") != expected_format:
@@ -139,19 +144,40 @@ def read_manifest(path: str | Path, *, expected_format: str, expected_version: i
             f"{mpath}: checkpoint schema_version {manifest.get('schema_version')!r} is not supported "
             f"(this code reads version {expected_version})"
         )
+    # after format and version: another version may checksum differently
+    if _MANIFEST_CRC in manifest:  # absent in checkpoints written before it existed
+        stored = manifest.pop(_MANIFEST_CRC)
+        if stored != _manifest_crc(manifest):
+            raise CheckpointError(f"{mpath}: manifest checksum mismatch (corrupt file)")
     files = manifest.get("files")
     if not isinstance(files, dict):
         raise CheckpointError(f"{mpath}: no 'files' table")
     return manifest
 
 
+def _manifest_crc(manifest: Mapping[str, Any]) -> int:
+    return zlib.crc32(json.dumps(manifest, sort_keys=True).encode())
+
+
+def _entry(path: Path, entry: Any) -> tuple[Path, int, tuple[int, ...], np.dtype]:
+    """(file, file size, shape, dtype) of a files-table entry; CheckpointError if it is malformed."""
+    try:
+        name = entry["file"]
+        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+            raise ValueError(f"bad file name {name!r}")
+        shape = tuple(int(s) for s in entry["shape"])
+        return path / name, int(entry["file_size"]), shape, np.dtype(entry["dtype"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path / MANIFEST}: malformed files entry {entry!r} ({e})") from e
+
+
 def check_file(path: str | Path, entry: Mapping[str, Any]) -> Path:
     """Cheap pre-check of one array file (exists, exact size) so a bad checkpoint fails before any loading."""
-    fpath = Path(path) / str(entry["file"])
+    fpath, file_size, _, _ = _entry(Path(path), entry)
     if not fpath.is_file():
         raise CheckpointError(f"{fpath}: missing from the checkpoint")
     size = fpath.stat().st_size
-    if size != int(entry["file_size"]):
+    if size != file_size:
         raise CheckpointError(f"{fpath}: size {size} bytes, manifest says {entry['file_size']} (truncated?)")
     return fpath
 
@@ -159,7 +185,7 @@ def check_file(path: str | Path, entry: Mapping[str, Any]) -> Path:
 def load_array_into(path: str | Path, entry: Mapping[str, Any], dest: np.ndarray) -> None:
     """Read one array file into ``dest`` (C-contiguous, matching shape/dtype), verifying header and CRC-32."""
     fpath = check_file(path, entry)
-    shape, dtype = tuple(int(s) for s in entry["shape"]), np.dtype(entry["dtype"])
+    _, _, shape, dtype = _entry(Path(path), entry)
     if tuple(dest.shape) != shape or dest.dtype != dtype or not dest.flags.c_contiguous:
         raise CheckpointError(
             f"{fpath}: holds {shape} {dtype}, but the loader expects {tuple(dest.shape)} {dest.dtype}"
@@ -171,8 +197,8 @@ def load_array_into(path: str | Path, entry: Mapping[str, Any], dest: np.ndarray
                 fshape, fortran, fdtype = np.lib.format.read_array_header_1_0(f)
             else:
                 fshape, fortran, fdtype = np.lib.format.read_array_header_2_0(f)
-        except ValueError as e:
-            raise CheckpointError(f"{fpath}: not a valid .npy file: {e}") from e
+        except Exception as e:  # ValueError, but a damaged header dict can raise SyntaxError or TokenError too
+            raise CheckpointError(f"{fpath}: not a valid .npy file: {type(e).__name__}: {e}") from e
         if fdtype.hasobject:
             raise CheckpointError(f"{fpath}: object arrays are refused (would need pickle)")
         if tuple(fshape) != shape or fdtype != dtype or fortran:
@@ -187,5 +213,6 @@ def load_array_into(path: str | Path, entry: Mapping[str, Any], dest: np.ndarray
         if got != len(view) or f.read(1):
             raise CheckpointError(f"{fpath}: data is {got} bytes, expected {len(view)} (truncated or padded)")
     crc = _crc32(dest)
-    if crc != int(entry["crc32"]):
-        raise CheckpointError(f"{fpath}: checksum mismatch (CRC-32 {crc:#010x}, manifest {int(entry['crc32']):#010x})")
+    stored = entry.get("crc32") if isinstance(entry, Mapping) else None
+    if not isinstance(stored, int) or crc != stored:
+        raise CheckpointError(f"{fpath}: checksum mismatch (CRC-32 {crc:#010x}, manifest {stored!r})")

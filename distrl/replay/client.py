@@ -189,6 +189,7 @@ class BoundedInserter:
         self.accepted = 0
         self.resent = 0
         self.dropped = 0
+        self.acked_end = 0  # 1 + the largest key the current client's shard acknowledged: its insert count then
         self._backoff = 0.002
 
     def __len__(self) -> int:
@@ -207,9 +208,12 @@ class BoundedInserter:
             if time.monotonic() - since > self.timeout:
                 raise ReplayInsertTimeout(f"replay insert not answered within {self.timeout:.1f}s") from None
             return
+        # A ReplayShardError (the shard is gone: a Ray shard actor died) propagates with the item still queued.
         self._inflight.popleft()
         if res.ok:
             self.accepted += int(res.keys.shape[0])
+            if res.keys.shape[0]:
+                self.acked_end = max(self.acked_end, int(res.keys.max()) + 1)
             self._backoff = 0.002
             return
         if time.monotonic() - since > self.timeout:
@@ -225,11 +229,28 @@ class BoundedInserter:
         self._send(item, since)
 
     def submit(self, traj: Trajectory, priorities: np.ndarray | torch.Tensor | None = None, prior: Any = None) -> None:
+        """Send ``traj`` once the window has room. Raises ReplayShardError, without sending ``traj``, when the
+        shard failed; after :meth:`replace_client` a new submit sends it (and re-sent the queued ones)."""
         while len(self._inflight) >= self.max_inflight:
             self._poll(wait=0.05)
         self._send((traj, priorities, prior), time.monotonic())
-        while self._inflight and self._inflight[0][0].done():
-            self._poll(wait=0.0)
+        try:
+            while self._inflight and self._inflight[0][0].done():
+                self._poll(wait=0.0)
+        except ReplayShardError:
+            pass  # ``traj`` is queued: a failed shard surfaces at the next submit/flush, before anything is sent
+
+    def replace_client(self, client: ShardClient) -> int:
+        """Point at a new client (its shard restarted) and re-send everything not yet acknowledged to it.
+        Returns the old client's ``acked_end`` (the runtime counts what the restarted shard lost from it)."""
+        old, self.acked_end = self.acked_end, 0
+        self.client = client
+        items = [item for _, item, _ in self._inflight]
+        self._inflight.clear()
+        now = time.monotonic()
+        for item in items:
+            self._send(item, now)
+        return old
 
     def flush(self, timeout: float | None = None) -> int:
         """Wait until every submitted insert is accepted (bounded by ``timeout`` per insert).

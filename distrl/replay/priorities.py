@@ -4,6 +4,8 @@
 * :func:`priority_mass`: the sum-tree leaf value ``(|p| + eps) ** alpha`` (times an optional sampling prior).
 * :func:`importance_weights`: ``w = (N * P(i)) ** -beta`` normalised by the batch max.
 * :func:`beta_at`: linear beta annealing from a :class:`~distrl.config.ReplayConfig`.
+* :func:`duration_prior` and :class:`DurationPrior`: the duration sampling prior ``(dt / running-mean dt) ** kappa``
+  of ALGORITHMS.md §3.5 item 3, computed where a sequence is inserted (``duration.mode=prior``).
 
 Usage::
 
@@ -17,7 +19,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from distrl.config import ReplayConfig
+from distrl.config import DurationConfig, ReplayConfig
+from distrl.types import Trajectory
 
 
 def sequence_priority(td_abs: Tensor, valid: Tensor, eta: float) -> Tensor:
@@ -82,3 +85,53 @@ def beta_at(cfg: ReplayConfig, step: int) -> float:
         return float(cfg.beta_end)
     frac = min(max(step, 0) / cfg.beta_steps, 1.0)
     return float(cfg.beta_start + frac * (cfg.beta_end - cfg.beta_start))
+
+
+def duration_prior(seq_dt: np.ndarray, mean_dt: float, kappa: float, lo: float = 1e-3, hi: float = 1e3) -> np.ndarray:
+    """Sampling prior ``d_i = clip((seq_dt_i / mean_dt) ** kappa, lo, hi)`` (ALGORITHMS.md §3.5 item 3).
+
+    seq_dt: [B] mean step duration of each sequence (seconds); mean_dt: running mean step duration at insert
+    time (> 0). The clip keeps ``d_i`` finite and > 0 (the sum tree needs positive mass) for zero-duration
+    steps. With ``kappa = 1`` and IS weights that divide ``d_i`` out at ``beta = 1``, sampling with the prior
+    has the expectation of weighting the loss by ``dt / mean dt`` under uniform replay."""
+    seq_dt = np.asarray(seq_dt, dtype=np.float64)
+    if not mean_dt > 0 or not np.isfinite(mean_dt):
+        raise ValueError(f"duration_prior: mean_dt must be finite and > 0, got {mean_dt}")
+    if np.any(seq_dt < 0) or not np.all(np.isfinite(seq_dt)):
+        raise ValueError("duration_prior: durations must be finite and >= 0")
+    return np.clip(np.power(seq_dt / mean_dt, kappa), lo, hi)
+
+
+class DurationPrior:
+    """Per-inserter running mean of step durations and the prior of each inserted sequence.
+
+    ``__call__(traj)`` returns the ``[B]`` prior of the rows of ``traj`` (``duration.mode=prior``; their valid
+    steps' mean ``duration`` over the running mean of all steps this inserter has seen, including these), or
+    None in every other mode, so the shard stores prior 1. The env actor holds one; the runtimes pass its answer
+    to ``insert(..., prior=...)``.
+
+    Usage::
+
+        prior = DurationPrior(cfg.duration)
+        shard.insert(traj, prior=prior(traj))
+    """
+
+    def __init__(self, cfg: DurationConfig) -> None:
+        self.cfg = cfg
+        self.enabled = cfg.mode == "prior"
+        self.total_dt = 0.0
+        self.steps = 0
+
+    def __call__(self, traj: Trajectory) -> np.ndarray | None:
+        if not self.enabled:
+            return None
+        dt = traj.duration.detach().to("cpu", torch.float64).numpy()  # [T, B]
+        valid = traj.valid.detach().cpu().numpy().astype(bool)
+        n = valid.sum(axis=0)  # [B]
+        seq_dt = np.where(valid, dt, 0.0).sum(axis=0) / np.maximum(n, 1)
+        self.total_dt += float(np.where(valid, dt, 0.0).sum())
+        self.steps += int(n.sum())
+        mean = self.total_dt / max(self.steps, 1)
+        if mean <= 0:
+            return np.ones(traj.B)
+        return duration_prior(seq_dt, mean, self.cfg.kappa)

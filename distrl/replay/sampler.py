@@ -507,6 +507,7 @@ class ReplaySampler:
             weights=torch.from_numpy(weights.astype(np.float32)),
             probs=torch.from_numpy(b.probs),
             fresh=torch.from_numpy(b.fresh),
+            prior=torch.from_numpy(b.prior),
         )
 
     def _not_ready_message(self, timeout: float) -> str:

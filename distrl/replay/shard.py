@@ -57,6 +57,7 @@ import torch
 
 from distrl.config import ReplayConfig
 from distrl.replay import checkpoint as ckpt
+from distrl.replay.episode_memory import EpisodeMemoryStore
 from distrl.replay.priorities import priority_mass
 from distrl.replay.ratelimit import RateLimiter, Status
 from distrl.replay.storage import Schema, SequenceStorage
@@ -211,6 +212,8 @@ class ReplayShard:
         self._updates_applied = 0
         self._updates_ignored = 0
         self._sampled = 0
+        self.episode_memory = EpisodeMemoryStore(cap, self._core_state_dtype)
+        """Append-only core memory (HCAM chunks) stored once per stream, referenced by rows."""
 
     # ---- introspection -------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -267,7 +270,7 @@ class ReplayShard:
             if self._storage is None:
                 return {}, np.zeros(0)
             slots = keys % self.capacity
-            return self._storage.gather(slots), self._priority[slots].copy()
+            return self.episode_memory.assemble(self._storage.gather(slots)), self._priority[slots].copy()
 
     # ---- insert --------------------------------------------------------------------------------------------
     def insert(
@@ -298,6 +301,7 @@ class ReplayShard:
         raises ValueError naming the leaf. Returns status OK and the keys, or RATE_LIMITED (nothing stored)
         when the samples-per-insert ratio holds inserts back for longer than ``timeout`` seconds.
         """
+        leaves, memory_items = EpisodeMemoryStore.split(leaves)  # episode memory goes to its own store
         with self._cond:
             if self._schema is None:
                 schema = Schema.from_leaves(leaves, self._core_state_dtype)
@@ -331,6 +335,7 @@ class ReplayShard:
                 self._fresh_evicted += missed
                 self._fresh_pending -= missed
             self._storage.write(start, arrays)
+            self.episode_memory.add(memory_items, arrays, keys)
             p_raw, d, m = mass
             self._priority[slots] = p_raw
             self._prior[slots] = d
@@ -387,7 +392,7 @@ class ReplayShard:
             fresh_slots = self._take_fresh(n_fresh, min_policy_version) if n_fresh else _EMPTY_I64
             prio_slots = self._tree.sample_stratified(n, self._rng) if n else _EMPTY_I64
             slots = np.concatenate([fresh_slots, prio_slots]) if n_fresh else prio_slots
-            leaves = self._storage.gather(slots)
+            leaves = self.episode_memory.assemble(self._storage.gather(slots))
             keys = self._key_of_slot(slots)
             mass = self._tree.get(prio_slots)
             probs = np.concatenate([np.zeros(fresh_slots.shape[0]), mass / total])
@@ -544,6 +549,8 @@ class ReplayShard:
                 },
                 "rng": self._rng.bit_generator.state,
             }
+            manifest["episode_memory"], memory_arrays = self.episode_memory.state_arrays()
+            arrays.update(memory_arrays)
             return ckpt.save_arrays(path, manifest, arrays, fsync=fsync)
 
     def restore(self, path: str | Path, *, schema: Schema | None = None) -> ShardStats:
@@ -558,7 +565,8 @@ class ReplayShard:
         mpath = path / ckpt.MANIFEST
         try:
             cap = int(m["capacity"])
-            counters = {k: m["counters"][k] for k in _COUNTERS}
+            counters = {k: float(m["counters"][k]) if k == "max_priority" else _exact_int(m["counters"][k])
+                        for k in _COUNTERS}
             saved_schema = Schema.from_json(m["schema"]) if m["schema"] is not None else None
             files = m["files"]
         except (KeyError, TypeError, ValueError) as e:
@@ -594,12 +602,27 @@ class ReplayShard:
         if storage is not None:
             for name, arr in storage.arrays.items():
                 ckpt.load_array_into(path, files[f"leaf:{name}"], arr[:n])
+        memory = EpisodeMemoryStore(cap, self._core_state_dtype)
+        mem_meta = m.get("episode_memory") or {"active": False}
+        if mem_meta.get("active") and storage is not None:
+            try:
+                mem_arrays = {}
+                for k, entry in files.items():
+                    if k.startswith("memory:"):
+                        mem_arrays[k] = np.empty(tuple(entry["shape"]), dtype=np.dtype(entry["dtype"]))
+                        ckpt.load_array_into(path, entry, mem_arrays[k])
+                keys = np.arange(int(counters["inserted"]) - n, int(counters["inserted"]), dtype=np.int64)
+                rows = {k: a[keys % cap] for k, a in storage.arrays.items() if k.startswith("core_state/memory.")}
+                memory.restore(mem_meta, mem_arrays, rows, keys)
+            except (KeyError, TypeError, ValueError) as e:
+                raise ckpt.CheckpointError(f"{mpath}: episode memory does not match the stored rows ({e})") from e
         if not (np.all(np.isfinite(priority[:n])) and np.all(prior[:n] > 0)):
             raise ckpt.CheckpointError(f"{mpath}: stored priorities are not finite/positive")
         tree = SumTree(cap)
         tree.set_all(priority_mass(priority, self.cfg.alpha, self.cfg.epsilon) * prior * (np.arange(cap) < n))
         with self._cond:
             self._schema = saved_schema
+            self.episode_memory = memory
             self._storage = storage
             self._tree = tree
             self._priority, self._prior, self._served = priority, prior, served
@@ -652,6 +675,13 @@ _PLAIN_COUNTERS = (
     "updates_ignored",
 )
 _COUNTERS = ("inserted", "size", "sampled", "max_priority", "limiter_inserted", "limiter_sampled", *_PLAIN_COUNTERS)
+
+
+def _exact_int(x: Any) -> int:
+    """A checkpoint counter: an integer (not a bool, string or float), else ValueError."""
+    if isinstance(x, bool) or not isinstance(x, int):
+        raise ValueError(f"counter {x!r} is not an integer")
+    return x
 
 
 def _as_f64(name: str, x: Any, n: int) -> np.ndarray:

@@ -32,6 +32,11 @@ class RunPaths:
     def learner_checkpoint(self) -> Path:
         return self.run_dir / "checkpoints" / "learner.pt"
 
+    @property
+    def counts_checkpoint(self) -> Path:
+        """The global count table (``bonus.glob=count``), saved with the learner checkpoint."""
+        return self.run_dir / "checkpoints" / "counts.pt"
+
     def shard_dir(self, shard_id: int) -> Path:
         return self.run_dir / "replay" / f"shard_{shard_id}"
 

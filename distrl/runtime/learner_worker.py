@@ -28,7 +28,7 @@ import torch.distributed as dist
 from distrl.config import ExperimentConfig
 from distrl.envs.base import EnvSpec
 from distrl.learners.learner import Learner
-from distrl.replay.client import ReplayNotReady
+from distrl.replay.client import ReplayNotReady, ReplayShardError
 from distrl.replay.priorities import beta_at
 from distrl.types import LearnerReport, PolicyWeights, ReplaySample
 
@@ -100,7 +100,7 @@ class LearnerWorker:
                     self._pending = self.sampler.next_batch(
                         timeout=max(0.0, deadline - time.monotonic()), beta=self._pending_beta
                     )
-                except ReplayNotReady:
+                except (ReplayNotReady, ReplayShardError):  # a dead shard: the runtime restarts it
                     self._pending = None
             want_stop = updates >= max_updates or time.monotonic() >= deadline
             all_ready, stop = self._sync(self._pending is not None, want_stop)

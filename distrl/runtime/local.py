@@ -15,14 +15,18 @@ Usage::
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from distrl.actors.env_actor import EnvActor
+from distrl.bonuses.counts import ShardedCounts, load_count_state, make_counts, save_count_state
 from distrl.config import ExperimentConfig
 from distrl.envs.registry import env_spec
+from distrl.learners.bonus import attach_counts
+from distrl.learners.duration import DurationExtra
 from distrl.replay.client import LocalShardClient
 from distrl.replay.sampler import ReplaySampler
 from distrl.replay.shard import ReplayShard
@@ -39,6 +43,7 @@ class LocalRuntime:
         self.cfg = cfg
         self.paths = RunPaths(Path(run_dir))
         self.resume = resume
+        self.counts: ShardedCounts | None = None  # the global count table (bonus.glob=count), in-process
 
     def train(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -56,14 +61,21 @@ class LocalRuntime:
             seed=cfg.runtime.seed,
         )
         worker = LearnerWorker(cfg, spec, sampler, publish=lambda w: store.publish(w.version, w))
+        if cfg.bonus.glob == "count":
+            self.counts = make_counts(cfg.bonus.count_shards)
+            attach_counts(worker.learner.extras, self.counts)
         env_steps_base = 0
         if self.resume:
             env_steps_base = self._restore(worker, shards)
+            if self.counts is not None and self.paths.counts_checkpoint.is_file():
+                self.counts.load_state_dict(load_count_state(self.paths.counts_checkpoint))
         worker.publish_weights()
         actors = [EnvActor(cfg, i) for i in range(cfg.actor.num_actors)]
         monitor = RunMonitor(cfg, self.paths.run_dir, env_steps_base)
         next_ckpt = next_checkpoint(worker.version, cfg.learner.checkpoint_every)
         next_eval = next_checkpoint(worker.version, cfg.eval.every_updates)
+        replay_every = cfg.replay.checkpoint_every_s
+        next_replay_ckpt = time.monotonic() + replay_every
         evaluator: Evaluator | None = None
         evaluated = -1  # learner version of the last evaluation
         exit_code = 1
@@ -93,8 +105,13 @@ class LocalRuntime:
                     monitor.add_episodes(actor.episode_stats())
                     if traj is None:
                         continue
+                    if self.counts is not None:  # the states this sequence visited, counted before it is learnt
+                        self.counts.increment(actor.drain_state_keys())
                     shard = shards[i % J]
-                    while not shard.insert(traj, frame_stacks=spec.frame_stacks).ok:
+                    prior = actor.duration_prior(traj)  # None unless duration.mode=prior
+                    if isinstance(dur := worker.learner.extras.get("duration"), DurationExtra):
+                        dur.observe_launched_sequence(traj, cfg.sequence.period)  # launch-side dt counts
+                    while not shard.insert(traj, prior=prior, frame_stacks=spec.frame_stacks).ok:
                         # The rate limiter holds inserts back until the learner has sampled enough.
                         report = worker.train(max_updates=1, timeout_s=5.0)
                         if not report.updates:
@@ -114,6 +131,10 @@ class LocalRuntime:
                 if next_ckpt and worker.version >= next_ckpt:
                     self._checkpoint(worker, shards, env_steps(), replay=False)
                     next_ckpt = next_checkpoint(worker.version, cfg.learner.checkpoint_every)
+                if replay_every > 0 and time.monotonic() >= next_replay_ckpt:  # the shards alone (atomic saves)
+                    for s in shards:
+                        s.save(self.paths.shard_dir(s.shard_id))
+                    next_replay_ckpt = time.monotonic() + replay_every
                 if next_eval and worker.version >= next_eval:
                     run_eval()
                     next_eval = next_checkpoint(worker.version, cfg.eval.every_updates)
@@ -148,6 +169,8 @@ class LocalRuntime:
 
     def _checkpoint(self, worker: LearnerWorker, shards: list[ReplayShard], env_steps: int, replay: bool) -> None:
         worker.save_checkpoint(self.paths.learner_checkpoint, extra={"env_steps": env_steps})
+        if self.counts is not None:
+            save_count_state(self.counts.state_dict(), self.paths.counts_checkpoint)
         if replay:
             for s in shards:
                 s.save(self.paths.shard_dir(s.shard_id))

@@ -7,6 +7,8 @@ the CPUs from the caller (no decorators on library classes). Its :meth:`RayEnvAc
   :class:`~distrl.replay.client.BoundedInserter`: inserts are not awaited one by one, at most
   ``cfg.replay.max_inflight_inserts`` are unacknowledged, and a shard's rate-limited refusal is re-sent after
   a short back-off (so a learner that falls behind slows the actors down instead of being flooded);
+* with ``bonus.glob=count``, sends the state keys it buffered (:meth:`EnvActor.drain_state_keys`) to the run's
+  count table with every sequence, not awaited (:class:`~distrl.runtime.ray_counts.RayCounts`);
 * every ``cfg.actor.weight_sync_every`` sequences, checks a pending ``weight_store.get_if_newer(version)``
   call with ``ray.wait(timeout=0)``: new weights are loaded when they have arrived, and stepping never waits
   for them.
@@ -47,7 +49,8 @@ from distrl.actors.env_actor import EnvActor, Policy
 from distrl.config import ExperimentConfig
 from distrl.envs.base import EnvSpec
 from distrl.envs.registry import env_spec
-from distrl.replay.client import BoundedInserter
+from distrl.replay.client import BoundedInserter, ReplayShardError
+from distrl.runtime.ray_counts import RayCounts
 from distrl.runtime.ray_replay import RayShardClient
 from distrl.runtime.resources import env_actor_cpus
 from distrl.types import ActorReport, ActorStats, EpisodeStats
@@ -68,6 +71,7 @@ class RayEnvActor:
         incarnation: int = 0,
         policy_factory: PolicyFactory | None = None,
         insert_timeout_s: float = 600.0,
+        counts: list[Any] | None = None,
     ) -> None:
         if not shards:
             raise ValueError("RayEnvActor: needs at least one replay shard handle")
@@ -85,10 +89,16 @@ class RayEnvActor:
         )
         self.weight_store = weight_store
         self._weights_ref: Any = None
+        # bonus.glob=count: the states this actor visits go to the run's count table with every sequence.
+        self.counts = RayCounts(counts) if counts else None
         # run() works in one thread while stats()/stop() come in on others: they share only this event, the
         # episode deque (thread-safe append/popleft) and counters read as plain numbers (no lock, no stalls).
         self._stop = threading.Event()
         self._running = False
+        # The inserter is used by run()'s thread and swapped by replace_shard() (a restarted shard) on another.
+        self._insert_lock = threading.Lock()
+        self._shard_swapped = threading.Event()
+        self._step_started: float | None = None  # monotonic time run() entered the current step (heartbeat)
         self._episodes: collections.deque[EpisodeStats] = collections.deque()
         self._last = (time.monotonic(), 0)
         self.weight_updates = 0
@@ -133,23 +143,61 @@ class RayEnvActor:
             sent = 0
             sync_every = max(1, self.cfg.actor.weight_sync_every)
             while not self._stop.is_set() and (max_sequences is None or sent < max_sequences):
+                self._step_started = time.monotonic()
                 traj = self.actor.step()
+                self._step_started = None
                 self._episodes.extend(self.actor.episode_stats())
                 if traj is None:
                     continue
-                self.inserter.submit(traj)
+                if self.counts is not None:
+                    self.counts.send(self.actor.drain_state_keys())
+                self._submit(traj, None, self.actor.duration_prior(traj))
                 sent += 1
                 if sent % sync_every == 0:
                     self._poll_weights()
             # A stopping run's learner may no longer sample, so the shard may refuse what is left: bounded.
-            self.inserter.flush(timeout=5.0)
+            try:
+                with self._insert_lock:
+                    self.inserter.flush(timeout=5.0)
+            except ReplayShardError:  # the shard died as the run stops: what is queued is dropped
+                self.inserter.dropped += len(self.inserter)
+            if self.counts is not None:
+                self.counts.flush(timeout=5.0)
         finally:
             self._running = False
         return self._counters()
 
+    def _submit(self, traj: Any, priorities: Any, prior: Any) -> None:
+        """Insert through the bounded window; when the shard has died, wait (while the run goes on) until the
+        runtime hands over its restarted replacement (:meth:`replace_shard`), then send to that."""
+        deadline = time.monotonic() + self.inserter.timeout
+        while True:
+            try:
+                with self._insert_lock:
+                    self.inserter.submit(traj, priorities, prior)
+                return
+            except ReplayShardError:
+                if not self._shard_swapped.wait(timeout=max(0.0, deadline - time.monotonic())):
+                    raise
+                if self._stop.is_set():
+                    return  # the run is ending: this sequence is not sent
+                self._shard_swapped.clear()
+
+    def replace_shard(self, handle: Any) -> int:
+        """Send inserts to ``handle`` from now on (the runtime restarted this actor's shard from its checkpoint);
+        what the dead shard had not acknowledged is re-sent there. Returns 1 + the largest key the dead shard
+        acknowledged to this actor (its insert count at that moment), from which the runtime counts the
+        inserts the restart lost."""
+        client = RayShardClient(handle, self.shard_id, env_spec(self.cfg.env).frame_stacks)
+        with self._insert_lock:
+            acked = self.inserter.replace_client(client)
+        self._shard_swapped.set()
+        return acked
+
     def stop(self) -> None:
         """Ask :meth:`run` to return after the current step (and flush its inserts)."""
         self._stop.set()
+        self._shard_swapped.set()  # wake a run() waiting for a restarted shard
 
     def _counters(self) -> ActorReport:
         return dataclasses.replace(
@@ -178,9 +226,16 @@ class RayEnvActor:
     def ping(self) -> int:
         return self.actor_id
 
+    def stuck_for(self) -> float:
+        """Seconds run() has been inside its current step (0 between steps): the runtime's heartbeat check
+        (``runtime.actor_stuck_timeout_s``). Answered on another thread, so a hung env cannot block it."""
+        started = self._step_started
+        return 0.0 if started is None else time.monotonic() - started
+
     def close(self, timeout_s: float = 30.0) -> None:
         """Stop the loop, wait for it to end (bounded), and shut the envs down."""
         self._stop.set()
+        self._shard_swapped.set()
         deadline = time.monotonic() + timeout_s
         while self._running and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -208,6 +263,7 @@ def start_env_actor(
     resources: dict[str, float] | None = None,
     policy_factory: PolicyFactory | None = None,
     max_sequences: int | None = None,
+    counts: list[Any] | None = None,
 ) -> EnvActorHandle:
     """Create a RayEnvActor and start its loop (``run`` is called at once; its ObjectRef is ``run_ref``).
 
@@ -221,7 +277,7 @@ def start_env_actor(
     extra: dict[str, Any] = {"resources": dict(resources)} if resources else {}
     cls = ray.remote(num_cpus=num_cpus, max_concurrency=4, max_restarts=0, **extra)(RayEnvActor)
     handle = cls.remote(
-        cfg, actor_id, shards, weight_store, incarnation=incarnation, policy_factory=policy_factory
+        cfg, actor_id, shards, weight_store, incarnation=incarnation, policy_factory=policy_factory, counts=counts
     )
     return EnvActorHandle(actor_id, incarnation, handle, handle.run.remote(max_sequences))
 
@@ -235,12 +291,13 @@ def start_env_actors(
     num_cpus: float | None = None,
     resources: dict[str, float] | None = None,
     policy_factory: PolicyFactory | None = None,
+    counts: list[Any] | None = None,
 ) -> list[EnvActorHandle]:
     """``num_actors`` (default ``cfg.actor.num_actors``) env actors with ids 0..N-1, all running."""
     n = cfg.actor.num_actors if num_actors is None else num_actors
     return [
         start_env_actor(cfg, i, shards, weight_store, num_cpus=num_cpus, resources=resources,
-                        policy_factory=policy_factory)
+                        policy_factory=policy_factory, counts=counts)
         for i in range(n)
     ]
 
@@ -254,6 +311,7 @@ def restart_env_actor(
     num_cpus: float | None = None,
     resources: dict[str, float] | None = None,
     policy_factory: PolicyFactory | None = None,
+    counts: list[Any] | None = None,
 ) -> EnvActorHandle:
     """Replace a dead (or stuck) actor: kill what is left of it and start ``incarnation + 1`` in its place."""
     try:
@@ -269,4 +327,5 @@ def restart_env_actor(
         num_cpus=num_cpus,
         resources=resources,
         policy_factory=policy_factory,
+        counts=counts,
     )

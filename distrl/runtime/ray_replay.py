@@ -28,6 +28,7 @@ Usage::
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -37,6 +38,7 @@ import ray
 
 from distrl import storage
 from distrl.config import ReplayConfig
+from distrl.replay.client import ReplayShardError
 from distrl.replay.shard import InsertResult, ReplayShard, ShardSample, ShardStats
 from distrl.types import Trajectory, as_numpy
 
@@ -46,10 +48,11 @@ T = TypeVar("T")
 class RayPending(Generic[T]):
     """A :class:`~distrl.replay.client.Pending` over a Ray ObjectRef."""
 
-    __slots__ = ("ref",)
+    __slots__ = ("ref", "shard_id")
 
-    def __init__(self, ref: ray.ObjectRef) -> None:
+    def __init__(self, ref: ray.ObjectRef, shard_id: int = -1) -> None:
         self.ref = ref
+        self.shard_id = shard_id
 
     def done(self) -> bool:
         ready, _ = ray.wait([self.ref], timeout=0, fetch_local=False)
@@ -60,6 +63,8 @@ class RayPending(Generic[T]):
             return ray.get(self.ref, timeout=timeout)
         except ray.exceptions.GetTimeoutError as e:
             raise TimeoutError(f"replay shard call not answered within {timeout}s") from e
+        except ray.exceptions.RayActorError as e:  # the shard actor died (the runtime restarts it)
+            raise ReplayShardError(self.shard_id, e) from e
 
 
 class StoredShard(ReplayShard):
@@ -73,6 +78,13 @@ class StoredShard(ReplayShard):
         local = super().save(storage.staging_dir(str(path)), fsync=fsync)
         storage.push(local, str(path))
         return local
+
+    def checkpoint(self, path: str | Path) -> tuple[int, float]:
+        """:meth:`save` to ``path`` (atomic), timed: returns (rows inserted up to this checkpoint, seconds). The
+        actor runs one call at a time, so no insert lands between the save and the count."""
+        t0 = time.perf_counter()
+        self.save(path)
+        return self.stats().inserted, time.perf_counter() - t0
 
     def restore(self, path: str | Path, **kwargs: Any) -> ShardStats:  # type: ignore[override]
         if storage.is_remote(str(path)):
@@ -106,7 +118,7 @@ class RayShardClient:
 
     def insert_async(self, traj: Trajectory, priorities: Any = None, prior: Any = None) -> RayPending[InsertResult]:
         leaves = {k: v.detach().cpu().numpy() for k, v in traj.batch_major(self.frame_stacks).items()}
-        return RayPending(self.handle.insert_leaves.remote(leaves, _np(priorities), prior=_np(prior)))
+        return RayPending(self.handle.insert_leaves.remote(leaves, _np(priorities), prior=_np(prior)), self.shard_id)
 
     def save(self, path: str | Path, timeout: float = 600.0) -> Path:
         """Checkpoint the shard (blocking, bounded by ``timeout``)."""
@@ -174,3 +186,72 @@ def make_ray_shards(
 def ray_shard_clients(handles: list[Any]) -> list[RayShardClient]:
     """Clients in handle order (client index = shard id)."""
     return [RayShardClient(h, i) for i, h in enumerate(handles)]
+
+
+class PeriodicShardCheckpoints:
+    """Every ``every_s`` seconds each shard actor checkpoints itself to its location (:meth:`StoredShard.checkpoint`:
+    atomic, so a crash mid-save leaves the previous checkpoint), without blocking the caller: :meth:`poll` starts
+    a round when one is due and the previous one has finished, and collects finished saves. A shard serves no
+    insert or sample while it saves; ``metrics()`` reports the save time (``replay/checkpoint_s``).
+
+    Usage (the driver's loop)::
+
+        ckpts = PeriodicShardCheckpoints(cfg.replay.checkpoint_every_s, [paths.shard_location(j) for j in range(J)])
+        while running:
+            ckpts.poll(shards)
+            ...
+        ckpts.wait()                                 # before the final save
+    """
+
+    def __init__(self, every_s: float, locations: list[str]) -> None:
+        self.every_s = float(every_s)
+        self.locations = list(locations)
+        self.pending: dict[int, Any] = {}
+        self.next_at = time.monotonic() + self.every_s
+        self.rounds = 0
+        self.inserted_at_checkpoint: dict[int, int] = {}  # shard -> rows inserted when its last checkpoint was taken
+        self.last_s: dict[int, float] = {}
+        self.max_s = 0.0
+
+    def poll(self, shards: list[Any], now: float | None = None) -> None:
+        """Collect finished saves (a failed one raises, naming the shard); start a round when due."""
+        for j, ref in list(self.pending.items()):
+            ready, _ = ray.wait([ref], timeout=0)
+            if ready:
+                self._collect(j, ref)
+        if self.every_s <= 0 or self.pending:
+            return
+        now = time.monotonic() if now is None else now
+        if now >= self.next_at:
+            self.pending = {j: s.checkpoint.remote(self.locations[j]) for j, s in enumerate(shards)}
+            self.next_at = now + self.every_s
+            self.rounds += 1
+
+    def forget(self, j: int) -> None:
+        """Drop shard ``j``'s save in flight and its record (the shard died; its replacement starts afresh)."""
+        self.pending.pop(j, None)
+        self.inserted_at_checkpoint.pop(j, None)
+
+    def _collect(self, j: int, ref: Any, timeout: float | None = None) -> None:
+        del self.pending[j]
+        try:
+            inserted, seconds = ray.get(ref, timeout=timeout)
+        except ray.exceptions.RayActorError:
+            return  # the shard died while saving (the previous checkpoint stands); the runtime restarts it
+        except ray.exceptions.RayError as e:
+            raise RuntimeError(f"replay shard {j}: periodic checkpoint to {self.locations[j]} failed: {e}") from e
+        self.inserted_at_checkpoint[j] = int(inserted)
+        self.last_s[j] = float(seconds)
+        self.max_s = max(self.max_s, float(seconds))
+
+    def wait(self, timeout: float = 600.0) -> None:
+        """Collect the saves still in flight (blocking)."""
+        for j, ref in list(self.pending.items()):
+            self._collect(j, ref, timeout)
+
+    def metrics(self) -> dict[str, float]:
+        if not self.last_s:
+            return {}
+        return {"replay/checkpoints": float(self.rounds),
+                "replay/checkpoint_s": max(self.last_s.values()),
+                "replay/checkpoint_s_max": self.max_s}

@@ -182,23 +182,23 @@ def test_fields_with_defaults_may_be_left_out_and_bad_names_are_refused():
 class _TrajectoryPlus(Trajectory):
     """Trajectory with two test-only per-step fields, declared as a new field is declared in types.py."""
 
-    launch_time: Tensor = field(metadata=per_step(np.float64, default=-1.0))  # [T, B]
+    arrival_time: Tensor = field(metadata=per_step(np.float64, default=-1.0))  # [T, B]
     aux: Tensor = field(metadata=per_step(np.int16, shape=("A", 2)))  # [T, B, A, 2], required
 
 
 def test_a_new_step_field_flows_from_writer_through_replay_without_code_changes(monkeypatch):
     """Declaring a step field is all it takes: the writer allocates, fills and emits it; flatten, batch_major,
     replay storage and from_batch_major carry it; the test builder fills it."""
-    assert [f.name for f in _TrajectoryPlus.step_fields()][-2:] == ["launch_time", "aux"]
-    assert "launch_time" not in Trajectory.time_fields() and _TrajectoryPlus.is_time_leaf("aux")
+    assert [f.name for f in _TrajectoryPlus.step_fields()][-2:] == ["arrival_time", "aux"]
+    assert "arrival_time" not in Trajectory.time_fields() and _TrajectoryPlus.is_time_leaf("aux")
     monkeypatch.setattr(sequence, "Trajectory", _TrajectoryPlus)  # the writer's Trajectory has the new fields
     w = SequenceWriter(SPEC, B, burn_in=1, length=3, period=2)
     w.begin({"x": np.zeros((B, 1), np.int64)}, {"n": torch.zeros(B)})
     emitted = []
     for t in range(8):
         aux = np.arange(B * 3 * 2, dtype=np.int16).reshape(B, 3, 2) + t
-        launch = {"launch_time": np.full(B, 1.7e9 + t + 0.25)} if t % 2 else {}  # even steps: the default
-        traj = w.add(**_step_kw(t, aux=torch.from_numpy(aux), **launch))
+        arrival = {"arrival_time": np.full(B, 1.7e9 + t + 0.25)} if t % 2 else {}  # even steps: the default
+        traj = w.add(**_step_kw(t, aux=torch.from_numpy(aux), **arrival))
         if traj is not None:
             emitted.append(traj)
     with pytest.raises(TypeError, match="missing required step field 'aux'"):
@@ -206,31 +206,31 @@ def test_a_new_step_field_flows_from_writer_through_replay_without_code_changes(
     assert len(emitted) == 3
     traj = emitted[-1]  # steps 4..7
     assert isinstance(traj, _TrajectoryPlus) and traj.T == 4
-    assert traj.launch_time.dtype == torch.float64 and traj.aux.dtype == torch.int16
-    assert traj.launch_time[:, 1].tolist() == [-1.0, 1.7e9 + 5.25, -1.0, 1.7e9 + 7.25]  # float64 kept
+    assert traj.arrival_time.dtype == torch.float64 and traj.aux.dtype == torch.int16
+    assert traj.arrival_time[:, 1].tolist() == [-1.0, 1.7e9 + 5.25, -1.0, 1.7e9 + 7.25]  # float64 kept
     assert traj.aux.shape == (4, B, 3, 2) and traj.aux[:, 1, 2, 1].tolist() == [4 + 11 + t for t in range(4)]
 
     # Trajectory helpers: flatten / index_batch / concat keep the time axis of the new fields.
-    assert "launch_time" in traj.flatten() and "aux" in traj.flatten()
+    assert "arrival_time" in traj.flatten() and "aux" in traj.flatten()
     back = _TrajectoryPlus.concat(list(traj.unbind_batch()))
-    assert torch.equal(back.aux, traj.aux) and torch.equal(back.launch_time, traj.launch_time)
+    assert torch.equal(back.aux, traj.aux) and torch.equal(back.arrival_time, traj.arrival_time)
     bm = traj.batch_major()
-    assert bm["launch_time"].shape == (B, 4) and bm["aux"].shape == (B, 4, 3, 2)
+    assert bm["arrival_time"].shape == (B, 4) and bm["aux"].shape == (B, 4, 3, 2)
 
     # Replay: insert (batch-major storage), read back, and rebuild the time-major trajectory.
     shard = ReplayShard(ReplayConfig(capacity=8, min_size=1, samples_per_insert=0.0), seed=0)
     built = random_trajectory(4, B, obs={"x": ((1,), np.int64)}, core_state={"n": ((), np.float32)},
                               trajectory_type=_TrajectoryPlus, seed=1)  # the builder fills the new fields too
-    assert (built.launch_time == -1.0).all() and built.aux.shape == (4, B, 3, 2)
+    assert (built.arrival_time == -1.0).all() and built.aux.shape == (4, B, 3, 2)
     for tr in (traj, built):
         keys = shard.insert(tr).keys
         leaves, _ = shard.read(keys)
-        assert leaves["launch_time"].dtype == np.float64 and leaves["aux"].shape == (B, 4, 3, 2)
+        assert leaves["arrival_time"].dtype == np.float64 and leaves["aux"].shape == (B, 4, 3, 2)
         out = _TrajectoryPlus.from_batch_major({k: torch.from_numpy(v) for k, v in leaves.items()}).flatten()
         for leaf, v in tr.flatten().items():
             assert torch.equal(out[leaf], v), leaf
     s = shard.sample(6)
-    assert _TrajectoryPlus.from_batch_major(s.torch_leaves()).launch_time.shape == (4, 6)
+    assert _TrajectoryPlus.from_batch_major(s.torch_leaves()).arrival_time.shape == (4, 6)
 
 
 def test_random_trajectory_is_valid_and_has_every_step_field():
@@ -250,6 +250,6 @@ def test_random_trajectory_is_valid_and_has_every_step_field():
     assert torch.equal(random_trajectory(T, Bn, seed=3).action, random_trajectory(T, Bn, seed=3).action)
     assert torch.equal(random_trajectory(reward=torch.zeros(5, 4)).reward, torch.zeros(5, 4))
     with pytest.raises(TypeError, match="unknown step field"):
-        random_trajectory(launch_time=torch.zeros(5, 4))
+        random_trajectory(arrival_time=torch.zeros(5, 4))
     ex = example_trajectory(T=3, B=2, start=5)  # built on random_trajectory, keeps its identifiable rows
     assert ex.reward[:, 1].tolist() == [6.0] * 3 and ex.env_step.tolist() == [5, 6] and not ex.done().any()

@@ -37,6 +37,9 @@ run the neural policies (``actor.inference``: ``auto``, the default, runs the mo
 give several to compare them in one run, and each row names the path it measured (``inference``: ``numpy``,
 ``torch`` or ``torch-bfloat16``). ``--precision`` does the same for ``actor.precision`` (``auto``, the default:
 a bfloat16 encoder on CPUs with native bfloat16 dot products; ``float32``; ``bfloat16``).
+``--bonus`` does the same for ``bonus.episodic`` (``e3b``: E3B on the actors, its embedding the policy's
+encoder architecture, in NumPy where that encoder has a kernel; ``count``: episodic position counts); each row
+names it (``episodic_bonus``), and the cost of a bonus is the ratio of its row to the ``none`` row.
 ``act_us_per_sample`` is one ``act`` of that model and path at batch B measured in the driver process
 afterwards (warm caches), and ``cpu_bound_ratio`` the ceiling it implies when every core is busy: env CPU /
 (env CPU + inference CPU) per step.
@@ -55,11 +58,14 @@ Usage::
     .venv/bin/python tools/bench/actors.py --modes inline --policies neural_small --inference auto torch
     .venv/bin/python tools/bench/actors.py --envs ALE/Pong-v5 --modes inline --policies neural_small \
         --precision float32 bfloat16
+    .venv/bin/python tools/bench/actors.py --envs MiniHack-MultiRoom-N4-v0 --modes inline --policies neural_small \
+        --bonus none e3b
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import multiprocessing as mp
 import os
@@ -121,6 +127,7 @@ class PoolSpec:
     inference: str = "auto"  # actor.inference
     precision: str = "auto"  # actor.precision
     observation_keys: tuple[str, ...] = ()  # env.observation_keys (empty: the env's default)
+    bonus: str = "none"  # bonus.episodic of the actors (e3b: embedding = the policy's encoder architecture)
 
 
 def _env_cfg(spec: PoolSpec) -> Any:
@@ -168,7 +175,7 @@ class _Raw:
 class _Actor:
     def __init__(self, spec: PoolSpec, seed: int) -> None:
         from distrl.actors.env_actor import EnvActor, RandomPolicy
-        from distrl.config import ActorConfig, ExperimentConfig, ModelConfig, SequenceConfig
+        from distrl.config import ActorConfig, BonusConfig, ExperimentConfig, ModelConfig, SequenceConfig
         from distrl.envs.registry import env_spec
 
         cfg = ExperimentConfig(
@@ -176,6 +183,7 @@ class _Actor:
             model=ModelConfig(**spec.model),
             sequence=SequenceConfig(length=40, burn_in=0, period=40),
             actor=ActorConfig(inference=spec.inference, precision=spec.precision),
+            bonus=BonusConfig(episodic=spec.bonus),  # type: ignore[arg-type]
         )
         policy = RandomPolicy(env_spec(cfg.env).num_actions, seed) if spec.policy == "random" else None
         self.actor = EnvActor(cfg, actor_id=seed, policy=policy, prereset=spec.prereset)
@@ -434,19 +442,20 @@ def bench_env(env: str, args: argparse.Namespace) -> None:
             raw_name = "raw" if not keys else f"raw[{','.join(keys)}]"
             variants = [("auto", "auto")] if policy == "random" else [
                 (i, p) for i in args.inference for p in args.precision]
-            for inference, precision in variants:
+            for (inference, precision), bonus in itertools.product(variants, args.bonus):
                 path = "none" if policy == "random" else acting_path(env, model, inference, precision)
-                if any(k.startswith(f"{mode}/{policy}/") and p == path for k, p in paths.items()):
+                if any(k.startswith(f"{mode}/{policy}/") and k.endswith(f"/{bonus}") and p == path
+                       for k, p in paths.items()):
                     continue  # another --inference/--precision value runs the same path
-                name = f"{mode}/{policy}/{inference}/{precision}"
+                name = f"{mode}/{policy}/{inference}/{precision}/{bonus}"
                 paths[name] = path
                 if mode == "inline":
                     spec = PoolSpec("actor", env, b, procs, "inline", 1, policy, model, inference=inference,
-                                    precision=precision, observation_keys=keys)
+                                    precision=precision, observation_keys=keys, bonus=bonus)
                 else:
                     pre = False if mode == "subprocess_noprereset" else None
                     spec = PoolSpec("actor", env, b * procs, 1, "subprocess", procs, policy, model, prereset=pre,
-                                    inference=inference, precision=precision, observation_keys=keys)
+                                    inference=inference, precision=precision, observation_keys=keys, bonus=bonus)
                 if raw_name not in pools:
                     pools[raw_name] = Pool(PoolSpec("raw", env, b, procs, observation_keys=keys), seed=100)
                 pools[name] = Pool(spec, seed=200)
@@ -496,7 +505,7 @@ def bench_env(env: str, args: argparse.Namespace) -> None:
         for p in args.policies if p != "random" for i in args.inference for q in args.precision
     }
     for k in names:
-        mode, policy, inference, precision = k.split("/")
+        mode, policy, inference, precision, bonus = k.split("/")
         raw, raw_cpu = med(raw_w[raw_of[k]]), med(raw_c[raw_of[k]])
         row: dict[str, Any] = {
             "bench": "actors",
@@ -508,6 +517,7 @@ def bench_env(env: str, args: argparse.Namespace) -> None:
             "precision": precision,
             "observation_keys": list(policy_keys(policy, env)) or "default",
             "vectorization": mode,
+            "episodic_bonus": bonus,
             "num_envs": b * procs,
             "env_processes": procs,
             "raw_steps_per_s": round(raw, 1),
@@ -558,6 +568,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--precision", nargs="+", default=["auto"], choices=["auto", "float32", "bfloat16"],
         help="actor.precision for the neural policies' torch path; several = one pool each",
+    )
+    ap.add_argument(
+        "--bonus", nargs="+", default=["none"], choices=["none", "e3b", "count"],
+        help="bonus.episodic of the actors; several = one pool each (e3b's embedding is the policy's encoder)",
     )
     ap.add_argument("--procs", type=int, default=os.cpu_count() or 2, help="env-stepping processes")
     ap.add_argument("--num-envs", type=int, default=16, help="envs per env-stepping process")

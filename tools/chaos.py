@@ -1,0 +1,188 @@
+"""Chaos soak: train on a local Ray cluster while a random component is killed (or hung) every N seconds.
+
+Kinds of fault (``--kinds``): ``env_actor`` (``ray.kill`` of a random env actor), ``replay_shard`` (``ray.kill`` of
+a random replay shard: restarted from its last periodic checkpoint, ``replay.checkpoint_every_s``) and
+``hang_env`` (a random env actor's next step never returns: found by the heartbeat,
+``runtime.actor_stuck_timeout_s``). Learners are not killed: a dead learner still stops the run.
+
+Prints one JSON object per line on stdout:
+
+* ``{"event": "fault", "kind", "target", "t_s", "recovery_s"}`` per fault: ``recovery_s`` = seconds until the
+  runtime had a replacement running (new env actor incarnation / new shard handle); null if none came before the
+  next fault or the end;
+* ``{"event": "memory", "t_s", "rss_mb"}`` every ``--memory-every`` s: resident memory of this process and all
+  its descendants (the Ray cluster it started);
+* ``{"event": "summary", ...}`` at the end: faults and recoveries by kind, the longest recovery, lost inserts,
+  the final return and success rate (mean of the last 100 episodes), env steps, memory growth after the first
+  ``--warmup-min`` minutes.
+
+Usage::
+
+    python tools/chaos.py --every 30 --duration 1800                        # the 30-minute soak (quickstart)
+    python tools/chaos.py --every 20 --duration 120 --config configs/fake_memory.yaml   # a 2-minute smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import random
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+_STDOUT = sys.stdout  # JSON lines only; the run's own progress lines go to stderr (see main)
+
+
+def emit(obj: dict[str, Any]) -> None:
+    print(json.dumps(obj), file=_STDOUT, flush=True)
+
+
+def tree_rss_mb(psutil: Any) -> float:
+    me = psutil.Process()
+    total = 0
+    for p in [me, *me.children(recursive=True)]:
+        try:
+            total += p.memory_info().rss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return total / 2**20
+
+
+def hang_next_step(env_actor: Any) -> None:
+    """Runs inside a RayEnvActor (``__ray_call__``): its next step never returns, as with a hung env."""
+    env_actor.actor.step = lambda: time.sleep(10**6)
+
+
+class Chaos:
+    def __init__(self, runtime: Any, ray: Any, kinds: list[str], every_s: float, seed: int) -> None:
+        self.runtime, self.ray, self.kinds, self.every_s = runtime, ray, kinds, every_s
+        self.rng = random.Random(seed)
+        self.t0 = time.monotonic()
+        self.faults: list[dict[str, Any]] = []
+        self.stop = threading.Event()
+        self.error: str | None = None
+
+    def _fault(self) -> dict[str, Any] | None:
+        rt = self.runtime
+        actors, shards = list(getattr(rt, "actor_handles", [])), list(getattr(rt, "shard_handles", []))
+        kinds = [k for k in self.kinds if (actors if k != "replay_shard" else shards)]
+        if not kinds:
+            return None
+        kind = self.rng.choice(kinds)
+        if kind == "replay_shard":
+            j = self.rng.randrange(len(shards))
+            old = shards[j]
+            self.ray.kill(old, no_restart=True)
+            return {"kind": kind, "target": j, "recovered": lambda: rt.shard_handles[j] is not old}
+        k = self.rng.randrange(len(actors))
+        h = actors[k]
+        if kind == "env_actor":
+            self.ray.kill(h.handle, no_restart=True)
+        else:  # hang_env
+            self.ray.get(h.handle.__ray_call__.remote(hang_next_step), timeout=60)
+        return {"kind": kind, "target": h.actor_id,
+                "recovered": lambda: rt.actor_handles[k].incarnation > h.incarnation}
+
+    def run(self) -> None:
+        try:
+            while not self.stop.wait(self.every_s):
+                f = self._fault()
+                if f is None:
+                    continue
+                t = time.monotonic()
+                rec = None
+                while not self.stop.is_set() and time.monotonic() - t < self.every_s * 0.95:
+                    if f["recovered"]():
+                        rec = time.monotonic() - t
+                        break
+                    time.sleep(0.1)
+                row = {"event": "fault", "kind": f["kind"], "target": f["target"], "t_s": round(t - self.t0, 1),
+                       "recovery_s": None if rec is None else round(rec, 2)}
+                self.faults.append(row)
+                emit(row)
+        except Exception as e:  # reported in the summary; the run itself goes on
+            self.error = f"{type(e).__name__}: {e}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--every", type=float, default=30.0, help="seconds between faults")
+    ap.add_argument("--duration", type=float, default=1800.0, help="seconds of training (runtime.max_wall_time_s)")
+    ap.add_argument("--kinds", nargs="+", default=["env_actor", "replay_shard", "hang_env"],
+                    choices=["env_actor", "replay_shard", "hang_env"])
+    ap.add_argument("--config", default=str(REPO / "configs/quickstart.yaml"))
+    ap.add_argument("--checkpoint-every", type=float, default=10.0, help="replay.checkpoint_every_s")
+    ap.add_argument("--stuck-timeout", type=float, default=10.0, help="runtime.actor_stuck_timeout_s")
+    ap.add_argument("--memory-every", type=float, default=30.0)
+    ap.add_argument("--warmup-min", type=float, default=5.0, help="memory growth is measured after this")
+    ap.add_argument("--run-dir", default=None, help="default: a temporary directory")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("overrides", nargs="*", help="section.key=value config overrides")
+    args = ap.parse_args()
+
+    import ray
+
+    from distrl.cli import prepare_run
+    from distrl.runtime.ray_app import RayRuntime
+
+    psutil = importlib.import_module("psutil")  # ships with ray: ray/thirdparty_files is on sys.path after `import ray`
+    run_root = args.run_dir or tempfile.mkdtemp(prefix="distrl_chaos_")
+    faults_allowed = int(args.duration / args.every) + 1
+    cfg, run_dir, _ = prepare_run(args.config, [
+        f"runtime.run_dir={run_root}", "logging.progress=false", "logging.wandb=disabled",
+        "logging.log_every_s=1", f"runtime.max_wall_time_s={args.duration}", "runtime.total_env_steps=1000000000",
+        f"replay.checkpoint_every_s={args.checkpoint_every}", f"runtime.actor_stuck_timeout_s={args.stuck_timeout}",
+        f"runtime.actor_restarts={faults_allowed}", *args.overrides])
+    runtime = RayRuntime(cfg, run_dir)
+    chaos = Chaos(runtime, ray, args.kinds, args.every, args.seed)
+    memory: list[tuple[float, float]] = []
+    done = threading.Event()
+
+    def sample_memory() -> None:
+        while not done.wait(args.memory_every):
+            t, rss = time.monotonic() - chaos.t0, tree_rss_mb(psutil)
+            memory.append((t, rss))
+            emit({"event": "memory", "t_s": round(t, 1), "rss_mb": round(rss, 1)})
+
+    threads = [threading.Thread(target=chaos.run, daemon=True), threading.Thread(target=sample_memory, daemon=True)]
+    for th in threads:
+        th.start()
+    error = None
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            summary = runtime.train()
+    except Exception as e:
+        summary, error = {}, f"{type(e).__name__}: {e}"
+    chaos.stop.set()
+    done.set()
+    for th in threads:
+        th.join(10)
+    kinds = sorted({f["kind"] for f in chaos.faults})
+    recovered = [f for f in chaos.faults if f["recovery_s"] is not None]
+    after = [rss for t, rss in memory if t >= args.warmup_min * 60]
+    emit({
+        "event": "summary", "run_dir": str(run_dir), "duration_s": args.duration, "every_s": args.every,
+        "error": error, "chaos_error": chaos.error,
+        "faults": len(chaos.faults), "faults_by_kind": {k: sum(f["kind"] == k for f in chaos.faults) for k in kinds},
+        "recoveries": len(recovered),
+        "recoveries_by_kind": {k: sum(f["kind"] == k for f in recovered) for k in kinds},
+        "longest_recovery_s": max((f["recovery_s"] for f in recovered), default=None),
+        "lost_inserts": summary.get("replay_lost_inserts"), "shard_restarts": summary.get("replay_shard_restarts"),
+        "actor_restarts": summary.get("actor_restarts"), "env_steps": summary.get("env_steps"),
+        "episode_return": summary.get("episode_return"), "success_rate": summary.get("success_rate"),
+        "rss_mb_first": memory[0][1] if memory else None, "rss_mb_last": memory[-1][1] if memory else None,
+        "rss_growth_after_warmup": (after[-1] / after[0] - 1.0) if len(after) >= 2 else None,
+    })
+
+
+if __name__ == "__main__":
+    main()
