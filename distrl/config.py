@@ -449,6 +449,9 @@ class ExperimentConfig:
             (self.duration.kappa >= 0 and self.duration.bins >= 1 and self.duration.window_s >= 0
              and 0 < self.duration.dt_min < self.duration.dt_max,
              "duration: kappa >= 0, bins >= 1, window_s >= 0 and 0 < dt_min < dt_max are required"),
+            (self.duration.mode != "inclusion" or self.runtime.mode == "local" or self.duration.window_s > 0,
+             "duration.mode=inclusion with runtime.mode=ray needs duration.window_s > 0 (the Ray runtime does not "
+             "feed launch counts to the learner yet, so the inclusion probability cannot be estimated)"),
         ]
         errors = [msg for ok, msg in checks if not ok]
         if errors:

@@ -54,6 +54,7 @@ def make_cfg(mode: str, seed: int, args: argparse.Namespace):
         "replay.capacity=20000", f"replay.min_size={args.batch}", "replay.samples_per_insert=0",
         "replay.alpha=0.6", "replay.beta_start=1", "replay.beta_end=1", f"duration.mode={mode}",
         f"runtime.seed={seed}", f"env.seed={seed}", "actor.inference=numpy",
+        "runtime.mode=local",  # this script drives its own loop and feeds launch counts itself
     ])
 
 
