@@ -22,8 +22,10 @@ Usage::
 from __future__ import annotations
 
 import os
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 _LOCAL_PROTOCOLS = ("file", "local")
 
@@ -132,3 +134,27 @@ def staging_dir(location: str) -> Path:
     root = Path(os.environ.get("DISTRL_STAGING_DIR") or Path.home() / ".cache" / "distrl" / "stage")
     proto, rest = location.split("://", 1)
     return root / proto / rest.strip("/")
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
+    """Write a local file atomically: ``write(f)`` into a temp file in the same directory, fsync, then rename
+    over ``path``; on any error the temp file is removed and ``path`` is left as it was.
+
+    Usage::
+
+        atomic_write("ckpt/learner.pt", lambda f: torch.save(state, f))
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path

@@ -21,14 +21,14 @@ Usage::
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
+
+from distrl.storage import atomic_write
 
 
 class CountSource(Protocol):
@@ -180,20 +180,7 @@ COUNTS_SCHEMA = 1
 
 def save_count_state(state: dict[str, Any], path: str | Path) -> Path:
     """Write a count table's state (``{"shards": [CountTable.state_dict(), ...]}``) atomically to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"schema": COUNTS_SCHEMA, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda f: torch.save({"schema": COUNTS_SCHEMA, **state}, f))
 
 
 def load_count_state(path: str | Path) -> dict[str, Any]:

@@ -26,8 +26,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import operator
-import os
-import tempfile
 import time
 import zlib
 from collections.abc import Callable, Iterable
@@ -48,6 +46,7 @@ from distrl.losses.pg import entropy, kl_categorical, trust_region_mask
 from distrl.models.agent import Agent, build_agent
 from distrl.replay.checkpoint import CheckpointError
 from distrl.replay.priorities import sequence_priority
+from distrl.storage import atomic_write
 from distrl.types import CoreState, PolicyWeights, ReplaySample, Trajectory
 
 CHECKPOINT_SCHEMA = 1  # checkpoints without an 'extras' entry (written before extras existed) load as none
@@ -384,20 +383,7 @@ def save_checkpoint_file(state: dict[str, Any], path: str | Path) -> Path:
     ``path`` atomically: a temp file in the same directory, fsync, then rename over ``path``."""
     state = {**{k: v for k, v in state.items() if k != "checksum"}, "checksum": None}
     state["checksum"] = state_checksum({k: v for k, v in state.items() if k != "checksum"})
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint_file(path: str | Path) -> dict[str, Any]:

@@ -45,6 +45,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from distrl.logging.sinks import read_jsonl
+
 ROOT = Path(__file__).resolve().parents[2]
 PRESETS = {
     "nobonus": "configs/minihack_multiroom_nobonus.yaml",
@@ -70,13 +72,7 @@ def emit(obj: dict[str, Any]) -> None:
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                pass
+    rows = read_jsonl(path) if path.is_file() else []
     return [r for r in rows if "charts/wall_time_s" in r and "charts/env_steps" in r]
 
 

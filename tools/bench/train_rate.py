@@ -72,6 +72,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from distrl.logging.sinks import read_jsonl
+
 ROOT = Path(__file__).resolve().parents[2]
 RLLIB_VENV = ROOT / ".venv-rllib"
 RLLIB_STAMP = ".distrl-bench-installed-2"  # bumped when the install steps change (2: ale-py for the pong task)
@@ -350,14 +352,7 @@ def measure_raw(env_name: str, num_envs: int, seconds: float, seed: int) -> dict
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                pass
-    return rows
+    return read_jsonl(path) if path.is_file() else []
 
 
 def measure_distrl(args: argparse.Namespace, env: dict[str, str], work: Path) -> dict[str, Any]:

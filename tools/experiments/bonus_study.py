@@ -47,6 +47,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from distrl.logging.sinks import read_jsonl
+
 ROOT = Path(__file__).resolve().parents[2]
 
 SETTINGS: dict[str, list[str]] = {
@@ -112,13 +114,7 @@ def run_child(cmd: list[str], timeout: float, out: Path, err: Path) -> int:
 
 
 def read_curve(metrics: Path) -> list[dict[str, Any]]:
-    rows = []
-    if metrics.exists():
-        for line in metrics.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
+    rows = read_jsonl(metrics) if metrics.is_file() else []
     return [r for r in rows if "charts/env_steps" in r]
 
 
