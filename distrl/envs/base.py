@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -96,3 +96,14 @@ class VecEnv(Protocol):
     def step(self, actions: np.ndarray) -> StepResult: ...
 
     def close(self) -> None: ...
+
+
+def check_discrete_action(action: Any, num_actions: int, env: str) -> int:
+    """Validate one discrete action; returns it as int or raises ValueError naming the env and range."""
+    a = np.asarray(action)
+    if a.shape != () or a.dtype.kind not in "iu":
+        raise ValueError(f"{env}: action must be a scalar integer, got {action!r} (dtype {a.dtype})")
+    ai = int(a)
+    if not 0 <= ai < num_actions:
+        raise ValueError(f"{env}: action {ai} out of range [0, {num_actions})")
+    return ai

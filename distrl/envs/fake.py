@@ -45,7 +45,7 @@ from urllib.parse import parse_qsl
 import numpy as np
 
 from distrl.config import EnvConfig
-from distrl.envs.base import ArraySpec, EnvSpec
+from distrl.envs.base import ArraySpec, EnvSpec, check_discrete_action
 
 Obs = dict[str, np.ndarray]
 StepOut = tuple[Obs, float, bool, bool, dict[str, Any]]
@@ -97,16 +97,6 @@ def _busy_wait(ms: float) -> None:
         while time.perf_counter() < end:
             pass
 
-
-def _check_action(action: Any, num_actions: int, env: str) -> int:
-    """Validate one discrete action; returns it as int or raises ValueError naming the env and range."""
-    a = np.asarray(action)
-    if a.shape != () or a.dtype.kind not in "iu":
-        raise ValueError(f"{env}: action must be a scalar integer, got {action!r} (dtype {a.dtype})")
-    ai = int(a)
-    if not 0 <= ai < num_actions:
-        raise ValueError(f"{env}: action {ai} out of range [0, {num_actions})")
-    return ai
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -220,7 +210,7 @@ class CountingEnv:
         if self._done:
             raise RuntimeError("CountingEnv.step after the episode ended (or before reset); call reset()")
         _busy_wait(self.step_ms)
-        self._last_action = _check_action(action, self.num_actions, "CountingEnv")
+        self._last_action = check_discrete_action(action, self.num_actions, "CountingEnv")
         self._count += 1
         terminated = self._count >= self.episode_len
         truncated = not terminated and 0 < self.max_episode_steps <= self._count
@@ -307,7 +297,7 @@ class SpecEnv:
     def step(self, action: Any) -> StepOut:
         if self._done:
             raise RuntimeError("SpecEnv.step called after the episode ended (or before reset); call reset()")
-        _check_action(action, self.spec.num_actions, f"SpecEnv({self.spec.name})")
+        check_discrete_action(action, self.spec.num_actions, f"SpecEnv({self.spec.name})")
         self._t += 1
         terminated = self._t >= self.episode_len
         truncated = not terminated and 0 < self.max_episode_steps <= self._t
@@ -384,7 +374,7 @@ class MemoryEnv:
     def step(self, action: Any) -> StepOut:
         if self._done:
             raise RuntimeError("MemoryEnv.step after the episode ended (or before reset); call reset()")
-        a = _check_action(action, self.cues, "MemoryEnv")
+        a = check_discrete_action(action, self.cues, "MemoryEnv")
         judged = self._t == self.delay + 1
         reward = 1.0 if judged and a == self._cue else 0.0
         self._t += 1
@@ -451,7 +441,7 @@ class BanditEnv:
     def step(self, action: Any) -> StepOut:
         if self._done:
             raise RuntimeError("BanditEnv.step after the episode ended (or before reset); call reset()")
-        a = _check_action(action, self.arms, "BanditEnv")
+        a = check_discrete_action(action, self.arms, "BanditEnv")
         reward = 1.0 if a == self._ctx else 0.0
         self._hits += int(reward)
         self._t += 1

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from distrl.config import EnvConfig
-from distrl.envs.base import ArraySpec, EnvSpec
+from distrl.envs.base import ArraySpec, EnvSpec, check_discrete_action
 
 Obs = dict[str, np.ndarray]
 
@@ -158,7 +158,7 @@ class BalletEnv:
     def step(self, action: Any) -> tuple[Obs, float, bool, bool, dict[str, Any]]:
         if self._done:
             raise RuntimeError("BalletEnv.step after the episode ended (or before reset); call reset()")
-        a = _check_action(action, len(AGENT_MOVES), "BalletEnv")
+        a = check_discrete_action(action, len(AGENT_MOVES), "BalletEnv")
         reward, terminated = 0.0, False
         if self._t >= self.watch_len:
             dr, dc = AGENT_MOVES[a]
@@ -252,7 +252,7 @@ class RecallEnv:
     def step(self, action: Any) -> tuple[Obs, float, bool, bool, dict[str, Any]]:
         if self._done:
             raise RuntimeError("RecallEnv.step after the episode ended (or before reset); call reset()")
-        a = _check_action(action, self.places, "RecallEnv")
+        a = check_discrete_action(action, self.places, "RecallEnv")
         judged = self._t == self.delay + 1
         reward = 1.0 if judged and a == self._cue else 0.0
         self._t += 1
@@ -272,15 +272,6 @@ class RecallEnv:
     def close(self) -> None:
         self._done = True
 
-
-def _check_action(action: Any, num_actions: int, env: str) -> int:
-    a = np.asarray(action)
-    if a.shape != () or a.dtype.kind not in "iu":
-        raise ValueError(f"{env}: action must be a scalar integer, got {action!r} (dtype {a.dtype})")
-    ai = int(a)
-    if not 0 <= ai < num_actions:
-        raise ValueError(f"{env}: action {ai} out of range [0, {num_actions})")
-    return ai
 
 
 def spec(cfg: EnvConfig) -> EnvSpec:
