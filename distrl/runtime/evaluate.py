@@ -47,7 +47,7 @@ MAX_CYCLE = 4
 """Longest cycle of (observation, action) pairs the stuck detection recognises (1 = one pair repeating)."""
 
 
-SUCCESS_FAMILIES = ("minihack", "miniworld", "habitat")
+SUCCESS_FAMILIES = ("minihack", "miniworld", "habitat", "memory")
 """Env families whose episodes report success (others may too: then an episode's report says so)."""
 
 
