@@ -87,7 +87,7 @@ def main() -> int:
     for mode, over in MODES.items():
         cfg = load_config(None, ["model.encoder=mlp", "model.hidden_size=64", f"sequence.length={args.length}",
                                  f"sequence.period={args.length}", f"learner.batch_size={args.batch}",
-                                 f"replay.min_size={args.batch}", *over])
+                                 f"replay.min_size={args.batch}", "runtime.mode=local", *over])  # Learner driven here
         torch.manual_seed(0)
         learner = Learner(cfg, SPEC, device=args.device)
         extra = learner.extras.get("duration")
