@@ -224,7 +224,7 @@ def test_config_rejects_bad_clips():
         _cfg("duration.w_min=2")
     with pytest.raises(ConfigError, match="mode"):
         _cfg("duration.mode=sometimes")
-    with pytest.raises(ConfigError, match="inclusion with runtime.mode=ray needs duration.window_s"):
+    with pytest.raises(ConfigError, match=r"inclusion with runtime\.mode=ray needs duration\.window_s"):
         _cfg("duration.mode=inclusion", "runtime.mode=ray")
     _cfg("duration.mode=inclusion", "runtime.mode=ray", "duration.window_s=2")  # windowed: no counts needed
 
