@@ -28,6 +28,8 @@ Usage::
     .venv/bin/python tools/bench/explore.py --minutes 0.5 --seeds 1                 # smoke run, ~2 min
     .venv/bin/python tools/bench/explore.py --minutes 30 --seeds 3                  # the issue's comparison, 3 h
     .venv/bin/python tools/bench/explore.py --minutes 10 --configs e3b_rnd counts --set learner.lr=3e-4
+    .venv/bin/python tools/bench/explore.py --minutes 30 --minutes-for nobonus=10     # no bonus for 10 min only
+    .venv/bin/python tools/bench/explore.py --report --run-dir DIR                   # table and plot of DIR's runs
 """
 
 from __future__ import annotations
@@ -76,10 +78,11 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     return [r for r in rows if "charts/wall_time_s" in r and "charts/env_steps" in r]
 
 
-def run_one(config: str, name: str, seed: int, args: argparse.Namespace, run_root: Path) -> tuple[int, Path, float]:
+def run_one(config: str, name: str, seed: int, minutes: float, args: argparse.Namespace,
+            run_root: Path) -> tuple[int, Path, float]:
     """One ``distrl train`` run with a wall-time budget; returns (exit code, run dir, seconds the process took)."""
     over = [
-        f"runtime.seed={seed}", f"env.seed={seed}", f"runtime.max_wall_time_s={args.minutes * 60:.0f}",
+        f"runtime.seed={seed}", f"env.seed={seed}", f"runtime.max_wall_time_s={minutes * 60:.0f}",
         "runtime.total_env_steps=1000000000", f"runtime.run_dir={run_root}", f"runtime.run_name={name}",
         "logging.wandb=disabled", "logging.progress=false", f"logging.log_every_s={args.log_every}",
         "eval.every_updates=0", "learner.checkpoint_every=0", *args.set,
@@ -93,9 +96,9 @@ def run_one(config: str, name: str, seed: int, args: argparse.Namespace, run_roo
     with open(run_root / f"{name}.stdout", "w") as out, open(run_root / f"{name}.stderr", "w") as err:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=err, start_new_session=True)
         try:
-            rc = proc.wait(timeout=args.minutes * 60 + 300)
+            rc = proc.wait(timeout=minutes * 60 + 300)
         except subprocess.TimeoutExpired:
-            log(f"{name}: still running {args.minutes * 60 + 300:.0f} s after start; stopping it")
+            log(f"{name}: still running {minutes * 60 + 300:.0f} s after start; stopping it")
             os.killpg(proc.pid, signal.SIGTERM)
             try:
                 rc = proc.wait(timeout=30)
@@ -163,11 +166,11 @@ def plot(runs: list[dict[str, Any]], path: Path, title: str) -> None:
     fig.savefig(path, dpi=110)
 
 
-def markdown(summaries: list[dict[str, Any]], runs: list[dict[str, Any]], minutes: float) -> str:
+def markdown(summaries: list[dict[str, Any]], runs: list[dict[str, Any]]) -> str:
     lines = [
-        f"| config | seeds | final success (median [min, max]) after {minutes:g} min | env steps (median) | "
+        "| config | seeds | minutes per run | final success (median [min, max]) | env steps (median) | "
         "success > 0 within 10 min | success ≥ 0.5 within 30 min | first success > 0 (min, median over seeds) |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for s in summaries:
         firsts = [r["first_success_min"] for r in runs if r["config"] == s["config"]
@@ -175,15 +178,71 @@ def markdown(summaries: list[dict[str, Any]], runs: list[dict[str, Any]], minute
         first = f"{min(firsts):.1f}, {statistics.median(firsts):.1f}" if firsts else "never"
         fs = s["final_success"]
         lines.append(
-            f"| {s['config']} | {s['seeds']} | {fs['median']:.2f} [{fs['min']:.2f}, {fs['max']:.2f}] | "
+            f"| {s['config']} | {s['seeds']} | {s['minutes']:g} | "
+            f"{fs['median']:.2f} [{fs['min']:.2f}, {fs['max']:.2f}] | "
             f"{s['env_steps_median']:,.0f} | {s['above0_within_10min']} | {s['half_within_30min']} | {first} |"
         )
     return "\n".join(lines)
 
 
+def collect(name: str, seed: int, minutes: float, every_s: float, run_dir: Path,
+            process_s: float | None) -> dict[str, Any] | None:
+    """Emit a finished run's checkpoint and run lines; return the run (with its curve), or None without metrics."""
+    rows = read_rows(run_dir / "metrics.jsonl")
+    if not rows:
+        return None
+    for t, r in checkpoints(rows, every_s, minutes * 60):
+        emit({"bench": "explore", "config": name, "seed": seed, "minutes": round(t / 60, 3),
+              "wall_time_s": round(r["charts/wall_time_s"], 1), "env_steps": int(r["charts/env_steps"]),
+              "success_rate": r.get("charts/success_rate"), "episode_return": r.get("charts/episode_return"),
+              "episodes": r.get("charts/episodes"), "intrinsic_share": r.get("extras/bonus/intrinsic_share"),
+              "learner_updates": r.get("learner/updates")})
+    last = rows[-1]
+    first0, half = first_at(rows, 0.0, strict=True), first_at(rows, 0.5, strict=False)
+    wall = last["charts/wall_time_s"]
+    run = {
+        "bench": "explore_run", "config": name, "seed": seed, "minutes": minutes, "wall_time_s": round(wall, 1),
+        "process_s": None if process_s is None else round(process_s, 1), "env_steps": int(last["charts/env_steps"]),
+        "env_steps_per_s": round(last["charts/env_steps"] / wall, 1) if wall > 0 else None,
+        "learner_updates": last.get("learner/updates"), "episodes": last.get("charts/episodes"),
+        "final_success": last.get("charts/success_rate"),
+        "max_success": max((r.get("charts/success_rate") or 0.0) for r in rows),
+        "first_success_min": _minutes(first0),
+        "first_success_steps": None if first0 is None else int(first0["charts/env_steps"]),
+        "success_half_min": _minutes(half),
+        "success_half_steps": None if half is None else int(half["charts/env_steps"]),
+        "run_dir": str(run_dir),
+    }
+    emit(run)
+    run["curve"] = [(r["charts/env_steps"], r["charts/wall_time_s"], r.get("charts/success_rate") or 0.0)
+                    for r in rows]
+    return run
+
+
+def summarise(name: str, mine: list[dict[str, Any]]) -> dict[str, Any]:
+    finals = [r["final_success"] or 0.0 for r in mine]
+    minutes = min(r["minutes"] for r in mine)
+
+    def within(r: dict[str, Any], key: str, limit: float) -> bool:
+        return r[key] is not None and r[key] <= limit
+
+    return {
+        "bench": "explore_summary", "config": name, "seeds": len(mine), "minutes": minutes,
+        "final_success": {"median": statistics.median(finals), "min": min(finals), "max": max(finals)},
+        "env_steps_median": statistics.median(r["env_steps"] for r in mine),
+        "env_steps_per_s_median": statistics.median(r["env_steps_per_s"] or 0.0 for r in mine),
+        "above0_within_10min": (f"{sum(within(r, 'first_success_min', 10) for r in mine)}/{len(mine)}"
+                                if minutes >= 10 else "n/a (runs < 10 min)"),
+        "half_within_30min": (f"{sum(within(r, 'success_half_min', 30) for r in mine)}/{len(mine)}"
+                              if minutes >= 30 else "n/a (runs < 30 min)"),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=30.0, help="wall-time budget of each run")
+    ap.add_argument("--minutes-for", nargs="*", default=[], metavar="CONFIG=MIN",
+                    help="a different budget for some configs, e.g. nobonus=10")
     ap.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per config")
     ap.add_argument("--configs", nargs="+", default=["nobonus", "e3b_rnd"], choices=sorted(PRESETS))
     ap.add_argument("--every", type=float, default=0.0, help="minutes between checkpoints (0: minutes / 10)")
@@ -191,85 +250,63 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", nargs="*", default=CPU_OVERRIDES, help="overrides for every run (default: %(default)s)")
     ap.add_argument("--log-every", type=float, default=5.0, help="logging.log_every_s of the runs")
     ap.add_argument("--run-dir", default="", help="where runs go (default: a temp dir)")
+    ap.add_argument("--report", action="store_true",
+                    help="run nothing: the table and plot of the finished runs already in --run-dir")
     ap.add_argument("--png", default=str(ROOT / "docs/results/explore_multiroom_n4.png"))
     ap.add_argument("--md", default="", help="Markdown table path (default: the PNG path with .md)")
     args = ap.parse_args(argv)
     if args.minutes <= 0 or args.seeds < 1:
         ap.error("--minutes must be > 0 and --seeds >= 1")
-    every_s = (args.every or args.minutes / 10) * 60
+    minutes_for = {name: args.minutes for name in args.configs}
+    for item in args.minutes_for:
+        name, _, value = item.partition("=")
+        if name not in minutes_for:
+            ap.error(f"--minutes-for {item}: {name!r} is not one of --configs {args.configs}")
+        try:
+            minutes_for[name] = float(value)
+        except ValueError:
+            ap.error(f"--minutes-for {item}: {value!r} is not a number of minutes")
+        if minutes_for[name] <= 0:
+            ap.error(f"--minutes-for {item}: minutes must be > 0")
+    if args.report and not args.run_dir:
+        ap.error("--report needs --run-dir, the directory of the runs to report")
     run_root = Path(args.run_dir or tempfile.mkdtemp(prefix="distrl_explore_")).resolve()
     run_root.mkdir(parents=True, exist_ok=True)
     emit({"bench": "explore_machine", "cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
           "loadavg_1m": round(os.getloadavg()[0], 2), "configs": args.configs, "seeds": args.seeds,
-          "minutes": args.minutes, "overrides": args.set, "runtime": "local" if args.local else "ray",
-          "run_root": str(run_root)})
+          "minutes": minutes_for, "overrides": args.set, "runtime": "local" if args.local else "ray",
+          "run_root": str(run_root), "report_only": args.report})
     runs: list[dict[str, Any]] = []
     for seed in range(args.seeds):  # interleave configs so machine load drifts hit both alike
         for name in args.configs:
-            config = PRESETS[name]
+            minutes = minutes_for[name]
+            every_s = (args.every or minutes / 10) * 60
             run_name = f"{name}-seed{seed}"
-            rc, run_dir, process_s = run_one(config, run_name, seed, args, run_root)
-            rows = read_rows(run_dir / "metrics.jsonl")
-            if rc != 0 or not rows:
-                tail = (run_root / f"{run_name}.stderr").read_text()[-2000:]
-                log(f"{run_name}: exit code {rc}, {len(rows)} metric rows; stderr tail:\n{tail}")
-                emit({"bench": "explore_run", "config": name, "seed": seed, "error": f"exit code {rc}",
-                      "rows": len(rows)})
+            if args.report:
+                rc, run_dir, process_s = 0, run_root / run_name, None
+            else:
+                rc, run_dir, process_s = run_one(PRESETS[name], run_name, seed, minutes, args, run_root)
+            run = collect(name, seed, minutes, every_s, run_dir, process_s) if rc == 0 else None
+            if run is None:
+                err = run_root / f"{run_name}.stderr"
+                tail = err.read_text()[-2000:] if err.is_file() else "(no stderr file)"
+                log(f"{run_name}: exit code {rc}, no metric rows in {run_dir}; stderr tail:\n{tail}")
+                emit({"bench": "explore_run", "config": name, "seed": seed, "error": f"exit code {rc}, no metrics"})
                 continue
-            for t, r in checkpoints(rows, every_s, args.minutes * 60):
-                emit({"bench": "explore", "config": name, "seed": seed, "minutes": round(t / 60, 3),
-                      "wall_time_s": round(r["charts/wall_time_s"], 1), "env_steps": int(r["charts/env_steps"]),
-                      "success_rate": r.get("charts/success_rate"), "episode_return": r.get("charts/episode_return"),
-                      "episodes": r.get("charts/episodes"), "intrinsic_share": r.get("extras/bonus/intrinsic_share"),
-                      "learner_updates": r.get("learner/updates")})
-            last = rows[-1]
-            first0, half = first_at(rows, 0.0, strict=True), first_at(rows, 0.5, strict=False)
-            wall = last["charts/wall_time_s"]
-            run = {
-                "bench": "explore_run", "config": name, "seed": seed, "wall_time_s": round(wall, 1),
-                "process_s": round(process_s, 1), "env_steps": int(last["charts/env_steps"]),
-                "env_steps_per_s": round(last["charts/env_steps"] / wall, 1) if wall > 0 else None,
-                "learner_updates": last.get("learner/updates"), "episodes": last.get("charts/episodes"),
-                "final_success": last.get("charts/success_rate"),
-                "max_success": max((r.get("charts/success_rate") or 0.0) for r in rows),
-                "first_success_min": _minutes(first0),
-                "first_success_steps": None if first0 is None else int(first0["charts/env_steps"]),
-                "success_half_min": _minutes(half),
-                "success_half_steps": None if half is None else int(half["charts/env_steps"]),
-                "run_dir": str(run_dir),
-            }
-            emit(run)
-            run["curve"] = [(r["charts/env_steps"], r["charts/wall_time_s"], r.get("charts/success_rate") or 0.0)
-                            for r in rows]
             runs.append(run)
     summaries = []
     for name in args.configs:
         mine = [r for r in runs if r["config"] == name]
-        if not mine:
-            continue
-        finals = [r["final_success"] or 0.0 for r in mine]
-
-        def within(r: dict[str, Any], key: str, limit: float) -> bool:
-            return r[key] is not None and r[key] <= limit
-
-        s = {
-            "bench": "explore_summary", "config": name, "seeds": len(mine),
-            "final_success": {"median": statistics.median(finals), "min": min(finals), "max": max(finals)},
-            "env_steps_median": statistics.median(r["env_steps"] for r in mine),
-            "env_steps_per_s_median": statistics.median(r["env_steps_per_s"] or 0.0 for r in mine),
-            "above0_within_10min": (f"{sum(within(r, 'first_success_min', 10) for r in mine)}/{len(mine)}"
-                                    if args.minutes >= 10 else "n/a (runs < 10 min)"),
-            "half_within_30min": (f"{sum(within(r, 'success_half_min', 30) for r in mine)}/{len(mine)}"
-                                  if args.minutes >= 30 else "n/a (runs < 30 min)"),
-        }
-        summaries.append(s)
-        emit(s)
+        if mine:
+            summaries.append(summarise(name, mine))
+            emit(summaries[-1])
     if runs:
         png = Path(args.png)
-        title = (f"MiniHack-MultiRoom-N4, {os.cpu_count()} cores, {args.minutes:g} min per run, "
-                 f"{'local' if args.local else 'Ray'} runtime")
+        budgets = ", ".join(f"{n} {m:g} min" for n, m in minutes_for.items())
+        title = (f"MiniHack-MultiRoom-N4, {os.cpu_count()} cores, {'local' if args.local else 'Ray'} runtime, "
+                 f"per run: {budgets}")
         plot(runs, png, title)
-        table = markdown(summaries, runs, args.minutes)
+        table = markdown(summaries, runs)
         md = Path(args.md) if args.md else png.with_suffix(".md")
         md.parent.mkdir(parents=True, exist_ok=True)
         md.write_text(table + "\n")
