@@ -97,7 +97,8 @@ def check_numpy_policy(policy: NumpyPolicy, spec: EnvSpecLike, *, batch: int = C
     difference, tolerance).
 
     Two passes, each ``steps`` steps of ``batch`` slots on random observations from ``spec`` (a random start
-    state, carried across steps, every other slot reset half way):
+    state, carried across steps, every other slot reset half way; the core's ``random_state`` draws it where
+    the core has one, as HCAM does: its counters must be in range and its rings partly filled):
 
     1. ``policy`` itself against its agent, greedy (the actor's own sampling stream is not touched);
     2. a policy of the same class on a copy of the agent with every weight redrawn (biases included, which
@@ -126,8 +127,12 @@ def _compare(policy: NumpyPolicy, spec: EnvSpecLike, *, batch: int, steps: int, 
     agent = policy.agent
     rng = np.random.default_rng(seed)
     gumbel = None if sample_seed is None else np.random.default_rng(sample_seed)
-    state_t: CoreState = {k: torch.from_numpy(rng.standard_normal(tuple(v.shape), dtype=np.float32) * 0.5)
-                          for k, v in agent.initial_state(batch).items()}
+    random_state = getattr(agent.core, "random_state", None)  # a core with integer state draws a valid one
+    if random_state is not None:
+        state_t: CoreState = random_state(batch, rng)
+    else:
+        state_t = {k: torch.from_numpy(rng.standard_normal(tuple(v.shape), dtype=np.float32) * 0.5)
+                   for k, v in agent.initial_state(batch).items()}
     state_n: dict[str, np.ndarray] = {k: v.numpy().copy() for k, v in state_t.items()}
     reset = np.arange(batch) % 2 == 0
     worst: dict[str, tuple[float, float, int]] = {}  # output -> (diff, allowed, step) where diff/allowed is largest

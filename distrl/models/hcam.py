@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -209,6 +210,25 @@ class HCAMCore(CoreBase):
             s[f"acc{i}"] = torch.zeros(B, C, D, device=device)
         s["pos"] = torch.zeros(B, dtype=torch.int64, device=device)
         s["count"] = torch.zeros(B, dtype=torch.int64, device=device)
+        return s
+
+    def random_state(self, batch: int, rng: np.random.Generator) -> CoreState:
+        """A random state of the kind acting reaches, for checks that compare two implementations of
+        :meth:`step` (:func:`distrl.models.acting.check_numpy_policy`): ``pos`` in [0, C), ``count`` in
+        [0, 3M) (so rings both partly filled and wrapped), N(0, 1) entries where a chunk or an entry was
+        written, zeros elsewhere, and keys the means of their chunks."""
+        B, M, C, D = batch, self.M, self.C, self.dim
+        pos = rng.integers(0, C, B)
+        count = rng.integers(0, 3 * M, B)
+        written = (np.arange(M)[None, :] < np.minimum(count, M)[:, None]).astype(np.float32)  # [B, M]
+        filled = (np.arange(C)[None, :] < pos[:, None]).astype(np.float32)  # [B, C]: entries before pos
+        s: CoreState = {}
+        for i in range(self.L):
+            mem = rng.standard_normal((B, M, C, D), dtype=np.float32) * written[:, :, None, None]
+            s[f"mem{i}"] = torch.from_numpy(mem)
+            s[f"key{i}"] = torch.from_numpy(mem.mean(axis=2))
+            s[f"acc{i}"] = torch.from_numpy(rng.standard_normal((B, C, D), dtype=np.float32) * filled[:, :, None])
+        s["pos"], s["count"] = torch.from_numpy(pos.astype(np.int64)), torch.from_numpy(count.astype(np.int64))
         return s
 
     def reset(self, state: CoreState, mask: Tensor) -> CoreState:

@@ -10,13 +10,15 @@ What: :class:`NumpyPolicy` wraps an Agent and computes its ``act`` (same weights
 rounding) for the parts listed in :func:`numpy_unsupported`'s allow-list, and nothing else:
 
 * model options (:class:`~distrl.config.ModelConfig` fields) ``encoder``, ``core``, ``hidden_size``,
-  ``glyph_embedding_dim``, ``num_core_layers``, ``separate_intrinsic_value`` (``act`` does not read the
-  intrinsic value head); any other option is refused by name until this module says it implements it;
+  ``glyph_embedding_dim``, ``num_core_layers``, the ``hcam_*`` options, ``separate_intrinsic_value`` (``act``
+  does not read the intrinsic value head); any other option is refused by name until this module says it
+  implements it;
 * encoders ``nethack_small`` and ``mlp``, and the Atari CNNs (``small_cnn``, ``nature_cnn``, ``impala_cnn``)
   with their conv stack through PyTorch's oneDNN convolutions (NumPy has none; float32, or bfloat16 when
-  ``actor.precision`` picks it) and their final Linear in NumPy; cores ``lstm`` (any number of layers) and
-  ``identity``; the policy/value heads. Each is checked down to its submodules (names, classes, biases), so
-  a layer added to one of them is refused by name rather than skipped.
+  ``actor.precision`` picks it) and their final Linear in NumPy; cores ``lstm`` (any number of layers),
+  ``identity`` and ``hcam`` (:mod:`distrl.models.numpy_hcam`: any number of layers, chunk size, chunks, k,
+  heads, within or across episodes); the policy/value heads. Each is checked down to its submodules (names,
+  classes, biases), so a layer added to one of them is refused by name rather than skipped.
 
 Where the env actor picks this path (:func:`distrl.models.acting.build_acting_policy`), it first runs a
 small side-by-side check against ``Agent.act`` (:func:`distrl.models.acting.check_numpy_policy`) and falls
@@ -37,7 +39,9 @@ How:
   ``numpy.random.Generator`` (seeded by the actor), which is exactly softmax sampling; ``greedy=True`` takes
   the argmax.
 * Core state is a dict of NumPy arrays with the Agent's layout (``{"h": [B, L, H], "c": [B, L, H]}`` for an
-  LSTM); the sequence writer stores it as tensors like any other.
+  LSTM); the sequence writer stores it as tensors like any other. HCAM's kernel returns CPU tensors over
+  NumPy memory instead (its chunk memory goes through the writer's episode-memory compactor, which reads
+  tensors) and has its own ``initial_state``/``reset`` (copy on write; cross-episode memory).
 
 Usage::
 
@@ -51,6 +55,7 @@ Usage::
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -62,7 +67,9 @@ from torch import nn
 from distrl.models.agent import Agent
 from distrl.models.cores import IdentityCore, LSTMCore
 from distrl.models.encoders import ImpalaCNN, MLPEncoder, NatureCNN, NetHackSmallEncoder, SmallCNN, image_nchw
+from distrl.models.hcam import HCAMCore, HCAMLayer, _ChunkAttention
 from distrl.models.heads import PolicyHead, PolicyValueHeads, ValueHead
+from distrl.models.numpy_hcam import HCAMKernel
 from distrl.types import ActOut, CoreState
 from distrl.types import as_numpy as _as_array
 
@@ -78,8 +85,8 @@ MODEL_OPTIONS: dict[str, str] = {
     "core": "the core's class is checked against CORE_PARTS",
     "hidden_size": "any width",
     "glyph_embedding_dim": "any width",
-    "num_core_layers": "the LSTM kernel runs any number of layers",
-    **{f"hcam_{n}": "read only by the hcam core, which has no NumPy kernel (refused by its class)"
+    "num_core_layers": "the LSTM and HCAM kernels run any number of layers",
+    **{f"hcam_{n}": "the HCAM kernel (distrl.models.numpy_hcam) reads it from the core"
        for n in ("chunk", "chunks", "topk", "heads", "cross_episode")},
     "separate_intrinsic_value": "Agent.act does not read the intrinsic value head",
 }
@@ -87,9 +94,14 @@ MODEL_OPTIONS: dict[str, str] = {
 
 TORCH_RUN = None
 """Marks a submodule that the NumPy path runs through a copy of the PyTorch module itself (the CNNs' convs)."""
+BIAS_FREE = "Linear without a bias"
+"""Marks a submodule that must be an ``nn.Linear`` without a bias (the kernel reads no bias for it)."""
+Part = type | tuple[type, ...] | str | None
+"""What a submodule must be: its exact class, one of several classes, :data:`BIAS_FREE` or :data:`TORCH_RUN`.
+Names may use ``*`` for a layer index (``layers.*.ln1``)."""
 
-_CNN_PARTS: dict[str, type | None] = {"cnn": TORCH_RUN, "fc": nn.Linear}
-ENCODER_PARTS: dict[type, dict[str, type | None]] = {
+_CNN_PARTS: dict[str, Part] = {"cnn": TORCH_RUN, "fc": nn.Linear}
+ENCODER_PARTS: dict[type, dict[str, Part]] = {
     NetHackSmallEncoder: {"glyph_embed": nn.Embedding, "crop_fc": nn.Linear, "blstats_fc": nn.Linear,
                           "fc": nn.Linear},
     MLPEncoder: {"mlp": nn.Sequential, "mlp.0": nn.Linear, "mlp.1": nn.ReLU, "mlp.2": nn.Linear,
@@ -99,13 +111,28 @@ ENCODER_PARTS: dict[type, dict[str, type | None]] = {
     ImpalaCNN: _CNN_PARTS,
 }
 """Encoder class (exact, not subclasses) → its submodules the NumPy kernel reads: name → class."""
-CORE_PARTS: dict[type, dict[str, type | None]] = {LSTMCore: {"lstm": nn.LSTM}, IdentityCore: {}}
-HEAD_PARTS: dict[type, dict[str, type | None]] = {
+_ATTENTION: dict[str, Part] = {"q": nn.Linear, "k": BIAS_FREE, "v": BIAS_FREE, "out": nn.Linear}
+CORE_PARTS: dict[type, dict[str, Part]] = {
+    LSTMCore: {"lstm": nn.LSTM},
+    IdentityCore: {},
+    HCAMCore: {
+        "inp": (nn.Linear, nn.Identity), "layers": nn.ModuleList, "ln_out": nn.LayerNorm,
+        "layers.*": HCAMLayer, "layers.*.ln1": nn.LayerNorm, "layers.*.ln2": nn.LayerNorm,
+        "layers.*.wq": BIAS_FREE, "layers.*.wk": BIAS_FREE,
+        "layers.*.mem_att": _ChunkAttention, **{f"layers.*.mem_att.{n}": p for n, p in _ATTENTION.items()},
+        "layers.*.local_att": _ChunkAttention, **{f"layers.*.local_att.{n}": p for n, p in _ATTENTION.items()},
+        "layers.*.ffn": nn.Sequential, "layers.*.ffn.0": nn.Linear, "layers.*.ffn.1": nn.ReLU,
+        "layers.*.ffn.2": nn.Linear,
+    },
+}
+HEAD_PARTS: dict[type, dict[str, Part]] = {
     PolicyValueHeads: {"policy": PolicyHead, "policy.fc": nn.Linear, "value": ValueHead, "value.fc": nn.Linear,
                        "value_int": ValueHead, "value_int.fc": nn.Linear},  # value_int: act does not read it
 }
-_LEAVES = (nn.Linear, nn.Embedding, nn.LSTM)
-"""The only modules that may hold parameters or buffers of their own (read by the kernels)."""
+_LEAVES = (nn.Linear, nn.Embedding, nn.LSTM, nn.LayerNorm)
+"""The only modules that may hold parameters or buffers of their own (read by the kernels)..."""
+_OWN: dict[type, frozenset[str]] = {HCAMLayer: frozenset({"pe", "pe_local"})}
+"""... and these, which hold exactly the buffers named (the HCAM kernel reads its positional encodings)."""
 
 
 def numpy_unsupported(agent: Agent) -> str | None:
@@ -134,7 +161,7 @@ def numpy_unsupported(agent: Agent) -> str | None:
     return "; ".join(problems) or None
 
 
-def _uncovered(part: str, module: nn.Module, table: dict[type, dict[str, type | None]]) -> list[str]:
+def _uncovered(part: str, module: nn.Module, table: dict[type, dict[str, Part]]) -> list[str]:
     """Submodules of ``module`` (the agent's ``part``) that the NumPy kernel for its class does not read."""
     parts = table.get(type(module))
     if parts is None:
@@ -146,17 +173,27 @@ def _uncovered(part: str, module: nn.Module, table: dict[type, dict[str, type | 
         if name and (name in torch_run or name.startswith(tuple(t + "." for t in torch_run))):
             continue
         where = f"{part}.{name}" if name else part
-        if name and parts.get(name) is not type(m):
+        expected = parts.get(name, parts.get(_LAYER_INDEX.sub(".*", name, count=1))) if name else type(m)
+        if expected is BIAS_FREE and type(m) is nn.Linear:
+            if m.bias is not None:
+                problems.append(f"{where}: Linear with a bias (the NumPy kernel of {type(module).__name__} "
+                                "reads none)")
+            continue
+        if not (type(m) in expected if isinstance(expected, tuple) else type(m) is expected):
             problems.append(f"{where} ({type(m).__name__}) is not a part the NumPy kernel of "
                             f"{type(module).__name__} runs")
             continue
         own = [n for n, _ in m.named_parameters(recurse=False)] + [n for n, _ in m.named_buffers(recurse=False)]
-        if own and not isinstance(m, _LEAVES):
+        if own and not isinstance(m, _LEAVES) and set(own) != _OWN.get(type(m)):
             problems.append(f"{where} has its own parameters/buffers {own}, which the NumPy path does not read")
         why = _layer_option(m)
         if why:
             problems.append(f"{where}: {why}")
     return problems
+
+
+_LAYER_INDEX = re.compile(r"(?<=\w)\.\d+(?=\.|$)")
+"""A layer index in a submodule name (the first: ``layers.3.ffn.0``), matched by ``*`` in the allow-list."""
 
 
 def _layer_option(m: nn.Module) -> str | None:
@@ -167,6 +204,9 @@ def _layer_option(m: nn.Module) -> str | None:
         return "Embedding with max_norm"
     if isinstance(m, nn.LSTM) and (not m.bias or m.bidirectional or m.proj_size):
         return f"LSTM with bias={m.bias}, bidirectional={m.bidirectional}, proj_size={m.proj_size}"
+    if isinstance(m, nn.LayerNorm) and (not m.elementwise_affine or m.bias is None or len(m.normalized_shape) != 1):
+        return (f"LayerNorm with elementwise_affine={m.elementwise_affine}, bias={m.bias is not None}, "
+                f"normalized_shape={tuple(m.normalized_shape)}")
     return None
 
 
@@ -429,6 +469,7 @@ class _Identity:
 _CORES: dict[type, Any] = {
     LSTMCore: _LSTM,
     IdentityCore: _Identity,
+    HCAMCore: HCAMKernel,  # distrl/models/numpy_hcam.py; also has initial_state, reset and arrays
 }
 assert set(_ENCODERS) == set(ENCODER_PARTS) and set(_CORES) == set(CORE_PARTS), "kernels and allow-list differ"
 
@@ -461,8 +502,20 @@ class NumpyPolicy:
         h = a.heads
         # policy logits and value from one matmul: columns [0, A) and A
         (pw, pb), (vw, vb) = _dense(h.policy.fc), _dense(h.value.fc)
-        self._hw, self._hb = np.ascontiguousarray(np.concatenate([pw, vw], axis=1)), np.concatenate([pb, vb])
+        hw, hb = np.concatenate([pw, vw], axis=1), np.concatenate([pb, vb])
+        affine = getattr(self._core, "output_affine", None)  # a core's last scale and shift, folded in here
+        if affine is not None:
+            g, b = (np.asarray(v, np.float64) for v in affine)
+            hw64 = hw.astype(np.float64)
+            hw, hb = (g[:, None] * hw64).astype(np.float32), (b @ hw64 + hb).astype(np.float32)
+        self._hw, self._hb = np.ascontiguousarray(hw), hb
         self._heads = ws.matmul(self._hw)
+
+    @property
+    def core(self) -> nn.Module:
+        """The agent's core, as ``Agent.core``: the env actor reads what the core declares from it (HCAM's
+        ``episode_memory``, for the sequence writer to store each chunk once)."""
+        return self.agent.core
 
     def set_conv_dtype(self, dtype: torch.dtype) -> None:
         """Run a CNN encoder's conv stack in ``dtype`` from now on (``actor.precision``); re-copies the weights."""
@@ -471,12 +524,16 @@ class NumpyPolicy:
 
     # ---- Policy ------------------------------------------------------------------------------------------
     def initial_state(self, batch: int, device: Any = "cpu") -> CoreState:
+        if hasattr(self._core, "initial_state"):
+            return self._core.initial_state(batch)
         return {k: v.numpy() for k, v in self.agent.initial_state(batch).items()}
 
     def reset_state(self, state: CoreState, mask: Any) -> CoreState:
         """Rows under ``mask`` [B] bool go back to the initial (zero) state. Pure: returns new arrays."""
         if not state:
             return state
+        if hasattr(self._core, "reset"):
+            return self._core.reset(state, mask)
         keep = ~_as_array(mask).astype(bool)
         return {k: v * keep.reshape(-1, *([1] * (v.ndim - 1))).astype(v.dtype) for k, v in state.items()}
 
@@ -498,7 +555,7 @@ class NumpyPolicy:
             flat[k] = v
         if set(state) != set(self._state_keys):
             raise KeyError(f"core state keys {sorted(state)} do not match the core's {self._state_keys}")
-        st = {k: _as_array(v) for k, v in state.items()}
+        st = self._core.arrays(state) if hasattr(self._core, "arrays") else {k: _as_array(v) for k, v in state.items()}
         for k, v in st.items():
             if v.shape[0] != n:
                 raise ValueError(f"core state {k!r} has batch {v.shape[0]}, observations have {n}")

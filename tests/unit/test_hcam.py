@@ -283,14 +283,14 @@ def test_bad_input_and_config_are_refused():
     assert "hcam" in CORES
 
 
-def test_agent_with_hcam_acts_like_it_unrolls_and_numpy_path_refuses_it():
+def test_agent_with_hcam_acts_like_it_unrolls_and_the_numpy_path_covers_it():
+    """(The NumPy acting path itself is tested against Agent.act in test_numpy_act_hcam.py.)"""
     from distrl.envs.memory_tasks import RecallEnv
 
     spec = RecallEnv.make_spec("Recall-3-5", 3)
     torch.manual_seed(0)
     agent = build_agent(_cfg(encoder="mlp"), spec)
-    why = numpy_unsupported(agent)
-    assert why is not None and "HCAMCore" in why
+    assert numpy_unsupported(agent) is None
     lstm = build_agent(ModelConfig(encoder="mlp", hidden_size=16), spec)
     assert numpy_unsupported(lstm) is None  # the hcam_* options do not block other cores
     env = RecallEnv(3, 5, seed=0)
@@ -309,3 +309,23 @@ def test_agent_with_hcam_acts_like_it_unrolls_and_numpy_path_refuses_it():
     obs_seq = {k: torch.from_numpy(np.stack([o[k] for o in seq])) for k in seq[0]}
     res = agent.unroll(obs_seq, torch.zeros(7, B, dtype=torch.bool), s0)
     torch.testing.assert_close(res.logits, torch.stack(logits), atol=1e-5, rtol=0)
+
+
+def test_random_state_is_a_state_acting_can_reach():
+    """HCAMCore.random_state (the NumPy path's start-up check starts from it): counters in range, rings filled
+    up to the count (wrapped ones full), zeros elsewhere, keys the chunk means; step and sequence accept it."""
+    core = _core()
+    s = core.random_state(64, np.random.default_rng(0))
+    C, M = core.C, core.M
+    assert set(s) == set(core.initial_state(1))
+    assert s["pos"].dtype == torch.int64 and 0 <= int(s["pos"].min()) and int(s["pos"].max()) < C
+    assert int(s["count"].min()) == 0 and int(s["count"].max()) > M
+    for b in range(64):
+        n = min(int(s["count"][b]), M)
+        assert not s["mem0"][b, n:].any() and (n == 0 or bool(s["mem0"][b, :n].abs().min() > 0))
+        assert not s["acc1"][b, int(s["pos"][b]):].any()
+    torch.testing.assert_close(s["key1"], s["mem1"].mean(dim=2))
+    with torch.no_grad():
+        y, _ = core(torch.randn(3, 64, 16), torch.zeros(3, 64, dtype=torch.bool), s)
+        y1, _ = core.step(torch.randn(64, 16), s)
+    assert torch.isfinite(y).all() and torch.isfinite(y1).all()

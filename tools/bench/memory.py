@@ -5,6 +5,7 @@ what HCAM costs.
     .venv/bin/python tools/bench/memory.py --seeds 0 1 2 --steps 300000 \
         --tasks Recall-4 Ballet-2 --delays 8 16 60                     # the full comparison (hours on 2 cores)
     .venv/bin/python tools/bench/memory.py --cost-only                 # only the cost lines
+    .venv/bin/python tools/bench/memory.py --act-only --delays 60      # only the act-time lines (quick)
 
 Learning: one ``distrl train --local`` subprocess per (task, delay, core, seed), 16 envs, sequence length 40 (the
 default; delays above 40 put the cue outside every training sequence that holds its query), the same learner
@@ -13,8 +14,13 @@ width 112 (about the same parameter count; each line reports both counts). Each 
 ``{"kind": "learning", ...}`` with its success-rate curve against env steps and the chance level
 (``1 / places`` or ``1 / dancers``); a final ``{"kind": "summary", ...}`` line holds the table rows.
 
-Cost (``{"kind": "cost", ...}`` lines): act time per env step at the actor's batch (the policy an env actor
-builds: NumPy for the LSTM where it can, PyTorch for HCAM; both PyTorch too; the fastest of 5 rounds), replay
+Cost (``{"kind": "cost", ...}`` lines): act time per env step at the actor's batch, for each core through the
+policy an env actor builds (``actor.inference=auto``: the NumPy path, for both cores) and through PyTorch, all
+four policies in one process (NumPy's BLAS and PyTorch at one thread each, as in an actor), in alternating
+rounds on observations and episode ends recorded from the env (``--act-rounds`` rounds of ``--act-steps``
+steps each; wall and thread-CPU time, fastest and median round; ``act_us_per_env_step`` times ``act`` alone,
+``act_reset_us_per_env_step`` also the actor's ``reset_state`` at episode ends), then one ``act_ratio`` line
+per task with each ratio the median over rounds of the same round's HCAM and LSTM times; replay
 bytes per stored sequence (12 sequences of a real env actor in a real shard: row bytes plus the shard's
 episode-memory bytes per row, also with the shard's float16 core-state storage; for HCAM also the bytes a full
 copy of the state would take), and learner update time per sequence (``Learner.step`` on a batch of 16
@@ -115,36 +121,83 @@ def _cfg(task: str, delay: int, core: str, overrides: list[str]) -> ExperimentCo
     return apply_overrides(ExperimentConfig(), [*flat, "runtime.mode=local", *overrides])
 
 
-def act_cost(task: str, delay: int, core: str, overrides: list[str], steps: int = 300) -> list[dict[str, Any]]:
-    from distrl.envs.registry import env_spec, make_env
+def _record(cfg: ExperimentConfig, steps: int, seed: int = 0) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
+    """Observations [steps][B, ...] and episode ends [steps, B] of the env's B slots under random actions."""
+    from distrl.envs.vector import make_vec_env
+
+    venv = make_vec_env(cfg.env, cfg.env.num_envs, seed)
+    rng = np.random.default_rng(seed)
+    obs = [{k: np.array(v, copy=True) for k, v in venv.reset().items()}]  # (the VecEnv reuses its buffers)
+    done = []
+    for _ in range(steps - 1):
+        res = venv.step(rng.integers(0, venv.spec.num_actions, cfg.env.num_envs))
+        obs.append({k: np.array(v, copy=True) for k, v in res.obs.items()})
+        done.append(np.array(res.terminated | res.truncated))
+    done.append(np.zeros(cfg.env.num_envs, dtype=bool))
+    venv.close()
+    return obs, np.stack(done)
+
+
+def act_cost(task: str, delay: int, cores: list[str], overrides: list[str], steps: int = 60,
+             rounds: int = 9) -> list[dict[str, Any]]:
+    """Act time per env step of each core through NumPy (``actor.inference=auto``) and PyTorch, all in this
+    process, in ``rounds`` alternating rounds of ``steps`` steps each (see the module doc)."""
+    from distrl.actors.env_actor import limit_numpy_blas_threads
+    from distrl.envs.registry import env_spec
     from distrl.models.acting import build_acting_policy
 
-    cfg = _cfg(task, delay, core, overrides)
-    spec = env_spec(cfg.env)
-    B = cfg.env.num_envs
+    policies: dict[tuple[str, str], Any] = {}
+    for core in cores:
+        cfg = _cfg(task, delay, core, overrides)
+        for inference in ("auto", "torch"):
+            c2 = apply_overrides(cfg, [f"actor.inference={inference}"])
+            policies[(core, inference)] = build_acting_policy(c2, env_spec(c2.env), torch.device("cpu"), seed=0)
+    limit_numpy_blas_threads(cfg.actor.threads)  # as an env actor does (OpenBLAS's own pool: several-fold)
     torch.set_num_threads(1)
-    rows = []
-    for inference in ("auto", "torch"):
-        c2 = apply_overrides(cfg, [f"actor.inference={inference}"])
-        policy = build_acting_policy(c2, spec, torch.device("cpu"), seed=0)
-        kind = type(policy).__name__
-        envs = [make_env(cfg.env, seed=i) for i in range(B)]
-        obs_list = [e.reset()[0] for e in envs]
-        obs = {k: np.stack([o[k] for o in obs_list]) for k in spec.obs}
-        state = policy.initial_state(B)
-        for _ in range(20):  # warm-up
-            state = policy.act(obs, state).state
-        rounds = []
-        for _ in range(5):  # the fastest round: least disturbed by other processes on a shared machine
-            t0 = time.perf_counter()
-            for _ in range(steps // 5):
-                state = policy.act(obs, state).state
-            rounds.append((time.perf_counter() - t0) / (steps // 5))
-        dt = min(rounds)
-        rows.append({"kind": "cost", "metric": "act_us_per_env_step", "env": cfg.env.name, "core": core,
-                     "inference": inference, "policy": kind, "batch": B,
-                     "value": round(dt / B * 1e6, 2), "act_ms_per_batch": round(dt * 1e3, 3)})
+    B = cfg.env.num_envs
+    obs, done = _record(cfg, steps)
+    states = {key: p.initial_state(B) for key, p in policies.items()}
+    timings: dict[tuple[str, str, str], list[tuple[float, float]]] = {}
+    for rnd in range(rounds + 1):  # round 0 warms up (and fills the memories) and is not counted
+        for key, p in policies.items():
+            for mode in ("act", "act_reset"):
+                s = states[key]
+                w0, c0 = time.perf_counter(), time.thread_time()
+                for t in range(steps):
+                    out = p.act(obs[t], s)
+                    s = out.state
+                    if mode == "act_reset" and done[t].any():
+                        s = p.reset_state(s, done[t])
+                wall, cpu = time.perf_counter() - w0, time.thread_time() - c0
+                states[key] = s
+                if rnd:
+                    timings.setdefault((*key, mode), []).append((wall / steps / B * 1e6, cpu / steps / B * 1e6))
+    rows: list[dict[str, Any]] = []
+    for (core, inference, mode), ts in timings.items():
+        wall, cpu = np.array(ts).T
+        rows.append({"kind": "cost", "metric": f"{mode}_us_per_env_step", "env": env_name(task, delay),
+                     "core": core, "inference": inference, "policy": type(policies[(core, inference)]).__name__,
+                     "batch": B, "rounds": rounds, "steps_per_round": steps,
+                     "value": round(float(wall.min()), 2), "wall_median": round(float(np.median(wall)), 2),
+                     "cpu_min": round(float(cpu.min()), 2), "cpu_median": round(float(np.median(cpu)), 2),
+                     "act_ms_per_batch": round(float(wall.min()) * B / 1e3, 3)})
+    if {"hcam", "lstm"} <= set(cores):
+        for mode in ("act", "act_reset"):
+            ratio = {}
+            for hi in ("auto", "torch"):
+                for lo in ("auto", "torch"):
+                    h = np.array(timings[("hcam", hi, mode)])[:, 1]  # CPU time: least disturbed by other processes
+                    m = np.array(timings[("lstm", lo, mode)])[:, 1]
+                    name = f"hcam_{_path(policies[('hcam', hi)])}_over_lstm_{_path(policies[('lstm', lo)])}"
+                    ratio[name] = round(float(np.median(h / m)), 2)
+            rows.append({"kind": "cost", "metric": "act_ratio", "timed": mode, "env": env_name(task, delay),
+                         "batch": B, "clock": "thread CPU, median over rounds of same-round ratios", "goal": 3.0,
+                         **ratio})
     return rows
+
+
+def _path(policy: Any) -> str:
+    return "torch" if isinstance(policy, torch.nn.Module) else "numpy"
 
 
 def replay_cost(task: str, delay: int, core: str, overrides: list[str], sequences: int = 12) -> dict[str, Any]:
@@ -235,9 +288,14 @@ def write_outputs(results: list[dict[str, Any]], out: Path) -> dict[str, Any]:
     if cost:
         lines += ["", "| cost | env | core | value |", "|---|---|---|---|"]
         for r in cost:
-            if r["metric"] == "act_us_per_env_step":
-                lines.append(f"| act µs / env step (batch {r['batch']}, actor.inference={r['inference']}: "
-                             f"{r['policy']}) | {r['env']} | {r['core']} | {r['value']} |")
+            if r["metric"] in ("act_us_per_env_step", "act_reset_us_per_env_step"):
+                what = "act" if r["metric"] == "act_us_per_env_step" else "act + reset_state"
+                lines.append(f"| {what} µs / env step (batch {r['batch']}, actor.inference={r['inference']}: "
+                             f"{r['policy']}; fastest round, wall (thread CPU)) | {r['env']} | {r['core']} | "
+                             f"{r['value']} ({r['cpu_min']}) |")
+            elif r["metric"] == "act_ratio":
+                ratios = ", ".join(f"{k.replace('_over_', ' / ')} {v}" for k, v in r.items() if "_over_" in k)
+                lines.append(f"| {r['timed']} time ratio (goal ≤ {r['goal']}) | {r['env']} | hcam / lstm | {ratios} |")
             else:
                 lines.append(f"| replay bytes / sequence (float16 core state; full-copy) | {r['env']} | {r['core']} | "
                              f"{r['bytes_per_sequence']:,.0f} ({r['bytes_per_sequence_core_state_fp16']:,.0f}; "
@@ -286,6 +344,9 @@ def main() -> int:
     ap.add_argument("--tiny", action="store_true", help="one delay, one seed, 3k steps: checks the pipeline")
     ap.add_argument("--cost-only", action="store_true")
     ap.add_argument("--no-cost", action="store_true")
+    ap.add_argument("--act-only", action="store_true", help="of the cost lines, only act time (no replay/learner)")
+    ap.add_argument("--act-rounds", type=int, default=9, help="alternating act-time rounds per policy")
+    ap.add_argument("--act-steps", type=int, default=60, help="env steps per act-time round")
     ap.add_argument("--log-every", type=float, default=5.0, help="logging.log_every_s of the runs")
     ap.add_argument("--out", default=str(REPO / "docs/results/memory"))
     ap.add_argument("--run-dir", default=None)
@@ -304,10 +365,13 @@ def main() -> int:
     if not args.no_cost:
         for task in args.tasks:
             delay = args.delays[-1]
-            for core in args.cores:
-                for r in act_cost(task, delay, core, args.overrides):
-                    emit(r)
-                emit(replay_cost(task, delay, core, args.overrides))
+            for r in act_cost(task, delay, args.cores, args.overrides, steps=args.act_steps, rounds=args.act_rounds):
+                emit(r)
+            if not args.act_only:
+                for core in args.cores:
+                    emit(replay_cost(task, delay, core, args.overrides))
+    if args.act_only:
+        args.cost_only = True
     if not args.cost_only:
         for task in args.tasks:
             for delay in args.delays:
