@@ -47,6 +47,29 @@ polls in a busy loop); ``--ray-worker-niceness`` (default 0) is passed to both R
 Ray process left behind by a subprocess is found by its session directory (which names the driver's pid) and
 killed, and nothing else is touched.
 
+``--learner-cost`` measures something else: the learner's update rate per exploration bonus (issue 19: "RND
+keeps >= 0.75 of the learner's update rate"), in this process, without Ray. For each bonus of ``--bonuses``
+(``none``, ``rnd``, ``noveld``, ``e3b``, ``e3b_rnd``, ``e3b_noveld``, ``counts``; ``none`` is always measured, as
+the reference) the config is ``--config`` (default ``configs/minihack_multiroom.yaml``, MiniHack-MultiRoom-N4) plus
+the ``bonus:`` lines of its preset ``configs/minihack_multiroom_<bonus>.yaml`` (``rnd``/``noveld``: those of
+E3B x RND / E3B x NovelD with ``bonus.episodic=none``), plus tools/bench/explore.py's 2-core overrides
+(``CPU_OVERRIDES``: the small MiniHack model, inline actors; ``--no-cpu-overrides`` leaves them out), plus
+``--distrl-set``. The learner is built as ``distrl train --local`` builds it (a LearnerWorker over local replay
+shards, with the learner extras the config implies and, for global counts, the in-process count table), its
+shards are filled with ``--fill`` sequences from a real rollout of the config's own EnvActor (so each batch holds
+what its bonus needs: the raw episodic bonus, the visited states counted), then ``--updates`` updates are timed
+per bonus and round, the bonuses alternating over ``--rounds`` (order reversed every other round) so load drift
+hits all alike. torch runs ``learner.threads`` (1) intra-op threads, as the learner does on 2 cores.
+
+* ``{"bench": "learner_cost_machine", ...}``: machine, torch, every bonus's overrides, the settings.
+* ``{"bench": "learner_cost", "bonus", "round", ...}``: ``updates_per_s``, ``ms_per_update``, ``sequences_per_s``,
+  ``trained_steps_per_s`` (sequences x ``sequence.length``), ``step_ms`` (``Learner.step`` alone),
+  ``outside_step_ms`` (sampling, priority updates, weight publishing), ``extra_hook_ms`` (per learner extra:
+  the forward work of its hooks; their backward is inside the learner's one backward pass).
+* ``{"bench": "learner_cost_summary", "bonus", ...}``: medians over rounds, ``ratio_to_none`` (median updates/s
+  over that of ``none``; per round in ``ratio_to_none_rounds``), ``step_ratio_to_none`` (``Learner.step`` alone),
+  the extras and their parameter counts.
+
 Usage::
 
     .venv/bin/python tools/bench/train_rate.py                  # full run (~9-10 min on 2 cores)
@@ -54,6 +77,9 @@ Usage::
     .venv/bin/python tools/bench/train_rate.py --seconds 60 --warmup 15 --systems distrl,rllib_appo
     .venv/bin/python tools/bench/train_rate.py --tasks room5x5,pong --systems distrl,sample_factory,rllib_appo \
         --seconds 120 --warmup 20 --rounds 3
+    .venv/bin/python tools/bench/train_rate.py --learner-cost   # 6 bonuses x 5 rounds x 30 updates (~5 min)
+    .venv/bin/python tools/bench/train_rate.py --learner-cost --quick               # smoke run, ~1 min
+    .venv/bin/python tools/bench/train_rate.py --learner-cost --bonuses rnd,e3b_rnd --rounds 9 --updates 30
 """
 
 from __future__ import annotations
@@ -517,6 +543,274 @@ def value_at(curve: list[list[Any]], steps: float) -> tuple[float | None, float 
 
 
 # ------------------------------------------------------------------------------------------------------------
+# --learner-cost: the learner's update rate per exploration bonus (issue 19), in this process, no Ray
+# ------------------------------------------------------------------------------------------------------------
+
+#: bonus name -> (preset whose ``bonus:`` lines it takes, overrides on top of them). ``rnd`` and ``noveld`` are
+#: the global bonus alone: the E3B x RND / E3B x NovelD presets' lines with the episodic bonus off.
+BONUSES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "none": ("configs/minihack_multiroom_nobonus.yaml", ()),
+    "rnd": ("configs/minihack_multiroom_e3b_rnd.yaml", ("bonus.episodic=none",)),
+    "noveld": ("configs/minihack_multiroom_e3b_noveld.yaml", ("bonus.episodic=none",)),
+    "e3b": ("configs/minihack_multiroom_e3b.yaml", ()),
+    "e3b_rnd": ("configs/minihack_multiroom_e3b_rnd.yaml", ()),
+    "e3b_noveld": ("configs/minihack_multiroom_e3b_noveld.yaml", ()),
+    "counts": ("configs/minihack_multiroom_counts.yaml", ()),
+}
+LEARNER_COST_BASE = ROOT / "configs" / "minihack_multiroom.yaml"  # what every preset above includes
+LEARNER_COST_BONUSES = "none,rnd,e3b,e3b_rnd,noveld,counts"
+_HOOKS = ("intrinsic_reward", "policy_weight", "loss")
+
+
+def bonus_overrides(name: str) -> list[str]:
+    """The ``bonus.*`` overrides of bonus ``name``: its preset's ``bonus:`` lines (the only lines in which the
+    presets differ from their base), then its own. On ``configs/minihack_multiroom.yaml`` they give the preset."""
+    import yaml
+
+    preset, extra = BONUSES[name]
+    section = (yaml.safe_load((ROOT / preset).read_text()) or {}).get("bonus") or {}
+    lines = {f"bonus.{k}": v for k, v in section.items()}
+    for o in extra:
+        key, value = o.split("=", 1)
+        lines[key] = value
+    return [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in lines.items()]
+
+
+def learner_cost_overrides(args: argparse.Namespace, name: str) -> list[str]:
+    """Every override of bonus ``name``'s config, in order: the bonus lines, the 2-core model and actor settings
+    of tools/bench/explore.py (unless ``--no-cpu-overrides``), the local runtime, a shard that holds exactly the
+    ``--fill`` sequences and lets the learner sample without new inserts, then ``--distrl-set``."""
+    cpu: list[str] = []
+    if not args.no_cpu_overrides:
+        from explore import CPU_OVERRIDES  # tools/bench/explore.py: one definition of the 2-core settings
+
+        cpu = list(CPU_OVERRIDES)
+    return [
+        *bonus_overrides(name), *cpu, "runtime.mode=local", f"runtime.seed={args.seed}", f"env.seed={args.seed}",
+        f"replay.min_size={args.fill}", "replay.samples_per_insert=0", *args.distrl_set,
+    ]
+
+
+class _HookTimer:
+    """Wall seconds each learner extra spends in its hooks (intrinsic_reward, policy_weight, loss), summed.
+
+    The hooks are wrapped on the instances, so the Learner calls them as usual. This is their forward work only:
+    their backward runs inside the learner's one ``loss.backward()`` and shows only in the update's total."""
+
+    def __init__(self, extras: dict[str, Any]) -> None:
+        self.seconds = dict.fromkeys(extras, 0.0)
+        for name, extra in extras.items():
+            for hook in _HOOKS:
+                setattr(extra, hook, self._wrap(name, getattr(extra, hook)))
+
+    def _wrap(self, name: str, fn: Any) -> Any:
+        def timed(*a: Any, **kw: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                self.seconds[name] += time.perf_counter() - t0
+
+        return timed
+
+    def take(self) -> dict[str, float]:
+        out, self.seconds = self.seconds, dict.fromkeys(self.seconds, 0.0)
+        return out
+
+
+class LearnerSetup:
+    """One bonus's learner, built as the local runtime builds it (``distrl train --local``:
+    distrl/runtime/local.py): replay shards, a ReplaySampler over them, a LearnerWorker (the Learner with the
+    extras its config implies) publishing to a WeightStore, and the in-process global count table attached for
+    ``bonus.glob=count``. ``measure`` gives the worker a sampler that prefetches like the Ray learner's
+    (``--prefetch``, 2; the local runtime builds batches in the learner's thread, prefetch 0) for its block only,
+    so no other bonus's prefetch thread runs meanwhile. ``fill`` runs the config's own EnvActor on the real env
+    with the learner's initial weights (the E3B embedding included) until the shards hold ``replay.min_size``
+    sequences each, counting the visited states into the table as the local runtime does, then closes it."""
+
+    def __init__(self, name: str, cfg: Any, prefetch: int) -> None:
+        import torch
+
+        from distrl.bonuses.counts import make_counts
+        from distrl.envs.registry import env_spec
+        from distrl.learners.bonus import attach_counts
+        from distrl.replay.shard import ReplayShard
+        from distrl.runtime.learner_worker import LearnerWorker
+        from distrl.runtime.weights import WeightStore
+
+        self.name, self.cfg, self.prefetch = name, cfg, prefetch
+        torch.manual_seed(cfg.runtime.seed)
+        self.spec = env_spec(cfg.env)
+        self.shards = [ReplayShard(cfg.replay, j, seed=cfg.runtime.seed + j) for j in range(cfg.replay.num_shards)]
+        self.store = WeightStore()
+        self.blocks = 0
+        self.worker = LearnerWorker(cfg, self.spec, self._sampler(0),
+                                    publish=lambda w: self.store.publish(w.version, w))
+        self.counts = None
+        if cfg.bonus.glob == "count":
+            self.counts = make_counts(cfg.bonus.count_shards)
+            attach_counts(self.worker.learner.extras, self.counts)
+        self.worker.publish_weights()
+        self.timer = _HookTimer(self.worker.learner.extras)
+        self.fill_s = 0.0
+        self.fill_env_steps = 0
+
+    @property
+    def learner(self) -> Any:
+        return self.worker.learner
+
+    def _sampler(self, prefetch: int) -> Any:
+        from distrl.replay.client import LocalShardClient
+        from distrl.replay.sampler import ReplaySampler
+        from distrl.runtime.common import n_fresh
+
+        cfg = self.cfg
+        return ReplaySampler([LocalShardClient(s) for s in self.shards], cfg.replay, cfg.learner.batch_size,
+                             n_fresh=n_fresh(cfg), prefetch=prefetch, seed=cfg.runtime.seed + 7919 * self.blocks)
+
+    def fill(self) -> None:
+        from distrl.actors.env_actor import EnvActor
+        from distrl.learners.duration import DurationExtra
+
+        cfg, t0 = self.cfg, time.monotonic()
+        actor = EnvActor(cfg, 0)
+        try:
+            actor.set_weights(self.store.get()[1])
+            dur = self.learner.extras.get("duration")
+            i = 0
+            while min(s.stats().size for s in self.shards) < cfg.replay.min_size:
+                traj = actor.step()
+                if traj is None:
+                    continue
+                if self.counts is not None:  # the states this sequence visited, counted before it is learnt
+                    self.counts.increment(actor.drain_state_keys())
+                if isinstance(dur, DurationExtra):
+                    dur.observe_launched_sequence(traj, cfg.sequence.period)
+                shard = self.shards[i % len(self.shards)]
+                if not shard.insert(traj, prior=actor.duration_prior(traj), frame_stacks=self.spec.frame_stacks).ok:
+                    raise RuntimeError(f"{self.name}: replay shard refused an insert: {shard.stats()}")
+                i += 1
+            self.fill_env_steps = actor.env_steps
+        finally:
+            actor.close()
+        self.fill_s = time.monotonic() - t0
+
+    def measure(self, updates: int) -> dict[str, Any]:
+        """``updates`` updates through the LearnerWorker (sample, Learner.step, priority update, publish), timed,
+        after one untimed update (which starts the prefetch thread and warms caches another bonus's block used)."""
+        import torch
+
+        torch.set_num_threads(max(1, self.cfg.learner.threads))  # what Learner.__init__ sets (1 on 2 cores)
+        cuda = self.learner.device.type == "cuda"
+        self.blocks += 1
+        self.worker.sampler.close()
+        self.worker.sampler = self._sampler(self.prefetch)
+        try:
+            self.worker.train(max_updates=1, timeout_s=600.0)
+            self.timer.take()
+            t0 = time.perf_counter()
+            report = self.worker.train(max_updates=updates, timeout_s=600.0)
+            if cuda:
+                torch.cuda.synchronize()
+            dt = time.perf_counter() - t0
+            hooks = self.timer.take()
+        finally:
+            self.worker.sampler.close()
+            self.worker.sampler = self._sampler(0)
+        n = max(report.updates, 1)
+        step_s = report.metrics.get("learner/step_time_s", float("nan"))
+        return {
+            "updates": report.updates, "seconds": round(dt, 3),
+            "updates_per_s": round(report.updates / dt, 3),
+            "ms_per_update": round(1e3 * dt / n, 2),
+            "sequences_per_s": round(report.samples / dt, 2),
+            "trained_steps_per_s": round(report.samples * self.cfg.sequence.length / dt, 1),
+            "step_ms": round(1e3 * step_s, 2),  # Learner.step alone (its own learner/step_time_s)
+            "outside_step_ms": round(1e3 * (dt / n - step_s), 2),  # waiting for the sampler, priorities, publish
+            "extra_hook_ms": {k: round(1e3 * v / n, 2) for k, v in hooks.items()},
+            "loadavg_1m": round(os.getloadavg()[0], 2),
+        }
+
+    def close(self) -> None:
+        self.worker.close()
+
+
+def learner_cost_summary(name: str, rows: list[dict[str, Any]], base_rows: list[dict[str, Any]],
+                         setup: LearnerSetup) -> dict[str, Any]:
+    """Medians over rounds, and the ratio to ``none`` (``ratio_to_none``: of the median update rates; also per
+    round, which pairs blocks measured seconds apart)."""
+    med = {k: _median([r[k] for r in rows]) for k in ("updates_per_s", "ms_per_update", "sequences_per_s",
+                                                       "trained_steps_per_s", "step_ms", "outside_step_ms")}
+    base = {k: _median([r[k] for r in base_rows]) for k in ("updates_per_s", "step_ms")} if base_rows else {}
+    hooks = {k: _median([r["extra_hook_ms"][k] for r in rows]) for k in rows[0]["extra_hook_ms"]} if rows else {}
+    learner = setup.learner
+    ratio = _ratio(med["updates_per_s"], base.get("updates_per_s"))
+    step_ratio = _ratio(base.get("step_ms"), med["step_ms"])
+    return {
+        "bench": "learner_cost_summary", "bonus": name, "rounds": len(rows),
+        **{k: (round(v, 3) if v is not None else None) for k, v in med.items()},
+        "ratio_to_none": None if ratio is None else round(ratio, 3),
+        "ratio_to_none_rounds": [round(r["updates_per_s"] / b["updates_per_s"], 3)
+                                 for r, b in zip(rows, base_rows)],
+        "step_ratio_to_none": None if step_ratio is None else round(step_ratio, 3),
+        "extra_hook_ms": hooks,
+        "extras": list(learner.extras),
+        "extra_params": {k: sum(p.numel() for p in e.parameters()) for k, e in learner.extras.items()},
+        "agent_params": sum(p.numel() for p in learner.agent.parameters()),
+        "bonus_config": {k: getattr(setup.cfg.bonus, k) for k in ("episodic", "glob", "combine")},
+        "batch": setup.cfg.learner.batch_size,
+        "sequence": [setup.cfg.sequence.burn_in, setup.cfg.sequence.length],
+        "device": str(learner.device),
+        "fill_sequences": sum(s.stats().size for s in setup.shards),
+        "fill_s": round(setup.fill_s, 1),
+    }
+
+
+def learner_cost_main(args: argparse.Namespace) -> int:
+    """``--learner-cost``: see the module docstring."""
+    import torch
+
+    from distrl.config import load_config
+
+    names = [b.strip() for b in args.bonuses.split(",") if b.strip()]
+    unknown = sorted(set(names) - set(BONUSES))
+    if unknown or not names:
+        raise SystemExit(f"--bonuses: unknown {unknown}; choose from {tuple(BONUSES)}")
+    if "none" not in names:
+        names.insert(0, "none")  # the reference of every ratio
+    base = Path(args.config) if args.config else LEARNER_COST_BASE
+    configs = {n: load_config(base, learner_cost_overrides(args, n)) for n in names}
+    emit({"bench": "learner_cost_machine", **machine_info(), "torch": torch.__version__,
+          "torch_threads": configs["none"].learner.threads, "config": str(base),
+          "overrides": {n: learner_cost_overrides(args, n) for n in names},
+          "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}})
+    setups: dict[str, LearnerSetup] = {}
+    try:
+        for n in names:
+            log(f"learner cost: {n}: building the learner and filling replay from {configs[n].env.name} "
+                f"(load average {os.getloadavg()[0]:.2f})")
+            s = setups[n] = LearnerSetup(n, configs[n], args.prefetch)
+            s.fill()
+            if args.learner_warmup > 0:
+                s.measure(args.learner_warmup)  # untimed: allocator, first-call and optimizer-state warm-up
+            log(f"learner cost: {n}: extras {list(s.learner.extras)}, {sum(x.stats().size for x in s.shards)} "
+                f"sequences from {s.fill_env_steps} env steps in {s.fill_s:.1f} s")
+        rows: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+        for rnd in range(args.rounds):
+            # Rounds alternate the order, so a drift in the machine's load hits every bonus alike.
+            for n in names if rnd % 2 == 0 else list(reversed(names)):
+                res = setups[n].measure(args.updates)
+                rows[n].append(res)
+                emit({"bench": "learner_cost", "bonus": n, "round": rnd, **res})
+        for n in names:
+            emit(learner_cost_summary(n, rows[n], rows["none"], setups[n]))
+    finally:
+        for s in setups.values():
+            s.close()
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------------------
 # Main
 # ------------------------------------------------------------------------------------------------------------
 
@@ -592,8 +886,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--raw-seconds", type=float, default=20.0, help="seconds of the raw env measurement")
     p.add_argument("--envs", type=int, default=16, help="envs per env actor / env runner / raw process")
     p.add_argument("--env", default="MiniHack-Room-5x5-v0")
-    p.add_argument("--config", default=str(ROOT / "configs" / "quickstart.yaml"),
-                   help="distrl config of the room5x5 task (its env and model are also Sample Factory's and RLlib's)")
+    p.add_argument("--config", default=None,
+                   help="distrl config of the room5x5 task (its env and model are also Sample Factory's and RLlib's; "
+                        "default configs/quickstart.yaml); with --learner-cost, the base config every bonus's lines "
+                        "go on (default configs/minihack_multiroom.yaml, which the MultiRoom presets include)")
     p.add_argument("--pong-config", default=str(ROOT / "configs" / "pong.yaml"), help="distrl config of the pong task")
     p.add_argument("--tasks", default="room5x5", help=f"comma list from {tuple(TASKS)}")
     p.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma list from {SYSTEMS}")
@@ -607,11 +903,35 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ray-worker-niceness", type=int, default=0,
                    help="RAY_worker_niceness for both Ray instances (Ray's own default is 15)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--rounds", type=int, default=1, help="repeat the measurements, alternating the order")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="repeat the measurements, alternating the order (default 1; --learner-cost: 5)")
     p.add_argument("--keep", type=Path, default=None, help="keep run dirs and child logs here")
     p.add_argument("--curves", action="store_true", help="include the learning curves in the JSON lines")
-    p.add_argument("--quick", action="store_true", help="short smoke run: 30 s measured, 15 s warm-up, 5 s raw")
+    p.add_argument("--quick", action="store_true",
+                   help="short smoke run: 30 s measured, 15 s warm-up, 5 s raw (--learner-cost: 32 sequences, "
+                        "1 warm-up and 3 timed updates per bonus, 1 round)")
+    lc = p.add_argument_group("--learner-cost: the learner's update rate per exploration bonus (no Ray)")
+    lc.add_argument("--learner-cost", action="store_true",
+                    help="measure the learner's update rate per bonus instead of the training systems")
+    lc.add_argument("--bonuses", default=LEARNER_COST_BONUSES,
+                    help=f"comma list from {tuple(BONUSES)} ('none', the reference, is always measured)")
+    lc.add_argument("--updates", type=int, default=None, help="timed updates per (bonus, round) block (30)")
+    lc.add_argument("--learner-warmup", type=int, default=None,
+                    help="untimed updates per bonus before round 1 (5)")
+    lc.add_argument("--fill", type=int, default=None,
+                    help="sequences in replay per shard (replay.min_size; 256), from a real rollout per bonus")
+    lc.add_argument("--prefetch", type=int, default=2,
+                    help="ReplaySampler prefetch (2: the Ray learner's; 0: the local runtime's, serial)")
+    lc.add_argument("--no-cpu-overrides", action="store_true",
+                    help="leave out tools/bench/explore.py's 2-core model and actor overrides (CPU_OVERRIDES)")
     args = p.parse_args(argv)
+    if args.learner_cost:
+        for key, full, quick in (("fill", 256, 32), ("learner_warmup", 5, 1), ("updates", 30, 3), ("rounds", 5, 1)):
+            if getattr(args, key) is None:
+                setattr(args, key, quick if args.quick else full)
+        return learner_cost_main(args)
+    args.config = args.config or str(ROOT / "configs" / "quickstart.yaml")
+    args.rounds = 1 if args.rounds is None else args.rounds
     if args.quick:
         args.seconds, args.warmup, args.raw_seconds = 30.0, 15.0, 5.0
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
