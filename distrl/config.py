@@ -107,7 +107,8 @@ class ModelConfig:
     hcam_cross_episode: bool = False
     """HCAM: keep the memory across episode starts (only the chunk being filled is dropped); false = clear it."""
     separate_intrinsic_value: bool = False
-    """Add a second value head for intrinsic rewards."""
+    """Add a second value head for intrinsic rewards (the architecture: learner, actors and evaluation build it);
+    it is trained with bonus.value_heads=2, and the two must agree."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -185,7 +186,9 @@ class LearnerConfig:
     device: str = "auto"
     """'auto' = cuda when available, else cpu."""
     checkpoint_every: int = 500
-    """Learner updates between checkpoints (0 = only at the end)."""
+    """Learner updates between checkpoints (0 = only at the end). The Ray runtime also writes one as the run starts,
+    and restarts a dead learner from the latest: with 0 that is the start of the run (all updates lost, with a
+    warning)."""
     threads: int = 1
     """torch intra-op threads on a CPU learner."""
     num_cpus: float = 1.0
@@ -269,6 +272,20 @@ class BonusConfig:
     count_shards: int = 1
     """Global counts on the Ray runtime: count-table actors, keys routed by hash (one is plenty below ~100
     actors)."""
+    value_heads: int = 1
+    """1 = one value head on r_ext + r_int (the E3B code); 2 = separate extrinsic and intrinsic value heads
+    (RND, Burda et al. 2018 §2.3): V-trace runs once per head over the same importance ratios and the policy
+    gradient uses A_ext + intrinsic_adv_coef * A_int (distrl.learners.vtrace). Needs a bonus, and the model's
+    second head: model.separate_intrinsic_value=true (the architecture, which the actors build too)."""
+    intrinsic_gamma: float = 0.99
+    """value_heads=2: discount of the intrinsic return (RND's gamma_I = 0.99)."""
+    intrinsic_episodic: bool = True
+    """value_heads=2: true = the intrinsic return ends with the episode (E3B's bonus resets there); false = it
+    runs on across episode ends (RND's non-episodic intrinsic return), cut only where the env stream itself
+    breaks (a faulted env step)."""
+    intrinsic_adv_coef: float = 1.0
+    """value_heads=2: weight of the intrinsic advantage in A_ext + c * A_int (1 = what one head on the summed
+    reward would use; RND's 2:1 extrinsic:intrinsic weighting is 0.5)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -317,10 +334,22 @@ class RuntimeConfig:
     """Run directory name under run_dir ('' = generated)."""
     seed: int = 0
     actor_restarts: int = 3
-    """Times the runtime restarts a dead env actor (or a dead replay shard) before failing the run."""
+    """Times the runtime restarts a dead env actor (per actor id) before failing the run."""
+    shard_restarts: int = 3
+    """Ray runtime: times the runtime restarts a dead replay shard (per shard id, from its last checkpoint)
+    before failing the run with an error naming the shard."""
     actor_stuck_timeout_s: float = 300.0
     """Ray runtime: an env actor whose loop has been inside one step (env step + policy) for this long is taken
     for hung (a stuck env), killed and restarted like a dead one (0 = never)."""
+    learner_restarts: int = 3
+    """Ray runtime: times the runtime restarts a learner (by rank) that died, hung or raised, from the last
+    learner checkpoint, before failing the run with an error naming it. With several learners the group re-forms
+    (a new torch.distributed process group) and every learner goes back to that checkpoint."""
+    learner_stuck_timeout_s: float = 300.0
+    """Ray runtime: a learner whose training call (about half a second of updates) has not returned for this long
+    is taken for hung, killed and restarted like a dead one (0 = never). With several learners it also bounds the
+    torch.distributed collectives: an all-reduce waits at most half of it for a peer, then fails, so the
+    survivors of a dead or hung peer return and re-form the group (0: torch's default, 30 minutes)."""
     placement_timeout_s: float = 600.0
     """Ray runtime: fail when learners or env actors are still unplaced (too few CPUs/GPUs in the cluster) after
     this many seconds (0 = wait for ever, e.g. for an autoscaler to add nodes)."""
@@ -475,6 +504,16 @@ class ExperimentConfig:
             (b.e3b_lr > 0, "bonus.e3b_lr must be > 0"),
             (b.e3b_dim >= 0, "bonus.e3b_dim must be >= 0 (0 = model.hidden_size)"),
             (b.e3b_resym_every >= 0, "bonus.e3b_resym_every must be >= 0 (0 = never)"),
+            (b.value_heads in (1, 2), f"bonus.value_heads must be 1 or 2, got {b.value_heads}"),
+            (b.value_heads == 1 or on,
+             "bonus.value_heads=2 trains an intrinsic value head on the exploration bonus, but no bonus is on "
+             "(set bonus.episodic or bonus.glob)"),
+            (self.model.separate_intrinsic_value == (b.value_heads == 2),
+             f"bonus.value_heads={b.value_heads} and model.separate_intrinsic_value="
+             f"{str(self.model.separate_intrinsic_value).lower()} disagree: the intrinsic value head is trained only "
+             "with bonus.value_heads=2, and that needs the model to have it (set both, or neither)"),
+            (0.0 <= b.intrinsic_gamma <= 1.0, "bonus.intrinsic_gamma must be in [0, 1]"),
+            (b.intrinsic_adv_coef >= 0, "bonus.intrinsic_adv_coef must be >= 0"),
             (self.env.num_levels >= 0, "env.num_levels must be >= 0 (0 = a new level every episode)"),
             (b.glob != "count" or not self.env.observation_keys
              or self._count_key_obs() in (None, *self.env.observation_keys),
@@ -507,6 +546,8 @@ class ExperimentConfig:
             "actor.weight_sync_every": (1, False), "actor.threads": (1, False),
             "runtime.num_cpus": (0, False), "runtime.max_wall_time_s": (0, False), "runtime.seed": (0, False),
             "runtime.actor_restarts": (0, False), "runtime.actor_stuck_timeout_s": (0, False),
+            "runtime.shard_restarts": (0, False),
+            "runtime.learner_restarts": (0, False), "runtime.learner_stuck_timeout_s": (0, False),
             "logging.log_every_s": (0, False),
         }
         out: list[tuple[bool, str]] = []

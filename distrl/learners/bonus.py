@@ -12,14 +12,20 @@ Switched on by the bonus section alone (``bonus.episodic`` or ``bonus.glob`` not
 2. combines them (:func:`~distrl.bonuses.combine.combine_bonus`: ``mult`` = ``b_ep(s_t) * b_glob(s_{t+1})``, the
    E3B code's alignment, or ``add``);
 3. divides by the running std of the combined bonus (``bonus.normalize=int``: moments of every valid step since
-   the start, merged across learners), times ``bonus.coef``. The learner adds it to the extrinsic reward and
-   clips (:func:`distrl.learners.vtrace.learning_rewards`).
+   the start, merged across learners), times ``bonus.coef``;
+4. with ``bonus.value_heads=1`` (default) hands it to the learner, which adds it to the extrinsic reward and
+   clips the sum (:func:`distrl.learners.vtrace.learning_rewards`): one value head learns the summed return.
+   With ``bonus.value_heads=2`` it returns it as the intrinsic :class:`~distrl.learners.vtrace.ValueStream`
+   instead (:func:`~distrl.learners.vtrace.intrinsic_stream`: clipped on its own at ``learner.reward_clip``,
+   discounted by ``bonus.intrinsic_gamma``, cut at episode ends unless ``bonus.intrinsic_episodic=false``,
+   trained on the agent's intrinsic head, advantage weighted by ``bonus.intrinsic_adv_coef``).
 
 So a sequence replayed later gets the global bonus of the predictor and counts as they are then. Its
 ``state_dict`` holds the RND networks (the frozen ones too) and the normaliser; the count table is the
 runtime's (checkpointed beside the learner). Metrics under ``extras/bonus/``: means and percentiles of the
 episodic, global, combined and final intrinsic reward, the RND loss, the running std and the intrinsic share of
-the pre-clip reward. Extrinsic and intrinsic rewards share the one value head (V-trace on their sum).
+the pre-clip reward; the learner logs the heads' losses (``learner/value_loss_ext``, ``learner/value_loss_int``)
+when there are two.
 
 Usage::
 
@@ -44,6 +50,7 @@ from distrl.bonuses.keys import state_keys
 from distrl.config import ConfigError, ExperimentConfig
 from distrl.envs.base import EnvSpec
 from distrl.learners.extras import LearnerBatch, LearnerExtra, register_extra
+from distrl.learners.vtrace import ValueStream, intrinsic_stream
 from distrl.models.encoders import build_encoder
 
 _QUANTILES = (0.5, 0.9, 0.99)
@@ -59,6 +66,7 @@ class BonusExtra(LearnerExtra):
         if b.episodic == "none" and b.glob == "none":
             raise ConfigError("learner extra 'bonus': bonus.episodic and bonus.glob are both none; nothing to do")
         self.bcfg = b
+        self.reward_clip = cfg.learner.reward_clip
         self.rnd: RND | None = None
         if b.glob in ("rnd", "noveld"):
             self.rnd = RND(build_encoder(cfg.model, spec), hidden=b.rnd_hidden, power=b.rnd_power, on=b.rnd_on)
@@ -106,6 +114,25 @@ class BonusExtra(LearnerExtra):
         return self.rnd.bonus_from(self._rnd_err, noveld_scale=b.noveld_scale if b.glob == "noveld" else 0.0)
 
     def intrinsic_reward(self, batch: LearnerBatch) -> Tensor | None:
+        """The intrinsic reward added to the extrinsic one (one value head), or None with two heads."""
+        return self.bonus(batch) if self.bcfg.value_heads == 1 else None
+
+    def value_stream(self, batch: LearnerBatch) -> ValueStream | None:
+        """With ``bonus.value_heads=2``: the intrinsic reward as the intrinsic head's stream."""
+        b = self.bcfg
+        if b.value_heads == 1:
+            return None
+        if batch.out.value_int is None:
+            raise RuntimeError("learner extra 'bonus': bonus.value_heads=2 but the agent has no intrinsic value head "
+                               "(model.separate_intrinsic_value=true builds it)")
+        traj = batch.traj
+        return intrinsic_stream(self.bonus(batch), batch.out.value_int, traj.terminated, traj.truncated, batch.valid,
+                                b.intrinsic_gamma, episodic=b.intrinsic_episodic, clip=self.reward_clip,
+                                adv_coef=b.intrinsic_adv_coef)
+
+    def bonus(self, batch: LearnerBatch) -> Tensor:
+        """``[T, B]`` intrinsic reward of the batch (combined, normalised, times ``bonus.coef``; 0 on invalid
+        steps), no gradient; records this batch's bonus metrics and updates the running moments."""
         b = self.bcfg
         traj, valid = batch.traj, batch.valid
         episodic = traj.episodic_bonus.to(torch.float32) if b.episodic != "none" else None

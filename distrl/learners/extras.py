@@ -10,8 +10,8 @@ To add one: subclass :class:`LearnerExtra` in a new module and add a line to :da
 
 * builds it with ``factory(cfg, spec, agent)``, moves it to its device, adds :meth:`LearnerExtra.param_groups`
   to its optimizer (so the optimizer's checkpoint covers them) and all-reduces its gradients between replicas;
-* on every update calls :meth:`~LearnerExtra.intrinsic_reward` and :meth:`~LearnerExtra.policy_weight` before
-  the V-trace loss and adds :meth:`~LearnerExtra.loss` to it;
+* on every update calls :meth:`~LearnerExtra.intrinsic_reward`, :meth:`~LearnerExtra.value_stream` and
+  :meth:`~LearnerExtra.policy_weight` before the V-trace loss and adds :meth:`~LearnerExtra.loss` to it;
 * saves :meth:`state_dict` under ``checkpoint["extras"][name]`` and loads it back on ``--resume``;
 * publishes :meth:`~LearnerExtra.actor_weights` in :class:`~distrl.types.PolicyWeights` ``.extras[name]``.
 
@@ -42,6 +42,7 @@ from distrl.config import ConfigError, ExperimentConfig
 from distrl.envs.base import EnvSpec
 
 if TYPE_CHECKING:
+    from distrl.learners.vtrace import ValueStream
     from distrl.models.agent import Agent, AgentOut
     from distrl.types import Trajectory
 
@@ -79,6 +80,13 @@ class LearnerExtra(nn.Module):
 
     def intrinsic_reward(self, batch: LearnerBatch) -> Tensor | None:
         """``[T, B]`` reward added to the extrinsic one before clipping (no gradient), or None."""
+        return None
+
+    def value_stream(self, batch: LearnerBatch) -> ValueStream | None:
+        """A reward stream trained on a value head of its own (:class:`~distrl.learners.vtrace.ValueStream`:
+        rewards, discounts, the head's values from ``batch.out``, advantage coefficient), instead of adding to
+        the extrinsic reward; or None. The ``bonus`` extra returns the intrinsic stream with
+        ``bonus.value_heads=2``. At most one extra may claim a given stream name."""
         return None
 
     def policy_weight(self, batch: LearnerBatch) -> Tensor | None:

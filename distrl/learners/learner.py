@@ -5,7 +5,10 @@ A plain class: it receives a :class:`~distrl.types.ReplaySample`, takes one opti
 moves data in and out. :meth:`Learner.step` composes pure pieces: the agent's unroll (burn-in under no_grad),
 :mod:`distrl.learners.vtrace` (rewards, per-step weights, the V-trace loss) and the learner extras
 (:mod:`distrl.learners.extras`: auxiliary modules with their own losses, optimizer groups, checkpoint entries
-and actor weights), so a new loss term or weighting is a new extra, not an edit here.
+and actor weights), so a new loss term or weighting is a new extra, not an edit here. An extra's reward goes
+into the extrinsic reward (``intrinsic_reward``) or, with a value head of its own, comes back as a
+:class:`~distrl.learners.vtrace.ValueStream` (``value_stream``: the ``bonus`` extra's intrinsic stream with
+``bonus.value_heads=2``), which V-trace handles beside the extrinsic head.
 
 Several learners run data-parallel when ``torch.distributed`` is initialised (gloo on CPU, NCCL on GPU):
 gradients (the agent's and the extras') are all-reduced (averaged) before the optimiser step, so replicas stay
@@ -41,9 +44,9 @@ from torch import Tensor
 from distrl.config import ConfigError, ExperimentConfig, to_plain
 from distrl.envs.base import EnvSpec
 from distrl.learners.extras import LearnerBatch, LearnerExtra, build_extras
-from distrl.learners.vtrace import learning_rewards, step_discounts, step_weights, vtrace_loss
+from distrl.learners.vtrace import HeadLoss, ValueStream, learning_rewards, step_discounts, step_weights, vtrace_loss
 from distrl.losses.pg import entropy, kl_categorical, trust_region_mask
-from distrl.models.agent import Agent, build_agent
+from distrl.models.agent import Agent, build_agent, value_heads_in
 from distrl.replay.checkpoint import CheckpointError
 from distrl.replay.priorities import sequence_priority
 from distrl.storage import atomic_write
@@ -62,7 +65,7 @@ class LearnerOutput:
     metrics: dict[str, float]
     keys: Tensor  # [B] int64, replay keys of the rows trained on
     shard_ids: Tensor  # [B] int64
-    priorities: np.ndarray  # [B] float64: new sequence priorities (eta-mixed |v_s - V|)
+    priorities: np.ndarray  # [B] float64: new sequence priorities (eta-mixed |v_s - V|, V summed over heads)
     version: int  # learner version after this step
     env_steps: int  # env steps in this batch (post-burn-in steps of fresh rows: the "consumed" count)
 
@@ -143,6 +146,7 @@ class Learner:
                              prior=None if sample.prior is None else sample.prior.to(self.device))
 
         intrinsic = _combine((e.intrinsic_reward(batch) for e in self.extras.values()), operator.add)
+        streams = self._value_streams(batch)  # value heads beside the extrinsic one (bonus.value_heads=2)
         pg_extra = _combine((e.policy_weight(batch) for e in self.extras.values()), operator.mul)
         rewards = learning_rewards(part.reward, part.truncated, part.truncation_value, lcfg.discount,
                                    clip=lcfg.reward_clip, intrinsic=intrinsic)
@@ -153,7 +157,8 @@ class Learner:
             # LASER-style trust region: replayed steps whose behaviour policy is too far from pi carry no PG.
             trusted = trust_region_mask(mu_logits, logits.detach(), lcfg.kl_trust_region) | fresh[None, :]
         weights = step_weights(is_w, valid, trusted=trusted, extra=pg_extra)
-        vl = vtrace_loss(logits, values, out.value[-1], mu_logits, part.action, rewards, discounts, weights, lcfg)
+        vl = vtrace_loss(logits, values, out.value[-1], mu_logits, part.action, rewards, discounts, weights, lcfg,
+                         streams=streams)
 
         loss = vl.loss
         extra_metrics: dict[str, float] = {}
@@ -174,7 +179,9 @@ class Learner:
         self.optimizer.step()
         self.version += 1
 
-        prios = sequence_priority((vl.vs - values.detach()).abs(), valid, cfg.replay.priority_eta)
+        # With several heads the priority is the TD error of their summed value on the summed reward (what one
+        # head would see; ALGORITHMS.md §5.5), not the sum of the heads' absolute errors.
+        prios = sequence_priority(vl.td_error.abs(), valid, cfg.replay.priority_eta)
         consumed = int(valid[:, fresh].sum()) if bool(fresh.any()) else 0
         self.env_steps += consumed
         self.samples_trained += B
@@ -198,6 +205,7 @@ class Learner:
             "learner/is_weight_mean": float(is_w.mean()),
             "learner/step_time_s": time.perf_counter() - t0,
             "learner/version": float(self.version),
+            **_head_metrics(vl.heads, mask, n_valid),
             **extra_metrics,
         }
         return LearnerOutput(
@@ -208,6 +216,20 @@ class Learner:
             version=self.version,
             env_steps=consumed,
         )
+
+    def _value_streams(self, batch: LearnerBatch) -> tuple[ValueStream, ...]:
+        """The extras' value streams, one per extra value head of the agent (names unique)."""
+        streams = tuple(s for e in self.extras.values() if (s := e.value_stream(batch)) is not None)
+        names = [s.name for s in streams]
+        if len(set(names)) != len(names) or "ext" in names:
+            raise RuntimeError(f"learner extras returned value streams {names}: each name at most once, not 'ext'")
+        if self.agent.value_heads != 1 + len(streams):
+            raise RuntimeError(
+                f"the agent has {self.agent.value_heads} value heads but the extras returned {len(streams)} value "
+                f"stream(s) {names} beside the extrinsic one (bonus.value_heads and model.separate_intrinsic_value "
+                "must agree; ExperimentConfig.validate() checks it)"
+            )
+        return streams
 
     # ---- data parallel ------------------------------------------------------------------------------------------
     def _trained_modules(self) -> list[torch.nn.Module]:
@@ -267,6 +289,14 @@ class Learner:
         if state.get("schema") != CHECKPOINT_SCHEMA:
             raise LearnerCheckpointError(
                 f"{source}: checkpoint schema {state.get('schema')!r}, expected {CHECKPOINT_SCHEMA}"
+            )
+        model = state.get("model")
+        if isinstance(model, dict) and value_heads_in(model) != self.agent.value_heads:
+            raise ConfigError(
+                f"{source}: the checkpoint's model has {value_heads_in(model)} value head(s), this config "
+                f"{self.agent.value_heads} (bonus.value_heads with model.separate_intrinsic_value); a model "
+                "trained with separate extrinsic and intrinsic value heads resumes only with bonus.value_heads=2 "
+                "and model.separate_intrinsic_value=true, and a one-head model only with the defaults"
             )
         if state.get("fingerprint") != self.cfg.fingerprint():
             raise ConfigError(
@@ -339,6 +369,18 @@ def _after_burn_in(traj: Trajectory, burn: int, state: CoreState) -> Trajectory:
     leaves = {k: (v[burn:] if Trajectory.is_time_leaf(k) else v) for k, v in traj.flatten().items()
               if not k.startswith("core_state/")}
     return Trajectory.unflatten({**leaves, **{f"core_state/{k}": v for k, v in state.items()}})
+
+
+def _head_metrics(heads: tuple[HeadLoss, ...], mask: Tensor, n_valid: float) -> dict[str, float]:
+    """``learner/value_loss_<name>`` for every head, and the extra heads' value and target means, when there is
+    more than one value head (one head: nothing; ``learner/baseline_loss`` says it all)."""
+    if len(heads) < 2:
+        return {}
+    m = {f"learner/value_loss_{h.name}": float(h.baseline_loss) for h in heads}
+    for h in heads[1:]:
+        m[f"learner/value_{h.name}_mean"] = _masked_mean(h.values, mask, n_valid)
+        m[f"learner/vs_{h.name}_mean"] = _masked_mean(h.vs, mask, n_valid)
+    return m
 
 
 def _combine(values: Iterable[Tensor | None], op: Callable[[Tensor, Tensor], Tensor]) -> Tensor | None:

@@ -8,8 +8,14 @@ Each function takes tensors and returns tensors (or a small frozen dataclass of 
    plus the truncation bootstrap; and :func:`step_discounts`.
 2. :func:`step_weights`: per-step weights of the three loss terms: IS weight × validity mask for all three,
    × the KL trust mask × any extra weighting (for example a duration weight) for the policy-gradient term.
-3. :func:`vtrace_loss`: V-trace targets (:func:`~distrl.losses.vtrace.vtrace_from_logits`) and the weighted
+3. :func:`vtrace_loss`: V-trace targets (:func:`~distrl.losses.vtrace.vtrace_streams`) and the weighted
    policy-gradient, baseline and entropy terms (:mod:`distrl.losses.pg`).
+
+Value heads beyond the extrinsic one (``bonus.value_heads=2``: an intrinsic head, RND-style) come in as
+:class:`ValueStream` s, each with its own rewards and discounts (:func:`intrinsic_stream` builds the intrinsic
+one); :func:`vtrace_loss` runs V-trace once per head over the same importance ratios, sums the heads' advantages
+(``A_ext + c * A_int``) into the one policy gradient and the heads' baseline losses into one. With no extra
+stream it is the one-head loss, bit for bit.
 
 Usage::
 
@@ -23,14 +29,15 @@ Usage::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from distrl.config import LearnerConfig
-from distrl.losses.pg import baseline_loss, entropy_loss, policy_gradient_loss
-from distrl.losses.vtrace import vtrace_from_logits
+from distrl.losses.pg import action_log_probs, baseline_loss, entropy_loss, policy_gradient_loss
+from distrl.losses.vtrace import vtrace_streams
 
 
 def learning_rewards(
@@ -64,6 +71,61 @@ def step_discounts(terminated: Tensor, truncated: Tensor, discount: float) -> Te
     """``[T, B]`` float32: ``γ`` on steps that did not end an episode, 0 where step t terminated or was
     truncated (V-trace's recursion then never crosses an episode boundary)."""
     return discount * (~(terminated.to(torch.bool) | truncated.to(torch.bool))).to(torch.float32)
+
+
+@dataclass(frozen=True)
+class ValueStream:
+    """A reward stream with a value head of its own, beside the extrinsic one (learner extras return it from
+    :meth:`~distrl.learners.extras.LearnerExtra.value_stream`). Its V-trace uses the batch's importance ratios;
+    its advantage enters the policy gradient times ``adv_coef``; its baseline loss is added to the extrinsic
+    head's (both times ``learner.baseline_cost``). Metrics name it ``learner/value_loss_<name>``."""
+
+    name: str
+    rewards: Tensor  # [T, B] float32: what the head's return sums (clipped, with any bootstrap term)
+    discounts: Tensor  # [T, B] float32: the head's gamma, 0 where its return is cut
+    values: Tensor  # [T + 1, B]: the head's values along the unroll (gradient flows); the last row bootstraps
+    adv_coef: float = 1.0
+
+
+def intrinsic_stream(
+    intrinsic: Tensor,
+    values: Tensor,
+    terminated: Tensor,
+    truncated: Tensor,
+    valid: Tensor,
+    gamma: float,
+    episodic: bool = True,
+    clip: float = 0.0,
+    adv_coef: float = 1.0,
+) -> ValueStream:
+    """The intrinsic head's stream (``bonus.value_heads=2``), all ``[T, B]`` except ``values`` ``[T + 1, B]``.
+
+    * Rewards: ``intrinsic`` clipped to ``±clip`` on its own (``learner.reward_clip``; ``<= 0`` = no clip), as
+      the extrinsic reward is: with two heads neither reward's clip sees the other.
+    * ``episodic=True`` (E3B, whose bonus resets with the episode): the return is cut at every episode end,
+      terminated or truncated. A time limit cuts it too, with no bootstrap: the actors record the extrinsic
+      head's value of a cut episode's final observation only, and an episodic bonus does end with its episode.
+    * ``episodic=False`` (RND's non-episodic intrinsic return): episode ends do not cut it; the return runs on
+      into the next episode's first observation (``obs[t + 1]``, whose core state was reset).
+    * Either way, a step whose transition is not real (``valid`` False: a faulted env, padding) breaks the
+      stream: its reward is replaced by the head's own ``V(x_t)`` (detached) and its discount by 0, so
+      ``delta_t = 0`` and the steps before it bootstrap from the last observation the stream really reached.
+    """
+    for name, x in (("terminated", terminated), ("truncated", truncated), ("valid", valid)):
+        if x.shape != intrinsic.shape:
+            raise ValueError(f"intrinsic_stream: {name} {list(x.shape)} must match intrinsic "
+                             f"{list(intrinsic.shape)} [T, B]")
+    if values.shape != (intrinsic.shape[0] + 1, *intrinsic.shape[1:]):
+        raise ValueError(f"intrinsic_stream: values must be [T + 1, B] = [{intrinsic.shape[0] + 1}, "
+                         f"{intrinsic.shape[1]}], got {list(values.shape)}")
+    r = intrinsic.detach().to(torch.float32)
+    if clip > 0:
+        r = r.clamp(-clip, clip)
+    broken = ~valid.to(torch.bool)
+    r = torch.where(broken, values[:-1].detach().to(torch.float32), r)
+    cut = broken | terminated.to(torch.bool) | truncated.to(torch.bool) if episodic else broken
+    return ValueStream(name="int", rewards=r, discounts=gamma * (~cut).to(torch.float32), values=values,
+                       adv_coef=adv_coef)
 
 
 @dataclass(frozen=True)
@@ -107,15 +169,28 @@ def step_weights(
 
 
 @dataclass(frozen=True)
+class HeadLoss:
+    """One value head's part of :class:`VTraceLoss` (no gradient)."""
+
+    name: str  # "ext", or the ValueStream's name
+    baseline_loss: Tensor  # scalar, before baseline_cost
+    vs: Tensor  # [T, B] the head's V-trace targets
+    values: Tensor  # [T, B] the head's V(x_t)
+    pg_advantages: Tensor  # [T, B] the head's own advantage (before its coefficient)
+
+
+@dataclass(frozen=True)
 class VTraceLoss:
     """The loss and what the learner logs and turns into priorities. ``loss`` has a gradient; the rest not."""
 
     loss: Tensor  # scalar: pg + baseline_cost · baseline + entropy_cost · entropy
     policy_loss: Tensor  # scalar
-    baseline_loss: Tensor  # scalar
+    baseline_loss: Tensor  # scalar, summed over the value heads
     entropy_loss: Tensor  # scalar
-    vs: Tensor  # [T, B] V-trace value targets
+    vs: Tensor  # [T, B] V-trace value targets of the extrinsic head
     log_rhos: Tensor  # [T, B] log π(a|x) − log μ(a|x)
+    td_error: Tensor  # [T, B] sum over heads of v_s − V(x_s): the TD error of the combined value (priorities)
+    heads: tuple[HeadLoss, ...]  # the extrinsic head first, then one per ValueStream
 
 
 def vtrace_loss(
@@ -128,29 +203,53 @@ def vtrace_loss(
     discounts: Tensor,
     weights: StepWeights,
     cfg: LearnerConfig,
+    streams: Sequence[ValueStream] = (),
 ) -> VTraceLoss:
     """IMPALA's loss on one batch: V-trace targets from μ (``behaviour_logits``) and π (``logits``), then
     ``pg + baseline_cost · ½(v_s − V)² − entropy_cost · H(π)``, each term weighted per step by ``weights`` and
     reduced as :mod:`distrl.losses.pg` says (sum over time, mean over sequences).
 
+    ``streams``: further value heads (:class:`ValueStream`). Each gets V-trace over the same ratios; the policy
+    gradient uses ``A_ext + sum_k adv_coef_k · A_k`` and the baseline term sums the heads' losses.
+
     Shapes: ``logits``, ``behaviour_logits`` ``[T, B, A]``; ``values``, ``actions``, ``rewards``, ``discounts``
-    ``[T, B]``; ``bootstrap_value`` ``[B]``. Gradients flow into ``logits`` and ``values`` only.
+    ``[T, B]``; ``bootstrap_value`` ``[B]``. Gradients flow into ``logits``, ``values`` and the streams'
+    ``values`` only.
     """
-    vt = vtrace_from_logits(
-        behaviour_logits=behaviour_logits,
-        target_logits=logits.detach(),
-        actions=actions,
-        discounts=discounts,
-        rewards=rewards,
-        values=values.detach(),
-        bootstrap_value=bootstrap_value.detach(),
+    if behaviour_logits.shape != logits.shape:
+        raise ValueError(f"vtrace: behaviour_logits {list(behaviour_logits.shape)} and target_logits "
+                         f"{list(logits.shape)} must both be [T, B, A]")
+    log_rhos = (action_log_probs(logits.detach(), actions) - action_log_probs(behaviour_logits, actions)).detach()
+    for s in streams:
+        if s.values.shape != (values.shape[0] + 1, *values.shape[1:]):
+            raise ValueError(f"vtrace_loss: stream {s.name!r} values must be [T + 1, B] = "
+                             f"[{values.shape[0] + 1}, {values.shape[1]}], got {list(s.values.shape)}")
+    head_values = [values, *(s.values[:-1] for s in streams)]
+    vt = vtrace_streams(
+        log_rhos,
+        discounts=[discounts, *(s.discounts for s in streams)],
+        rewards=[rewards, *(s.rewards for s in streams)],
+        values=[v.detach() for v in head_values],
+        bootstrap_values=[bootstrap_value.detach(), *(s.values[-1].detach() for s in streams)],
+        adv_coefs=[1.0, *(s.adv_coef for s in streams)],
         clip_rho=cfg.clip_rho,
         clip_c=cfg.clip_c,
         clip_pg_rho=cfg.clip_pg_rho,
     )
     pg = policy_gradient_loss(logits, actions, vt.pg_advantages, mask=weights.policy)
-    bl = baseline_loss(vt.vs, values, mask=weights.value)
+    head_bl = [baseline_loss(h.vs, v, mask=weights.value) for h, v in zip(vt.streams, head_values)]
+    bl = head_bl[0]
+    for b in head_bl[1:]:
+        bl = bl + b
     ent = entropy_loss(logits, mask=weights.value)
     loss = pg + cfg.baseline_cost * bl + cfg.entropy_cost * ent
+    names = ["ext", *(s.name for s in streams)]
+    heads = tuple(
+        HeadLoss(name=n, baseline_loss=b.detach(), vs=h.vs, values=v.detach(), pg_advantages=h.pg_advantages)
+        for n, b, h, v in zip(names, head_bl, vt.streams, head_values)
+    )
+    td = heads[0].vs - heads[0].values
+    for h in heads[1:]:
+        td = td + (h.vs - h.values)
     return VTraceLoss(loss=loss, policy_loss=pg.detach(), baseline_loss=bl.detach(), entropy_loss=ent.detach(),
-                      vs=vt.vs, log_rhos=vt.log_rhos)
+                      vs=vt.streams[0].vs, log_rhos=log_rhos, td_error=td, heads=heads)

@@ -9,11 +9,19 @@ from distrl.losses.pg import (
     policy_gradient_loss,
     trust_region_mask,
 )
-from distrl.losses.vtrace import VTraceFromLogitsOut, VTraceOut, vtrace_from_logits, vtrace_targets
+from distrl.losses.vtrace import (
+    VTraceFromLogitsOut,
+    VTraceOut,
+    VTraceStreamsOut,
+    vtrace_from_logits,
+    vtrace_streams,
+    vtrace_targets,
+)
 
 __all__ = [
     "VTraceFromLogitsOut",
     "VTraceOut",
+    "VTraceStreamsOut",
     "action_log_probs",
     "baseline_loss",
     "entropy",
@@ -22,5 +30,6 @@ __all__ = [
     "policy_gradient_loss",
     "trust_region_mask",
     "vtrace_from_logits",
+    "vtrace_streams",
     "vtrace_targets",
 ]

@@ -5,6 +5,10 @@ All inputs are time-major ``[T, B]`` (``bootstrap_value`` is ``[B]``). Episode e
 ``discounts`` (``gamma * (1 - terminated)``), as in TorchBeast: the recursion below then never crosses an
 episode boundary.
 
+Several value heads (extrinsic and intrinsic, RND's two-head form) share one set of importance ratios:
+:func:`vtrace_streams` runs the targets once per head and sums the heads' policy-gradient advantages with
+their coefficients.
+
 Usage::
 
     vt = vtrace_from_logits(behaviour_logits, out.logits, actions, discounts, rewards, out.value, bootstrap)
@@ -14,6 +18,7 @@ Usage::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -143,3 +148,57 @@ def vtrace_from_logits(
         behaviour_action_log_probs=behaviour_lp.detach(),
         target_action_log_probs=target_lp,
     )
+
+
+@dataclass(frozen=True)
+class VTraceStreamsOut:
+    """:func:`vtrace_streams` outputs, no gradient."""
+
+    streams: tuple[VTraceOut, ...]  # per value head: vs [T, B] and that head's own advantages [T, B]
+    pg_advantages: Tensor  # [T, B] sum_k adv_coefs[k] * streams[k].pg_advantages
+
+
+@torch.no_grad()
+def vtrace_streams(
+    log_rhos: Tensor,
+    discounts: Sequence[Tensor],
+    rewards: Sequence[Tensor],
+    values: Sequence[Tensor],
+    bootstrap_values: Sequence[Tensor],
+    adv_coefs: Sequence[float],
+    clip_rho: float | None = 1.0,
+    clip_c: float | None = 1.0,
+    clip_pg_rho: float | None = 1.0,
+) -> VTraceStreamsOut:
+    r"""V-trace for K value heads over the same importance ratios (one behaviour and one target policy).
+
+    Head k has its own rewards, discounts (its own gamma and episode cuts), values and bootstrap; each gets
+    :func:`vtrace_targets`, and the policy gradient uses :math:`A_s = \sum_k c_k A^{(k)}_s` (RND, Burda et al.
+    2018 §2.3: separate extrinsic and intrinsic value heads fitted to their own returns and combined; RND
+    weights them :math:`c_E=2, c_I=1`, as recalled). Since :math:`A^{(k)}` is linear in the head's rewards and
+    values, K heads with a common discount and :math:`c_k=1` give the same advantage as one head on the summed
+    reward and summed values.
+
+    Args:
+        log_rhos: ``[T, B]`` log pi(a_t) - log mu(a_t), shared by all heads.
+        discounts, rewards, values: K tensors ``[T, B]`` each; bootstrap_values: K tensors ``[B]``.
+        adv_coefs: K floats c_k (a coefficient of exactly 1 is not multiplied in, so one head with c = 1 is
+            :func:`vtrace_targets` bit for bit).
+        clip_rho, clip_c, clip_pg_rho: as in :func:`vtrace_targets`.
+    """
+    k = len(discounts)
+    if k < 1 or not (len(rewards) == len(values) == len(bootstrap_values) == len(adv_coefs) == k):
+        raise ValueError(
+            f"vtrace_streams: need K >= 1 heads with one of each input, got {k} discounts, {len(rewards)} rewards, "
+            f"{len(values)} values, {len(bootstrap_values)} bootstrap values, {len(adv_coefs)} coefficients"
+        )
+    outs = tuple(
+        vtrace_targets(log_rhos, d, r, v, b, clip_rho, clip_c, clip_pg_rho)
+        for d, r, v, b in zip(discounts, rewards, values, bootstrap_values)
+    )
+    adv: Tensor | None = None
+    for out, c in zip(outs, adv_coefs):
+        a = out.pg_advantages if c == 1.0 else c * out.pg_advantages
+        adv = a if adv is None else adv + a
+    assert adv is not None
+    return VTraceStreamsOut(streams=outs, pg_advantages=adv)

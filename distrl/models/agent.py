@@ -39,7 +39,7 @@ class AgentOut:
 
     logits: Tensor  # [T, B, A]
     value: Tensor  # [T, B]: extrinsic value, or the total when there is no separate intrinsic head
-    value_int: Tensor | None  # [T, B] when cfg.separate_intrinsic_value
+    value_int: Tensor | None  # [T, B] when cfg.separate_intrinsic_value (bonus.value_heads=2)
     state: CoreState  # each [B, ...]: core state after the last step
 
 
@@ -83,6 +83,24 @@ class Agent(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+    @property
+    def value_heads(self) -> int:
+        """1, or 2 with the separate intrinsic value head (``model.separate_intrinsic_value``)."""
+        return self.heads.value_heads
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """``nn.Module.load_state_dict``, with weights of another number of value heads refused by name first
+        (torch's own error would list the intrinsic head's keys as missing or unexpected)."""
+        got = value_heads_in(state_dict)
+        if strict and got != self.value_heads:
+            raise ValueError(
+                f"Agent.load_state_dict: the weights have {got} value head(s), this agent {self.value_heads}: a "
+                "model trained with separate extrinsic and intrinsic value heads loads only into a config with "
+                "bonus.value_heads=2 and model.separate_intrinsic_value=true, a one-head model only into one "
+                "without"
+            )
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     # ---- state ---------------------------------------------------------------------------------------------
     def initial_state(self, batch: int, device: torch.device | str = "cpu") -> CoreState:
@@ -175,6 +193,13 @@ def sample_categorical(logits: Tensor) -> Tensor:
     e = torch.empty(logits.shape, dtype=torch.float32, device=logits.device).exponential_()
     e.clamp_(min=torch.finfo(torch.float32).tiny)
     return (logits.float() - e.log()).argmax(dim=-1)
+
+
+def value_heads_in(state_dict: Mapping[str, Any]) -> int:
+    """Value heads (1 or 2) of the model whose :meth:`Agent.state_dict` this is: 2 when it holds the
+    intrinsic head's weights."""
+    prefix = "heads." + PolicyValueHeads.INTRINSIC_PREFIX
+    return 2 if any(str(k).startswith(prefix) for k in state_dict) else 1
 
 
 def build_agent(cfg: ModelConfig, spec: EnvSpecLike) -> Agent:

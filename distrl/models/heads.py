@@ -40,7 +40,12 @@ class ValueHead(nn.Module):
 
 
 class PolicyValueHeads(nn.Module):
-    """Policy + value (+ intrinsic value, Agent57-style separate heads sharing the torso) on one feature."""
+    """Policy + value (+ intrinsic value: separate extrinsic and intrinsic value heads sharing the torso, as RND
+    fits them; trained with ``bonus.value_heads=2``) on one feature. ``value`` is the extrinsic head (the one
+    acting reads, for truncation bootstraps); ``value_int`` is read by the learner only."""
+
+    INTRINSIC_PREFIX = "value_int."
+    """State-dict prefix of the intrinsic head's parameters (within this module)."""
 
     def __init__(self, in_dim: int, num_actions: int, separate_intrinsic_value: bool = False) -> None:
         super().__init__()
@@ -49,6 +54,11 @@ class PolicyValueHeads(nn.Module):
         self.policy = PolicyHead(in_dim, num_actions)
         self.value = ValueHead(in_dim)
         self.value_int = ValueHead(in_dim) if separate_intrinsic_value else None
+
+    @property
+    def value_heads(self) -> int:
+        """1, or 2 with the intrinsic head."""
+        return 1 if self.value_int is None else 2
 
     def forward(self, y: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         v_int = self.value_int(y) if self.value_int is not None else None
