@@ -32,13 +32,10 @@ def _prevent_leaking_rng():
 def ray_cluster():
     """A real Ray cluster on loopback, started once per session (num_cpus explicit: this is a 2-core box)."""
     import ray  # a dependency of distrl: a broken install must fail these tests, not skip them
+
+    from distrl.runtime.ray_app import init_local_ray  # every listener on 127.0.0.1, as a run's own cluster
+
     if not ray.is_initialized():
-        ray.init(
-            num_cpus=4,
-            include_dashboard=False,
-            log_to_driver=False,
-            _node_ip_address="127.0.0.1",
-            configure_logging=False,
-        )
+        init_local_ray(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()

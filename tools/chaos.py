@@ -1,20 +1,22 @@
 """Chaos soak: train on a local Ray cluster while a random component is killed (or hung) every N seconds.
 
 Kinds of fault (``--kinds``): ``env_actor`` (``ray.kill`` of a random env actor), ``replay_shard`` (``ray.kill`` of
-a random replay shard: restarted from its last periodic checkpoint, ``replay.checkpoint_every_s``) and
-``hang_env`` (a random env actor's next step never returns: found by the heartbeat,
-``runtime.actor_stuck_timeout_s``). Learners are not killed: a dead learner still stops the run.
+a random replay shard: restarted from its last periodic checkpoint, ``replay.checkpoint_every_s``), ``learner``
+(``ray.kill`` of a random learner: restarted from the last learner checkpoint, ``learner.checkpoint_every``; with
+several the group re-forms), ``hang_env`` (a random env actor's next step never returns: found by the heartbeat,
+``runtime.actor_stuck_timeout_s``) and ``hang_learner`` (a random learner's next update never returns: found after
+``runtime.learner_stuck_timeout_s``).
 
 Prints one JSON object per line on stdout:
 
 * ``{"event": "fault", "kind", "target", "t_s", "recovery_s"}`` per fault: ``recovery_s`` = seconds until the
-  runtime had a replacement running (new env actor incarnation / new shard handle); null if none came before the
-  next fault or the end;
+  runtime had a replacement running (new env actor incarnation / new shard handle / learners restored from their
+  checkpoint); null if none came before the next fault or the end;
 * ``{"event": "memory", "t_s", "rss_mb"}`` every ``--memory-every`` s: resident memory of this process and all
   its descendants (the Ray cluster it started);
 * ``{"event": "summary", ...}`` at the end: faults and recoveries by kind, the longest recovery, lost inserts,
-  the final return and success rate (mean of the last 100 episodes), env steps, memory growth after the first
-  ``--warmup-min`` minutes.
+  learner restarts and the updates they lost, the final return and success rate (mean of the last 100 episodes),
+  env steps, memory growth after the first ``--warmup-min`` minutes.
 
 Usage::
 
@@ -62,6 +64,11 @@ def hang_next_step(env_actor: Any) -> None:
     env_actor.actor.step = lambda: time.sleep(10**6)
 
 
+def hang_next_update(ray_learner: Any) -> None:
+    """Runs inside a RayLearner (``__ray_call__``): its next update never returns, as with a deadlocked learner."""
+    ray_learner.worker.learner.step = lambda sample: time.sleep(10**6)
+
+
 class Chaos:
     def __init__(self, runtime: Any, ray: Any, kinds: list[str], every_s: float, seed: int) -> None:
         self.runtime, self.ray, self.kinds, self.every_s = runtime, ray, kinds, every_s
@@ -74,10 +81,24 @@ class Chaos:
     def _fault(self) -> dict[str, Any] | None:
         rt = self.runtime
         actors, shards = list(getattr(rt, "actor_handles", [])), list(getattr(rt, "shard_handles", []))
-        kinds = [k for k in self.kinds if (actors if k != "replay_shard" else shards)]
+        if not actors:
+            return None  # the run is still starting (its env actors come last)
+        group = getattr(rt, "learner_group", None)
+        learners = list(group.handles) if group is not None else []
+        targets = {"env_actor": actors, "hang_env": actors, "replay_shard": shards, "learner": learners,
+                   "hang_learner": learners}
+        kinds = [k for k in self.kinds if targets[k]]
         if not kinds:
             return None
         kind = self.rng.choice(kinds)
+        if kind in ("learner", "hang_learner"):
+            r = self.rng.randrange(len(learners))
+            done = group.recoveries
+            if kind == "learner":
+                self.ray.kill(learners[r], no_restart=True)
+            else:
+                self.ray.get(learners[r].__ray_call__.remote(hang_next_update), timeout=60)
+            return {"kind": kind, "target": r, "recovered": lambda: group.recoveries > done}
         if kind == "replay_shard":
             j = self.rng.randrange(len(shards))
             old = shards[j]
@@ -95,7 +116,12 @@ class Chaos:
     def run(self) -> None:
         try:
             while not self.stop.wait(self.every_s):
-                f = self._fault()
+                try:
+                    f = self._fault()
+                except Exception as e:  # e.g. its target was being replaced: reported, and the soak goes on
+                    emit({"event": "fault_error", "t_s": round(time.monotonic() - self.t0, 1),
+                          "error": f"{type(e).__name__}: {str(e)[:300]}"})
+                    continue
                 if f is None:
                     continue
                 t = time.monotonic()
@@ -117,11 +143,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--every", type=float, default=30.0, help="seconds between faults")
     ap.add_argument("--duration", type=float, default=1800.0, help="seconds of training (runtime.max_wall_time_s)")
-    ap.add_argument("--kinds", nargs="+", default=["env_actor", "replay_shard", "hang_env"],
-                    choices=["env_actor", "replay_shard", "hang_env"])
+    ap.add_argument("--kinds", nargs="+", default=["env_actor", "replay_shard", "learner", "hang_env"],
+                    choices=["env_actor", "replay_shard", "learner", "hang_env", "hang_learner"])
     ap.add_argument("--config", default=str(REPO / "configs/quickstart.yaml"))
     ap.add_argument("--checkpoint-every", type=float, default=10.0, help="replay.checkpoint_every_s")
     ap.add_argument("--stuck-timeout", type=float, default=10.0, help="runtime.actor_stuck_timeout_s")
+    ap.add_argument("--learner-stuck-timeout", type=float, default=30.0, help="runtime.learner_stuck_timeout_s")
+    ap.add_argument("--learner-checkpoint-every", type=int, default=50, help="learner.checkpoint_every (updates)")
     ap.add_argument("--memory-every", type=float, default=30.0)
     ap.add_argument("--warmup-min", type=float, default=5.0, help="memory growth is measured after this")
     ap.add_argument("--run-dir", default=None, help="default: a temporary directory")
@@ -141,7 +169,10 @@ def main() -> None:
         f"runtime.run_dir={run_root}", "logging.progress=false", "logging.wandb=disabled",
         "logging.log_every_s=1", f"runtime.max_wall_time_s={args.duration}", "runtime.total_env_steps=1000000000",
         f"replay.checkpoint_every_s={args.checkpoint_every}", f"runtime.actor_stuck_timeout_s={args.stuck_timeout}",
-        f"runtime.actor_restarts={faults_allowed}", *args.overrides])
+        f"runtime.actor_restarts={faults_allowed}", f"runtime.learner_restarts={faults_allowed}",
+        f"runtime.shard_restarts={faults_allowed}",
+        f"runtime.learner_stuck_timeout_s={args.learner_stuck_timeout}",
+        f"learner.checkpoint_every={args.learner_checkpoint_every}", *args.overrides])
     runtime = RayRuntime(cfg, run_dir)
     chaos = Chaos(runtime, ray, args.kinds, args.every, args.seed)
     memory: list[tuple[float, float]] = []
@@ -177,7 +208,9 @@ def main() -> None:
         "recoveries_by_kind": {k: sum(f["kind"] == k for f in recovered) for k in kinds},
         "longest_recovery_s": max((f["recovery_s"] for f in recovered), default=None),
         "lost_inserts": summary.get("replay_lost_inserts"), "shard_restarts": summary.get("replay_shard_restarts"),
-        "actor_restarts": summary.get("actor_restarts"), "env_steps": summary.get("env_steps"),
+        "stale_priority_updates": summary.get("replay_stale_priority_updates"),
+        "actor_restarts": summary.get("actor_restarts"), "learner_restarts": summary.get("learner_restarts"),
+        "learner_updates_lost": summary.get("learner_updates_lost"), "env_steps": summary.get("env_steps"),
         "episode_return": summary.get("episode_return"), "success_rate": summary.get("success_rate"),
         "rss_mb_first": memory[0][1] if memory else None, "rss_mb_last": memory[-1][1] if memory else None,
         "rss_growth_after_warmup": (after[-1] / after[0] - 1.0) if len(after) >= 2 else None,

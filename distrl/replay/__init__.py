@@ -20,7 +20,7 @@ from distrl.replay.client import (
 from distrl.replay.priorities import beta_at, importance_weights, priority_mass, sequence_priority
 from distrl.replay.ratelimit import RateLimiter, Status
 from distrl.replay.sampler import ReplaySampler
-from distrl.replay.shard import InsertResult, ReplayShard, ShardSample, ShardStats
+from distrl.replay.shard import InsertResult, ReplayShard, ShardSample, ShardStats, key_counter, key_incarnation
 from distrl.replay.storage import LeafSpec, Schema, SequenceStorage
 from distrl.replay.sumtree import SumTree
 
@@ -48,6 +48,8 @@ __all__ = [
     "beta_at",
     "importance_weights",
     "insert_with_retry",
+    "key_counter",
+    "key_incarnation",
     "priority_mass",
     "sequence_priority",
 ]

@@ -26,7 +26,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import numpy as np
 import torch
 
-from distrl.replay.shard import InsertResult, ReplayShard, ShardSample, ShardStats
+from distrl.replay.shard import InsertResult, ReplayShard, ShardSample, ShardStats, key_counter
 from distrl.types import Trajectory
 
 T = TypeVar("T")
@@ -189,7 +189,7 @@ class BoundedInserter:
         self.accepted = 0
         self.resent = 0
         self.dropped = 0
-        self.acked_end = 0  # 1 + the largest key the current client's shard acknowledged: its insert count then
+        self.acked_end = 0  # 1 + the largest insert count (key_counter) the current client's shard acknowledged
         self._backoff = 0.002
 
     def __len__(self) -> int:
@@ -211,9 +211,7 @@ class BoundedInserter:
         # A ReplayShardError (the shard is gone: a Ray shard actor died) propagates with the item still queued.
         self._inflight.popleft()
         if res.ok:
-            self.accepted += int(res.keys.shape[0])
-            if res.keys.shape[0]:
-                self.acked_end = max(self.acked_end, int(res.keys.max()) + 1)
+            self._acked(res)
             self._backoff = 0.002
             return
         if time.monotonic() - since > self.timeout:
@@ -227,6 +225,11 @@ class BoundedInserter:
         self._backoff = min(self._backoff * 2, 0.1)
         self.resent += 1
         self._send(item, since)
+
+    def _acked(self, res: InsertResult) -> None:
+        self.accepted += int(res.keys.shape[0])
+        if res.keys.shape[0]:  # one insert's keys share the incarnation: the largest key has the largest count
+            self.acked_end = max(self.acked_end, int(key_counter(res.keys.max())) + 1)
 
     def submit(self, traj: Trajectory, priorities: np.ndarray | torch.Tensor | None = None, prior: Any = None) -> None:
         """Send ``traj`` once the window has room. Raises ReplayShardError, without sending ``traj``, when the
@@ -242,10 +245,25 @@ class BoundedInserter:
 
     def replace_client(self, client: ShardClient) -> int:
         """Point at a new client (its shard restarted) and re-send everything not yet acknowledged to it.
-        Returns the old client's ``acked_end`` (the runtime counts what the restarted shard lost from it)."""
+
+        Inserts whose acknowledgement has already arrived (the dead shard stored them and answered before it
+        died; this inserter had just not looked yet) count as acknowledged and are not re-sent. Returns the
+        old client's ``acked_end``, 1 + the largest insert count it acknowledged (the runtime counts what the
+        restarted shard lost from it)."""
+        items = []
+        for pending, item, _ in self._inflight:
+            res = None
+            if pending.done():
+                try:
+                    res = pending.result(timeout=0.0)
+                except Exception:  # the shard died before answering (ReplayShardError): re-send
+                    res = None
+            if res is not None and res.ok:
+                self._acked(res)
+            else:
+                items.append(item)
         old, self.acked_end = self.acked_end, 0
         self.client = client
-        items = [item for _, item, _ in self._inflight]
         self._inflight.clear()
         now = time.monotonic()
         for item in items:

@@ -11,10 +11,26 @@ priority or, if none is given, the running max of all priorities seen (so new da
 an optional per-item sampling prior (1 by default), e.g. the duration prior of ALGORITHMS.md §3.5 item 3: the
 shard reports ``d`` with every sample so the sampler can divide it out of the IS weight.
 
-**Keys**: each inserted row gets the shard's running insertion count as its int64 key. The slot is
-``key % capacity`` and ``key // capacity`` is the slot's generation, so this is the usual (generation, slot)
-key in one integer. A row is present iff ``inserted - size <= key < inserted``; priority updates for any other
-key (the slot was evicted and refilled since it was sampled) are ignored and counted.
+**Keys**: each inserted row gets an int64 key made of the shard's *incarnation* (the bits from
+:data:`KEY_COUNTER_BITS` up) and its running insertion count ``c`` (the low bits; :func:`key_counter` and
+:func:`key_incarnation` take a key apart). The slot is ``c % capacity`` and ``c // capacity`` is the slot's
+generation, so this is the usual (generation, slot) key in one integer. A row is present iff
+``inserted - size <= c < inserted`` and the key carries the current incarnation; priority updates for any
+other key are ignored and counted: ``updates_ignored`` when the slot was evicted and refilled since the row was
+sampled, ``updates_stale`` when the key belongs to another incarnation.
+
+**Incarnations**: a new shard is incarnation 0, and every :meth:`ReplayShard.restore` makes a new one, above
+both the checkpoint's and this object's (checkpoints store it). A restored shard hands out the insert counts
+above its checkpoint's again, for new rows; without the incarnation in the key, a priority update still in
+flight for a row of the dead shard (a learner sampled it before the death) would land on the new row that
+reuses its count. With it, every update for a key of an earlier incarnation is dropped, also for the rows
+that the checkpoint brought back (their updates in flight are few, and the row keeps its checkpointed
+priority). The check is the range test above (the hot path gains one subtraction); only a batch with keys
+outside the range is scanned a second time, to tell stale keys from evicted rows. ``updates_stale`` belongs to one
+incarnation (a restore starts it at 0; the Ray runtime sums it over incarnations:
+``replay/stale_priority_updates``). An incarnation number must never come back while keys of the old one may
+be in flight: a shard that dies twice before it checkpoints is restored twice from the same checkpoint, so
+the runtime passes ``restore(..., incarnation=last seen + 1)``.
 
 **Fresh (online) rows**: every inserted row starts "unserved". ``sample(n, n_fresh, min_policy_version)``
 first hands out up to ``n_fresh`` unserved rows, newest first, and marks them served, then draws ``n`` rows by
@@ -67,6 +83,22 @@ from distrl.types import Trajectory
 CHECKPOINT_FORMAT = "distrl.replay_shard"
 CHECKPOINT_VERSION = 1
 
+KEY_COUNTER_BITS = 44
+"""A key's low bits hold the insert count (room for 1.7e13 rows per shard); the bits above, the incarnation."""
+_COUNTER_MASK = (1 << KEY_COUNTER_BITS) - 1
+MAX_INCARNATION = (1 << (63 - KEY_COUNTER_BITS)) - 1
+"""Restores one shard survives (2**19 - 1): keys stay non-negative int64."""
+
+
+def key_counter(keys: Any) -> np.ndarray:
+    """The insert counts in replay keys (the row's position in its shard's insertion order), int64."""
+    return np.asarray(keys, dtype=np.int64) & _COUNTER_MASK
+
+
+def key_incarnation(keys: Any) -> np.ndarray:
+    """The shard incarnations that issued replay keys (0 for a shard never restored), int64."""
+    return np.asarray(keys, dtype=np.int64) >> KEY_COUNTER_BITS
+
 
 @dataclass(frozen=True)
 class ShardStats:
@@ -85,6 +117,7 @@ class ShardStats:
     fresh_evicted: int
     updates_applied: int
     updates_ignored: int
+    """Priority updates dropped because their row was evicted (and its slot maybe refilled) since it was sampled."""
     insert_status: Status
     sample_status: Status
     min_mass: float | None = None
@@ -92,6 +125,11 @@ class ShardStats:
     row_nbytes: int = 0
     """Bytes one stored sequence row takes (all leaves, stored dtypes); 0 before the first insert. The
     storage holds ``size * row_nbytes`` bytes of data (``capacity * row_nbytes`` when full)."""
+    incarnation: int = 0
+    """0 for a new shard, bumped by every restore; part of every key this shard issues."""
+    updates_stale: int = 0
+    """Priority updates dropped because their keys belong to another incarnation (sampled from the shard
+    before it died and was restored); counted by this incarnation only."""
 
     @property
     def can_sample(self) -> bool:
@@ -174,7 +212,10 @@ class ReplayShard:
         *,
         seed: int | None = None,
         core_state_dtype: str | None = None,
+        incarnation: int = 0,
     ) -> None:
+        """``incarnation``: a new, empty shard standing in for one that died without a checkpoint passes one
+        above the dead one's, so keys of the dead shard's rows do not match its new rows (module docstring)."""
         if cfg.capacity < 1:
             raise ValueError(f"ReplayShard: replay.capacity must be >= 1, got {cfg.capacity}")
         if cfg.alpha < 0:
@@ -188,6 +229,10 @@ class ReplayShard:
         self._seed = seed
         self._cond = threading.Condition()
         self._reset_state(schema=None)
+        if not 0 <= incarnation <= MAX_INCARNATION:
+            raise ValueError(f"ReplayShard: incarnation must be in [0, {MAX_INCARNATION}], got {incarnation}")
+        self._incarnation = int(incarnation)
+        self._key_base = self._incarnation << KEY_COUNTER_BITS
 
     def _reset_state(self, schema: Schema | None) -> None:
         cap = self.capacity
@@ -198,7 +243,10 @@ class ReplayShard:
         self._priority = np.zeros(cap, dtype=np.float64)  # raw |p| (before epsilon and alpha)
         self._prior = np.ones(cap, dtype=np.float64)
         self._served = np.ones(cap, dtype=bool)  # fresh bookkeeping: True = served, dropped or empty slot
-        self._inserted = 0  # total rows ever inserted = the next key
+        self._inserted = 0  # total rows ever inserted = the next key's insert count
+        self._incarnation = 0
+        self._key_base = 0  # incarnation << KEY_COUNTER_BITS: key = _key_base + insert count
+        self._updates_stale = 0
         self._size = 0
         self._max_priority = 1.0
         self._limiter = RateLimiter(
@@ -245,6 +293,8 @@ class ReplayShard:
             sample_status=self._limiter.sample_status(self._size),
             min_mass=min_mass,
             row_nbytes=0 if self._schema is None else int(self._schema.item_nbytes),
+            incarnation=self._incarnation,
+            updates_stale=self._updates_stale,
         )
 
     def stats(self) -> ShardStats:
@@ -252,10 +302,16 @@ class ReplayShard:
         with self._cond:
             return self._stats_locked(with_min=True)
 
+    @property
+    def incarnation(self) -> int:
+        """0 for a new shard; each :meth:`restore` makes a new, higher one (see the module docstring)."""
+        return self._incarnation
+
     def keys(self) -> np.ndarray:
         """Keys of all stored rows, oldest first ``[size]`` (for inspection and tests; O(size))."""
         with self._cond:
-            return np.arange(self._inserted - self._size, self._inserted, dtype=np.int64)
+            base = self._key_base
+            return np.arange(base + self._inserted - self._size, base + self._inserted, dtype=np.int64)
 
     def read(self, keys: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Stored rows for ``keys`` [n] (batch-major, stored dtypes) and their raw priorities [n].
@@ -264,12 +320,13 @@ class ReplayShard:
         """
         keys = np.asarray(keys, dtype=np.int64).reshape(-1)
         with self._cond:
-            live = (keys >= self._inserted - self._size) & (keys < self._inserted)
+            base = self._key_base
+            live = (keys >= base + self._inserted - self._size) & (keys < base + self._inserted)
             if not live.all():
                 raise KeyError(f"replay shard {self.shard_id}: keys not stored: {keys[~live][:5].tolist()}")
             if self._storage is None:
                 return {}, np.zeros(0)
-            slots = keys % self.capacity
+            slots = (keys - base) % self.capacity
             return self.episode_memory.assemble(self._storage.gather(slots)), self._priority[slots].copy()
 
     # ---- insert --------------------------------------------------------------------------------------------
@@ -324,9 +381,11 @@ class ReplayShard:
             assert self._storage is not None
             if b == 0:
                 return InsertResult(Status.OK, np.zeros(0, dtype=np.int64), self._size)
+            if self._inserted + b > _COUNTER_MASK:
+                raise OverflowError(f"replay shard {self.shard_id}: more than 2**{KEY_COUNTER_BITS} rows inserted")
             start = self._inserted % self.capacity
-            keys = np.arange(self._inserted, self._inserted + b, dtype=np.int64)
-            slots = keys % self.capacity
+            counts = np.arange(self._inserted, self._inserted + b, dtype=np.int64)
+            slots = counts % self.capacity
             # Rows about to be overwritten: count those never served as fresh (the learner missed them).
             n_evict = max(0, self._size + b - self.capacity)
             if n_evict:
@@ -335,7 +394,7 @@ class ReplayShard:
                 self._fresh_evicted += missed
                 self._fresh_pending -= missed
             self._storage.write(start, arrays)
-            self.episode_memory.add(memory_items, arrays, keys)
+            self.episode_memory.add(memory_items, arrays, counts)
             p_raw, d, m = mass
             self._priority[slots] = p_raw
             self._prior[slots] = d
@@ -346,7 +405,7 @@ class ReplayShard:
             self._fresh_pending += b
             self._limiter.on_insert(b)
             self._cond.notify_all()
-            return InsertResult(Status.OK, keys, self._size)
+            return InsertResult(Status.OK, counts + self._key_base if self._key_base else counts, self._size)
 
     def _insert_mass(self, b: int, priorities: Any, prior: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if priorities is None:
@@ -439,7 +498,7 @@ class ReplayShard:
     def _key_of_slot(self, slots: np.ndarray) -> np.ndarray:
         # The newest key stored in a slot: slots below the write position belong to the current generation.
         write = self._inserted % self.capacity
-        gen_base = self._inserted - write  # first key of the current generation
+        gen_base = self._key_base + self._inserted - write  # first key of the current generation
         return np.where(slots < write, gen_base + slots, gen_base - self.capacity + slots).astype(np.int64)
 
     def _take_fresh(self, n_fresh: int, min_policy_version: int | None) -> np.ndarray:
@@ -472,8 +531,10 @@ class ReplayShard:
     def update_priorities(self, keys: np.ndarray | torch.Tensor, priorities: np.ndarray | torch.Tensor) -> int:
         """Set new raw priorities for ``keys`` [n]; returns how many were applied.
 
-        Keys of rows no longer stored (evicted, or evicted and the slot refilled) are ignored. With repeated
-        keys the last priority wins.
+        Keys of rows no longer stored (evicted, or evicted and the slot refilled) are ignored
+        (``updates_ignored``), and so are keys issued by another incarnation of this shard (``updates_stale``:
+        sampled before it died and was restored, see the module docstring). With repeated keys the last
+        priority wins.
         """
         keys_np = np.asarray(
             keys.detach().cpu().numpy() if isinstance(keys, torch.Tensor) else keys, dtype=np.int64
@@ -482,14 +543,18 @@ class ReplayShard:
         if p.size and not np.isfinite(p.max()):  # max propagates NaN and inf: one reduction checks both
             raise ValueError("update_priorities: priorities must be finite (got NaN or inf)")
         with self._cond:
-            live = (keys_np >= self._inserted - self._size) & (keys_np < self._inserted)
+            base = self._key_base  # another incarnation's keys fall outside this range (their high bits differ)
+            live = (keys_np >= base + self._inserted - self._size) & (keys_np < base + self._inserted)
             n_live = int(np.count_nonzero(live))
-            self._updates_ignored += int(keys_np.shape[0]) - n_live
+            if n_live < keys_np.shape[0]:  # off the hot path: tell stale keys from evicted rows
+                other = (keys_np >> KEY_COUNTER_BITS) != self._incarnation
+                n_stale = int(np.count_nonzero(other & (keys_np >= 0)))
+                self._updates_stale += n_stale
+                self._updates_ignored += int(keys_np.shape[0]) - n_live - n_stale
+                keys_np, p = keys_np[live], p[live]
             if n_live == 0:
                 return 0
-            if n_live < keys_np.shape[0]:
-                keys_np, p = keys_np[live], p[live]
-            slots = keys_np % self.capacity
+            slots = (keys_np - base) % self.capacity
             self._priority[slots] = p
             mass = np.power(p + self.cfg.epsilon, self.cfg.alpha)
             mass *= self._prior[slots]
@@ -530,6 +595,7 @@ class ReplayShard:
                 "format": CHECKPOINT_FORMAT,
                 "schema_version": CHECKPOINT_VERSION,
                 "shard_id": self.shard_id,
+                "incarnation": self._incarnation,
                 "capacity": self.capacity,
                 "schema": self._schema.to_json() if self._schema is not None else None,
                 "counters": {
@@ -553,8 +619,14 @@ class ReplayShard:
             arrays.update(memory_arrays)
             return ckpt.save_arrays(path, manifest, arrays, fsync=fsync)
 
-    def restore(self, path: str | Path, *, schema: Schema | None = None) -> ShardStats:
+    def restore(self, path: str | Path, *, schema: Schema | None = None, incarnation: int = 0) -> ShardStats:
         """Replace this shard's contents with the checkpoint at ``path``; all or nothing.
+
+        The shard becomes a new incarnation: the highest of ``incarnation``, the checkpoint's + 1 and this
+        object's + 1 (see the module docstring), so keys handed out before (by this object or by the shard
+        that wrote the checkpoint) are stale here; ``updates_stale`` starts at 0. Pass ``incarnation`` = 1 +
+        the last incarnation any live process may hold keys of, when that can be above the checkpoint's (a
+        shard restored from the same checkpoint twice).
 
         Refuses (CheckpointError naming the file) a missing, truncated or corrupt checkpoint, one written for
         another capacity, or one whose leaf schema differs from ``schema`` (or from this shard's schema if it
@@ -569,6 +641,7 @@ class ReplayShard:
                         for k in _COUNTERS}
             saved_schema = Schema.from_json(m["schema"]) if m["schema"] is not None else None
             files = m["files"]
+            saved_incarnation = _exact_int(m.get("incarnation", 0))  # absent in checkpoints written before it
         except (KeyError, TypeError, ValueError) as e:
             raise ckpt.CheckpointError(f"{mpath}: malformed manifest ({e!r})") from e
         if cap != self.capacity:
@@ -581,8 +654,13 @@ class ReplayShard:
                     f"{mpath}: leaf schema differs from {what}: {_schema_diff(want, saved_schema)}"
                 )
         n = int(counters["size"])
-        if not 0 <= n <= cap or int(counters["inserted"]) < n:
+        if not 0 <= n <= cap or not n <= int(counters["inserted"]) <= _COUNTER_MASK:
             raise ckpt.CheckpointError(f"{mpath}: inconsistent counters size={n} inserted={counters['inserted']}")
+        if not 0 <= saved_incarnation < MAX_INCARNATION:
+            raise ckpt.CheckpointError(f"{mpath}: incarnation {saved_incarnation} out of range")
+        new_incarnation = max(int(incarnation), saved_incarnation + 1, self._incarnation + 1)
+        if new_incarnation > MAX_INCARNATION:
+            raise ValueError(f"replay shard {self.shard_id}: incarnation {new_incarnation} > {MAX_INCARNATION}")
         names = ["meta:priority", "meta:prior", "meta:served"]
         if saved_schema is not None:
             names += [f"leaf:{s.name}" for s in saved_schema.leaves]
@@ -639,6 +717,9 @@ class ReplayShard:
             )
             for k in _PLAIN_COUNTERS:
                 setattr(self, f"_{k}", int(counters[k]))
+            self._incarnation = new_incarnation
+            self._key_base = new_incarnation << KEY_COUNTER_BITS
+            self._updates_stale = 0
             try:
                 self._rng.bit_generator.state = m["rng"]
             except (KeyError, TypeError, ValueError):
@@ -656,7 +737,8 @@ class ReplayShard:
         seed: int | None = None,
         core_state_dtype: str | None = None,
     ) -> ReplayShard:
-        """A new shard holding the checkpoint at ``path`` (its shard id comes from the checkpoint)."""
+        """A new shard holding the checkpoint at ``path`` (its shard id comes from the checkpoint), a new
+        incarnation (:meth:`restore`)."""
         m = ckpt.read_manifest(Path(path), expected_format=CHECKPOINT_FORMAT, expected_version=CHECKPOINT_VERSION)
         shard = cls(cfg, int(m.get("shard_id", 0)), seed=seed, core_state_dtype=core_state_dtype)
         shard.restore(path, schema=schema)

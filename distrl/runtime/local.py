@@ -98,7 +98,7 @@ class LocalRuntime:
         try:
             while not monitor.should_stop(env_steps()):
                 for i, actor in enumerate(actors):
-                    newer = store.get_if_newer(actor.policy_version)
+                    newer = store.get_if_changed(actor.policy_version)
                     if newer is not None:
                         actor.set_weights(newer[1])
                     traj = actor.step()

@@ -12,16 +12,17 @@ checkpoints.
   on a cluster whose nodes carry the custom resources ``learner`` / ``env_actor`` / ``replay_shard``
   (``clusters/*.yaml``) each is pinned to its nodes (``runtime.node_labels``). The start logs the choice
   and the summary holds it (``ray_resources``).
-* **Learners**: ``learner.num_learners`` replicas, each with its own ReplaySampler over all shards; with more
-  than one, gradients are all-reduced through ``torch.distributed`` (gloo on CPU, NCCL on GPU), rank 0
-  publishes weights and writes checkpoints. A learner gets a GPU when the cluster has one and
-  ``learner.device`` is ``auto`` or ``cuda``.
+* **Learners**: ``learner.num_learners`` replicas (:mod:`distrl.runtime.ray_learners`), each with its own
+  ReplaySampler over all shards; with more than one, gradients are all-reduced through ``torch.distributed``
+  (gloo on CPU, NCCL on GPU), rank 0 publishes weights and its state is the checkpoint. A learner gets a GPU
+  when the cluster has one and ``learner.device`` is ``auto`` or ``cuda``.
 * **Weights**: rank 0 puts the state_dict into the object store once per publish; the WeightStore actor keeps
-  only its ObjectRef, and actors fetch it when their version is older.
+  only its ObjectRef, and actors fetch it when their version differs (older; or newer, after a learner restart).
 * **Checkpoints**: the driver writes the learner checkpoint into the run directory (learner state travels through
-  the object store); replay shards write theirs from their own node, so on a multi-node cluster put
-  ``runtime.run_dir`` on a shared filesystem, make it a URI (``s3://...``: each writer stages on its node and
-  uploads through fsspec, :mod:`distrl.storage`), or label the driver's node ``replay_shard`` (clusters/*.yaml do).
+  the object store) as the run starts, every ``learner.checkpoint_every`` updates and at the end; replay shards
+  write theirs from their own node, so on a multi-node cluster put ``runtime.run_dir`` on a shared filesystem,
+  make it a URI (``s3://...``: each writer stages on its node and uploads through fsspec, :mod:`distrl.storage`),
+  or label the driver's node ``replay_shard`` (clusters/*.yaml do).
   With ``replay.checkpoint_every_s`` > 0 the shards also checkpoint themselves that often during the run
   (atomically, one round at a time, without blocking the driver: ``replay/checkpoint_s`` on the dashboard).
 * **Fitting a small cluster**: joining an unlabelled cluster with fewer CPUs than the run reserves (``ray start
@@ -30,10 +31,16 @@ checkpoints.
 * **Faults**: a dead env actor, or one stuck inside a step for ``runtime.actor_stuck_timeout_s`` (a hung env:
   its loop's heartbeat, :meth:`RayEnvActor.stuck_for`), is killed and restarted (up to ``runtime.actor_restarts``
   times per actor id) and the run goes on. A dead replay shard is found at the next stats poll (every
-  ``logging.log_every_s``) and restarted from its last checkpoint (as often): the learners and its env actors
-  switch to the new actor, what it had not acknowledged is re-sent, and the acknowledged inserts since the
-  checkpoint are counted as lost (``replay/lost_inserts``). A dead learner stops the run with an error naming
-  it (resume with ``--resume``).
+  ``logging.log_every_s``) and restarted from its last checkpoint (up to ``runtime.shard_restarts`` times per
+  shard id): the learners and its env actors switch to the new actor, what it had not acknowledged is re-sent,
+  and the acknowledged inserts since the checkpoint are counted as lost (``replay/lost_inserts``, see
+  :meth:`RayRuntime._restart_shard` for how exact). The new shard is a new incarnation whose keys differ from
+  the dead one's, so priority updates the learners still send for rows sampled before the death are dropped
+  and counted (``replay/stale_priority_updates``) instead of landing on new rows. A learner that died, raised,
+  or has not returned from a training round for ``runtime.learner_stuck_timeout_s`` is restarted from the last
+  learner checkpoint (up to ``runtime.learner_restarts`` times per rank; with several learners the group
+  re-forms and all go back to that checkpoint) while the actors go on with the weights they have: ``learner/restarts``,
+  ``learner/updates_lost`` (:class:`~distrl.runtime.ray_learners.LearnerGroup`).
 * **Evaluation**: every ``eval.every_updates`` learner updates, an evaluator actor (``eval.num_cpus``, default 0)
   plays a few episodes with the weight store's latest weights while training goes on; the driver polls it without
   waiting and logs ``eval/`` metrics and the video (:mod:`distrl.runtime.ray_eval`).
@@ -43,35 +50,23 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import time
 from pathlib import Path
 from typing import Any
 
 import ray
-import torch
-import torch.distributed as dist
 
 from distrl import storage
 from distrl.bonuses.counts import load_count_state, save_count_state
 from distrl.config import ExperimentConfig
-from distrl.envs.base import EnvSpec
 from distrl.envs.registry import env_spec
-from distrl.learners.bonus import attach_counts
-from distrl.learners.learner import load_checkpoint_file, save_checkpoint_file
-from distrl.replay.sampler import ReplaySampler
-from distrl.runtime.common import RunMonitor, RunPaths, n_fresh, next_checkpoint
-from distrl.runtime.learner_worker import LearnerWorker
+from distrl.learners.learner import load_checkpoint_file
+from distrl.runtime.common import RunMonitor, RunPaths, next_checkpoint
 from distrl.runtime.ray_counts import RayCounts, make_count_actors
 from distrl.runtime.ray_env_actor import EnvActorHandle, restart_env_actor, start_env_actors
 from distrl.runtime.ray_eval import EvalDriver
-from distrl.runtime.ray_replay import (
-    PeriodicShardCheckpoints,
-    RayShardClient,
-    make_ray_shard,
-    make_ray_shards,
-    ray_shard_clients,
-)
+from distrl.runtime.ray_learners import LearnerGroup
+from distrl.runtime.ray_replay import PeriodicShardCheckpoints, make_ray_shard, make_ray_shards
 from distrl.runtime.resources import (
     ENV_ACTOR,
     LEARNER,
@@ -83,7 +78,7 @@ from distrl.runtime.resources import (
     ray_options,
 )
 from distrl.runtime.weights import WeightStore
-from distrl.types import ActorReport, LearnerReport, PolicyWeights
+from distrl.types import ActorReport, LearnerReport
 
 log = logging.getLogger(__name__)
 
@@ -92,88 +87,8 @@ class RayWeightStore(WeightStore):
     """The WeightStore as a Ray actor. ``publish`` receives ``[ref]`` (a list, so Ray does not resolve the ref
     into a copy here) and keeps the ObjectRef; actors resolve it themselves."""
 
-    def publish(self, version: int, boxed: Any) -> None:  # type: ignore[override]
-        super().publish(version, boxed[0])
-
-
-class RayLearner:
-    """Hosts a LearnerWorker in a Ray actor; its sampler talks to the shard actors."""
-
-    def __init__(
-        self, cfg: ExperimentConfig, spec: EnvSpec, shards: list[Any], store: Any, rank: int, world: int,
-        counts: list[Any] | None = None,
-    ) -> None:
-        self.cfg, self.spec, self.shards, self.store = cfg, spec, shards, store
-        self.rank, self.world = rank, world
-        self.counts = counts or []  # count-table actors (bonus.glob=count)
-        self.worker: LearnerWorker | None = None
-
-    def dist_address(self) -> str:
-        """A free TCP port on this node for the torch.distributed rendezvous (called on rank 0)."""
-        with socket.socket() as s:
-            s.bind(("", 0))
-            port = s.getsockname()[1]
-        return f"tcp://{ray.util.get_node_ip_address()}:{port}"
-
-    def setup(self, init_method: str | None) -> int:
-        if self.world > 1:
-            backend = "nccl" if torch.cuda.is_available() else "gloo"
-            dist.init_process_group(backend, init_method=init_method, rank=self.rank, world_size=self.world)
-        sampler = ReplaySampler(
-            ray_shard_clients(self.shards),
-            self.cfg.replay,
-            self.cfg.learner.batch_size,
-            n_fresh=n_fresh(self.cfg),
-            prefetch=2,
-            seed=self.cfg.runtime.seed * 1000 + self.rank,
-        )
-        store = self.store
-
-        def publish(weights: PolicyWeights) -> None:
-            store.publish.remote(weights.version, [ray.put(weights)])
-
-        self.worker = LearnerWorker(self.cfg, self.spec, sampler, publish=publish, rank=self.rank)
-        if self.counts:
-            attach_counts(self.worker.learner.extras, RayCounts(self.counts))
-        return self.worker.version
-
-    def _w(self) -> LearnerWorker:
-        if self.worker is None:
-            raise RuntimeError("RayLearner.setup() was not called")
-        return self.worker
-
-    def train(self, max_updates: int, timeout_s: float) -> LearnerReport:
-        return self._w().train(max_updates, timeout_s)
-
-    def publish_weights(self) -> int:
-        self._w().publish_weights()
-        return self._w().version
-
-    def replace_shard(self, shard: int, handle: Any) -> None:
-        """Sample from ``handle`` for shard index ``shard`` (the runtime restarted that shard)."""
-        self.shards[shard] = handle
-        self._w().sampler.replace_client(shard, RayShardClient(handle, shard))
-
-    def state_dict(self) -> dict[str, Any]:
-        """Model, optimizer and counters on the CPU: the driver writes the checkpoint file (on a cluster the
-        learner's node may not see the run directory)."""
-        return self._w().learner.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any], source: str) -> int:
-        self._w().learner.load_state_dict(state, source=source)
-        return self._w().version
-
-    def parameters_vector(self) -> torch.Tensor:
-        return self._w().parameters_vector()
-
-    def device(self) -> str:
-        return str(self._w().learner.device)
-
-    def close(self) -> None:
-        if self.worker is not None:
-            self.worker.close()
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+    def publish(self, version: int, boxed: Any, generation: int = 0) -> bool:  # type: ignore[override]
+        return super().publish(version, boxed[0], generation)
 
 
 _LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
@@ -209,7 +124,7 @@ class RayRuntime:
         self.cfg = cfg
         self.paths = RunPaths(Path(run_dir), location or str(run_dir))  # location: a remote URI run_dir stages for
         self.resume = resume
-        self.learners: list[Any] = []
+        self.learner_group: LearnerGroup | None = None  # live view for tests and chaos (set in _train)
         self.actor_handles: list[EnvActorHandle] = []
         self.options: dict[str, dict[str, Any]] = {}  # ray.remote resource options per component (set in _train)
         self.counts: RayCounts | None = None  # the global count table's actors (bonus.glob=count)
@@ -262,25 +177,30 @@ class RayRuntime:
             # An autoscaling cluster may still add nodes; otherwise Ray would wait for ever, so say it now.
             log.warning("distrl: %s; waiting up to runtime.placement_timeout_s=%g s for more nodes",
                         placement_message(cfg, cluster), cfg.runtime.placement_timeout_s)
-        cls = ray.remote(**opts[LEARNER])(RayLearner)
-        self.learners = learners = [cls.remote(cfg, spec, shards, store, r, world, count_actors)
-                                    for r in range(world)]
+        self.learner_group = learners = LearnerGroup(cfg, spec, shards, store, count_actors, opts[LEARNER], paths,
+                                                     self._await_placed)
         actors: list[EnvActorHandle] = []
+        # The driver's last view of each shard (insert count, incarnation, stale updates): a restart counts
+        # from it (_restart_shard).
+        self._shard_seen: dict[int, Any] = {}
+        self._stale_updates_dead = 0  # replay/stale_priority_updates counted by shard incarnations now dead
         try:  # set-up: what it started is killed if it fails (the main loop's finally covers the rest)
-            init = self._await_placed(learners[0].dist_address.remote(), "the learners") if world > 1 else None
-            self._await_placed([lr.setup.remote(init) for lr in learners], "the learners")
+            for j, st in enumerate(ray.get([s.stats.remote() for s in shards], timeout=600)):
+                self._shard_seen[j] = st  # the incarnations restored on --resume: a restart must go above them
+            learners.start()
             env_steps_base = 0
             if self.resume and paths.learner_checkpoint.is_file():
                 state = load_checkpoint_file(paths.learner_checkpoint)
-                ray.get([lr.load_state_dict.remote(state, str(paths.learner_checkpoint)) for lr in learners])
+                learners.load(state, str(paths.learner_checkpoint))
                 env_steps_base = int(state.get("extra", {}).get("env_steps", 0))
             if self.resume and self.counts is not None and paths.counts_checkpoint.is_file():
                 self.counts.load_state_dict(load_count_state(paths.counts_checkpoint))
-            version = ray.get(learners[0].publish_weights.remote())
+            version = learners.publish()
+            self._save_learner(env_steps_base)  # a start-of-run checkpoint: a dead learner always has one to go back to
             actors = start_env_actors(cfg, shards, store, **self._actor_options())
             self._await_placed([h.handle.ping.remote() for h in actors], "the env actors")
         except BaseException:
-            for h in [*(a.handle for a in actors), *learners, *shards, *count_actors, store]:
+            for h in [*(a.handle for a in actors), *learners.handles, *shards, *count_actors, store]:
                 ray.kill(h)
             raise
         self.actor_handles = actors  # live view for tests and debugging (replaced entries on restart)
@@ -290,7 +210,7 @@ class RayRuntime:
         monitor = RunMonitor(cfg, paths.run_dir, env_steps_base)
         every = cfg.learner.checkpoint_every
         next_ckpt = next_checkpoint(version, every)
-        round_refs = [lr.train.remote(64, 0.5) for lr in learners]
+        generation = learners.generation
         evals = EvalDriver(cfg, spec, store, video_path=paths.eval_video)
         evals.start_at(version)
         shard_ckpts = PeriodicShardCheckpoints(cfg.replay.checkpoint_every_s,
@@ -301,9 +221,12 @@ class RayRuntime:
         def shard_stats() -> list[Any]:
             return self._shard_stats(shards, learners, actors, shard_ckpts)
 
-        def replay_metrics() -> dict[str, float]:
+        def fault_metrics() -> dict[str, float]:
             return {**shard_ckpts.metrics(), "replay/lost_inserts": float(self.lost_inserts),
-                    "replay/shard_restarts": float(sum(self.shard_restarts.values()))}
+                    "replay/shard_restarts": float(sum(self.shard_restarts.values())),
+                    "replay/stale_priority_updates": float(self._stale_updates()),
+                    "learner/restarts": float(sum(learners.restarts.values())),
+                    "learner/updates_lost": float(learners.updates_lost)}
 
         exit_code = 1
 
@@ -314,14 +237,17 @@ class RayRuntime:
             last_poll = last_log = 0.0
             while not monitor.should_stop(env_steps()):
                 # Learners train in rounds: every replica gets the same call and they return together.
-                ready, _ = ray.wait(round_refs, num_returns=len(round_refs), timeout=0.2)
-                if len(ready) == len(round_refs):
-                    version = self._collect_round(round_refs, monitor)
+                reports = learners.poll(0.2)  # restarts a learner that died or hangs
+                if reports is not None:
+                    version = self._collect_round(reports, monitor)
                     if next_ckpt and version >= next_ckpt:
                         self._save_learner(env_steps())
-                        next_ckpt = next_checkpoint(version, every)
-                    round_refs = [lr.train.remote(64, 0.5) for lr in learners]
+                        next_ckpt = next_checkpoint(learners.version, every)
                     evals.on_version(version)
+                if learners.generation != generation:  # restarted from a checkpoint: its version, its schedule
+                    generation, version = learners.generation, learners.version
+                    next_ckpt = next_checkpoint(version, every)
+                    monitor.sinks.log(fault_metrics(), step=env_steps())
                 for result in evals.poll():
                     monitor.log_eval(result, env_steps())
                 now = time.monotonic()
@@ -333,19 +259,17 @@ class RayRuntime:
                 if now - last_log >= cfg.logging.log_every_s:
                     last_log = now
                     stats = shard_stats()  # restarts a shard that died
-                    monitor.maybe_log(env_steps(), stats, list(latest_stats.values()), replay_metrics(), force=True)
+                    monitor.maybe_log(env_steps(), stats, list(latest_stats.values()), fault_metrics(), force=True)
             # ---- shutdown: stop actors, let learners finish their call, final checkpoints --------------------
             for h in actors:
                 h.handle.stop.remote()
             ray.wait([h.run_ref for h in actors], num_returns=len(actors), timeout=30)
             actors = self._poll_actors(actors, shards, store, restarts, actor_steps, latest_stats, monitor,
                                        restart=False)
-            try:
-                ready, _ = ray.wait(round_refs, num_returns=len(round_refs), timeout=300)
-                if len(ready) == len(round_refs):
-                    version = self._collect_round(round_refs, monitor)
-            except ray.exceptions.RayError as e:
-                raise RuntimeError(f"a learner failed: {e}") from e
+            reports = learners.finish(300)
+            if reports is not None:
+                self._collect_round(reports, monitor)
+            version = learners.version
             for result in evals.finish(version):  # the trained agent as it ends
                 monitor.log_eval(result, env_steps())
             self._save_learner(env_steps())
@@ -353,16 +277,21 @@ class RayRuntime:
             shard_stats()
             ray.get([s.save.remote(paths.shard_location(j)) for j, s in enumerate(shards)])
             stats = ray.get([s.stats.remote() for s in shards], timeout=60)
-            monitor.maybe_log(env_steps(), stats, list(latest_stats.values()), replay_metrics(), force=True)
+            self._shard_seen.update(enumerate(stats))
+            monitor.maybe_log(env_steps(), stats, list(latest_stats.values()), fault_metrics(), force=True)
             summary = monitor.summary(env_steps())
             summary["actor_restarts"] = sum(restarts.values())
             summary["replay_shard_restarts"] = sum(self.shard_restarts.values())
             summary["replay_lost_inserts"] = self.lost_inserts
+            summary["replay_stale_priority_updates"] = self._stale_updates()
             summary["replay_inserted"] = sum(int(st.inserted) for st in stats)
             summary["replay_inserts_acked"] = sum(int(r.inserts_accepted_rows) for r in latest_stats.values())
+            summary["learner_version"] = learners.version
+            summary["learner_restarts"] = sum(learners.restarts.values())
+            summary["learner_updates_lost"] = learners.updates_lost
             summary["ray_resources"] = opts
             if world > 1:
-                params = ray.get([lr.parameters_vector.remote() for lr in learners])
+                params = ray.get([lr.parameters_vector.remote() for lr in learners.handles])
                 summary["learner_param_max_abs_diff"] = max(float((p - params[0]).abs().max()) for p in params)
             exit_code = 0
             return summary
@@ -375,47 +304,78 @@ class RayRuntime:
                 except Exception:
                     pass
                 ray.kill(h.handle)
-            for lr in learners:
+            for lr in learners.handles:
                 ray.kill(lr)
             for s in [*shards, *count_actors]:
                 ray.kill(s)
             ray.kill(store)
 
-    def _shard_stats(self, shards: list[Any], learners: list[Any], actors: list[EnvActorHandle],
+    def _shard_stats(self, shards: list[Any], learners: LearnerGroup, actors: list[EnvActorHandle],
                      ckpts: PeriodicShardCheckpoints) -> list[Any]:
         """Every shard's stats; a shard whose actor died is restarted first (:meth:`_restart_shard`)."""
         refs = [s.stats.remote() for s in shards]
         out = []
         for j, ref in enumerate(refs):
             try:
-                out.append(ray.get(ref, timeout=60))
+                st = ray.get(ref, timeout=60)
             except ray.exceptions.RayActorError as e:
-                out.append(self._restart_shard(j, e, shards, learners, actors, ckpts))
+                st = self._restart_shard(j, e, shards, learners, actors, ckpts)
+            self._shard_seen[j] = st
+            out.append(st)
         return out
 
-    def _restart_shard(self, j: int, err: BaseException, shards: list[Any], learners: list[Any],
+    def _stale_updates(self) -> int:
+        """Priority updates the shards dropped as another incarnation's, over every incarnation so far (a dead
+        one's as last polled)."""
+        return self._stale_updates_dead + sum(int(st.updates_stale) for st in self._shard_seen.values())
+
+    def _count_shard_restart(self, j: int, err: BaseException) -> int:
+        """Count one more restart of shard ``j``; RuntimeError naming it past ``runtime.shard_restarts``."""
+        limit = self.cfg.runtime.shard_restarts
+        n = self.shard_restarts.get(j, 0) + 1
+        if n > limit:
+            raise RuntimeError(f"replay shard {j} died {n} times (limit runtime.shard_restarts={limit}); "
+                               f"last error: {err}") from err
+        self.shard_restarts[j] = n
+        return n
+
+    def _restart_shard(self, j: int, err: BaseException, shards: list[Any], learners: LearnerGroup,
                        actors: list[EnvActorHandle], ckpts: PeriodicShardCheckpoints) -> Any:
         """Replace dead shard ``j`` by a new actor loaded from its last checkpoint (empty without one), hand it
         to the learners' samplers and to the env actors that insert into it, and count as lost what the dead
-        one had acknowledged since that checkpoint: its keys are its insert counter, so the largest key it
-        acknowledged to any actor, less the counter restored from the checkpoint, is the number of acknowledged
-        inserts gone. (Inserts it had not acknowledged are re-sent to the new shard.) Returns its stats."""
+        one had acknowledged since that checkpoint. Returns its stats.
+
+        The new shard is incarnation ``dead + 1`` or more (:class:`~distrl.replay.shard.ReplayShard`): a shard
+        that dies again before its next checkpoint comes back from the same checkpoint, so the checkpoint's
+        incarnation alone would repeat one whose keys are in flight.
+
+        **Lost inserts** = (the dead shard's insert count when it died, as far as anyone saw it) - (the count
+        restored from the checkpoint). Two witnesses of that count, the larger wins: (1) the env actors that
+        insert into the shard, each of which knows 1 + the largest insert count the shard acknowledged to it
+        (:meth:`~distrl.replay.client.BoundedInserter.replace_client`, including answers that had arrived but
+        were not yet read); (2) the driver's last stats poll of the dead shard (``inserted``, every
+        ``logging.log_every_s``), which stays known when the env actor holding the highest acknowledgement died
+        too. Left uncounted: rows the shard acknowledged after the driver's last poll of it, to env actors that
+        died before this restart reached them (both deaths within one poll interval). Counted though not lost:
+        rows the shard stored and reported to a poll whose acknowledgement never reached their actor (killed
+        with the reply in flight), which the actor re-sent. Inserts the shard never acknowledged are re-sent
+        by their actors, not lost."""
         cfg = self.cfg
-        n = self.shard_restarts.get(j, 0) + 1
-        if n > cfg.runtime.actor_restarts:
-            raise RuntimeError(f"replay shard {j} died {n} times (limit runtime.actor_restarts="
-                               f"{cfg.runtime.actor_restarts}); last error: {err}") from err
-        self.shard_restarts[j] = n
+        n = self._count_shard_restart(j, err)
         ckpts.forget(j)
+        seen = self._shard_seen.pop(j, None)
+        seen_inserted = 0 if seen is None else int(seen.inserted)
+        incarnation = 0 if seen is None else int(seen.incarnation) + 1
+        if seen is not None:
+            self._stale_updates_dead += int(seen.updates_stale)
         location = self.paths.shard_location(j)
         restore = location if storage.exists(location) else None
         o = self.options[REPLAY_SHARD]
         new = make_ray_shard(cfg.replay, j, num_cpus=o["num_cpus"], resources=o.get("resources"),
-                             seed=cfg.runtime.seed, restore_from=restore)
+                             seed=cfg.runtime.seed, restore_from=restore, incarnation=incarnation)
         stats = ray.get(new.stats.remote(), timeout=60)
         shards[j] = new
-        for lr in learners:
-            lr.replace_shard.remote(j, new)  # runs when the learner's current training call returns
+        learners.replace_shard(j, new)
         acked = []
         for h in actors:
             if h.actor_id % len(shards) == j:
@@ -423,11 +383,12 @@ class RayRuntime:
                     acked.append(int(ray.get(h.handle.replace_shard.remote(new), timeout=120)))
                 except ray.exceptions.RayError:
                     pass  # that actor died too: _poll_actors restarts it with the new shard
-        lost = max(0, max(acked, default=0) - int(stats.inserted))
+        lost = max(0, max([*acked, seen_inserted]) - int(stats.inserted))
         self.lost_inserts += lost
-        log.warning("distrl: replay shard %d died (%s); restarted (%d/%d) from %s: %d rows restored, %d "
-                    "acknowledged inserts lost since that checkpoint", j, err, n, cfg.runtime.actor_restarts,
-                    restore or "nothing (no checkpoint yet)", stats.inserted, lost)
+        log.warning("distrl: replay shard %d died (%s); restarted (%d/%d, incarnation %d) from %s: %d rows "
+                    "restored, %d acknowledged inserts lost since that checkpoint", j, err, n,
+                    cfg.runtime.shard_restarts, stats.incarnation, restore or "nothing (no checkpoint yet)",
+                    stats.inserted, lost)
         return stats
 
     def _await_placed(self, refs: Any, what: str) -> Any:
@@ -448,19 +409,16 @@ class RayRuntime:
                 "counts": None if self.counts is None else self.counts.handles}
 
     def _save_learner(self, env_steps: int) -> None:
-        state = ray.get(self.learners[0].state_dict.remote())
-        save_checkpoint_file({**state, "extra": {"env_steps": env_steps}}, self.paths.learner_checkpoint)
+        assert self.learner_group is not None
+        if not self.learner_group.save_checkpoint({"env_steps": env_steps}):
+            return  # rank 0 had died: the learners went back to the last checkpoint instead
         if self.counts is not None:
             save_count_state(self.counts.state_dict(), self.paths.counts_checkpoint)
         self.paths.push("checkpoints")
 
     @staticmethod
-    def _collect_round(refs: list[Any], monitor: RunMonitor) -> int:
+    def _collect_round(reports: list[LearnerReport], monitor: RunMonitor) -> int:
         """Fold one round of learner reports into the monitor; returns the learner version."""
-        try:
-            reports = ray.get(refs)
-        except ray.exceptions.RayError as e:
-            raise RuntimeError(f"a learner failed: {e}") from e
         monitor.add_learner_report(reports[0])
         for r in reports[1:]:
             monitor.learner_env_steps += r.env_steps

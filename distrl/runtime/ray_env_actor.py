@@ -9,9 +9,10 @@ the CPUs from the caller (no decorators on library classes). Its :meth:`RayEnvAc
   a short back-off (so a learner that falls behind slows the actors down instead of being flooded);
 * with ``bonus.glob=count``, sends the state keys it buffered (:meth:`EnvActor.drain_state_keys`) to the run's
   count table with every sequence, not awaited (:class:`~distrl.runtime.ray_counts.RayCounts`);
-* every ``cfg.actor.weight_sync_every`` sequences, checks a pending ``weight_store.get_if_newer(version)``
-  call with ``ray.wait(timeout=0)``: new weights are loaded when they have arrived, and stepping never waits
-  for them.
+* every ``cfg.actor.weight_sync_every`` sequences, checks a pending ``weight_store.get_if_changed(version)``
+  call with ``ray.wait(timeout=0)``: new weights (or, after a learner restart, older ones) are loaded when they
+  have arrived, and stepping never waits for them; weights whose learner died before they were fetched are
+  skipped (the actor acts on with what it has).
 
 The actor is threaded (``max_concurrency`` > 1) so :meth:`stats` and :meth:`stop` are answered while
 :meth:`run` is busy. A loop error ends ``run``'s ObjectRef with that error; a killed process surfaces as
@@ -109,14 +110,17 @@ class RayEnvActor:
             return
         _, weights = res
         if isinstance(weights, ray.ObjectRef):
-            weights = ray.get(weights)
+            try:
+                weights = ray.get(weights)
+            except ray.exceptions.ObjectLostError:  # the learner that published them died: act on, pull again later
+                return
         self.actor.set_weights(weights)
         self.weight_updates += 1
 
     def pull_weights(self, timeout_s: float | None = None) -> int:
         """Blocking pull (used once before the first step); returns the policy version now held."""
         if self.weight_store is not None:
-            ref = self.weight_store.get_if_newer.remote(self.actor.policy_version)
+            ref = self.weight_store.get_if_changed.remote(self.actor.policy_version)
             self._load(ray.get(ref, timeout=timeout_s))
         return self.actor.policy_version
 
@@ -130,7 +134,7 @@ class RayEnvActor:
                 return
             ref, self._weights_ref = self._weights_ref, None
             self._load(ray.get(ref))
-        self._weights_ref = self.weight_store.get_if_newer.remote(self.actor.policy_version)
+        self._weights_ref = self.weight_store.get_if_changed.remote(self.actor.policy_version)
 
     # ---- loop --------------------------------------------------------------------------------------------
     def run(self, max_sequences: int | None = None) -> ActorReport:

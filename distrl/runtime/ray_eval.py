@@ -76,10 +76,14 @@ class RayEvaluator:
         self.store = weight_store
 
     def run(self, episodes: int, greedy: bool, video: bool) -> EvalOutcome | None:
-        """Evaluate the weight store's latest weights; None when nothing was published yet."""
+        """Evaluate the weight store's latest weights; None when nothing was published yet (or the learner that
+        published them died)."""
         version, weights = ray.get(self.store.get.remote())
         if isinstance(weights, ray.ObjectRef):
-            weights = ray.get(weights)
+            try:
+                weights = ray.get(weights)
+            except ray.exceptions.ObjectLostError:  # its learner died (restarting): nothing to evaluate now
+                return None
         if weights is None:
             return None
         if not video:

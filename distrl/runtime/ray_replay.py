@@ -14,8 +14,10 @@ numpy out of band, so the learner side reads them zero-copy from the object stor
 when it assembles the batch, since torch must not alias read-only object-store memory).
 
 Restart after a failure: checkpoint with ``ray.get(handle.save.remote(dir))``; when the actor dies, build a
-new one with ``make_ray_shard(cfg, j, restore_from=dir)`` and hand the sampler the new client with
-``sampler.replace_client(j, RayShardClient(new_handle, j))``.
+new one with ``make_ray_shard(cfg, j, restore_from=dir, incarnation=dead.incarnation + 1)`` and hand the
+sampler the new client with ``sampler.replace_client(j, RayShardClient(new_handle, j))``. The new shard is a
+new incarnation (:class:`~distrl.replay.shard.ReplayShard`), so priority updates still in flight for the dead
+one's keys are dropped there (``updates_stale``) instead of landing on new rows that reuse their insert counts.
 
 Usage::
 
@@ -134,9 +136,13 @@ def make_ray_shard(
     seed: int | None = None,
     core_state_dtype: str | None = None,
     restore_from: str | Path | None = None,
+    incarnation: int = 0,
     timeout: float = 600.0,
 ) -> Any:
     """One shard actor; with ``restore_from`` it is loaded from that checkpoint before this returns.
+
+    ``incarnation``: the lowest incarnation the new shard may take (a restore also goes above the checkpoint's);
+    1 + the dead shard's when it replaces one, so that no key of the dead shard is valid in the new one.
 
     ``num_cpus`` defaults to ``cfg.num_cpus``; ``resources`` are custom Ray resources to ask for (the node
     label, :func:`~distrl.runtime.resources.ray_options`). A refused checkpoint (CheckpointError) is raised here
@@ -144,10 +150,11 @@ def make_ray_shard(
     """
     extra: dict[str, Any] = {"resources": dict(resources)} if resources else {}
     cls = ray.remote(num_cpus=cfg.num_cpus if num_cpus is None else num_cpus, max_restarts=0, **extra)(StoredShard)
-    handle = cls.remote(cfg, shard_id, seed=seed, core_state_dtype=core_state_dtype)
+    handle = cls.remote(cfg, shard_id, seed=seed, core_state_dtype=core_state_dtype,
+                        incarnation=0 if restore_from is not None else incarnation)
     if restore_from is not None:
         try:
-            ray.get(handle.restore.remote(str(restore_from)), timeout=timeout)
+            ray.get(handle.restore.remote(str(restore_from), incarnation=incarnation), timeout=timeout)
         except BaseException:
             ray.kill(handle)
             raise

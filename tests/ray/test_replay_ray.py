@@ -7,7 +7,14 @@ import pytest
 import torch
 
 from distrl.config import ReplayConfig
-from distrl.replay import BoundedInserter, ReplaySampler, ReplayShardError, insert_with_retry
+from distrl.replay import (
+    BoundedInserter,
+    ReplaySampler,
+    ReplayShardError,
+    insert_with_retry,
+    key_counter,
+    key_incarnation,
+)
 from distrl.replay.testing import example_trajectory
 from distrl.runtime.ray_replay import RayShardClient, make_ray_shard, make_ray_shards, ray_shard_clients
 
@@ -77,8 +84,10 @@ def test_ray_shards_serve_a_sampler_and_survive_kill_and_restore(ray_cluster, tm
             sampler.next_batch(timeout=60.0)
 
     new = make_ray_shard(CFG, 0, num_cpus=0.25, seed=0, restore_from=path)
-    np.testing.assert_array_equal(ray.get(new.keys.remote()), keys_at_ckpt)
-    leaves, prio = ray.get(new.read.remote(keys_at_ckpt))
+    new_keys = ray.get(new.keys.remote())  # the same rows, under the new incarnation's keys
+    np.testing.assert_array_equal(key_counter(new_keys), key_counter(keys_at_ckpt))
+    assert (key_incarnation(new_keys) == 1).all() and (key_incarnation(keys_at_ckpt) == 0).all()
+    leaves, prio = ray.get(new.read.remote(new_keys))
     np.testing.assert_array_equal(prio, prio_at_ckpt)
     assert leaves.keys() == leaves_at_ckpt.keys()
     for k in leaves:

@@ -12,7 +12,7 @@ from distrl.actors.env_actor import EnvActor
 from distrl.config import ExperimentConfig, ModelConfig, ReplayConfig
 from distrl.models.cores import build_core
 from distrl.replay.episode_memory import EpisodeMemoryStore, MemoryCompactor
-from distrl.replay.shard import ReplayShard
+from distrl.replay.shard import ReplayShard, key_counter
 from distrl.types import Trajectory
 
 PERIOD = 5
@@ -60,7 +60,7 @@ def _leaves(state, version: int):
 def _check_rows(shard, keys, full_states, atol=0.0):
     rows, _ = shard.read(keys)
     for i, key in enumerate(keys):
-        seq, b = divmod(int(key), B_ROWS)
+        seq, b = divmod(int(key_counter(key)), B_ROWS)  # the row's insert count (restores change the key)
         want = full_states[seq]
         for k, v in want.items():
             got = rows[f"core_state/{k}"][i]
