@@ -84,6 +84,10 @@ def resolve_run(
     """
     extra = list(overrides)
     if local:
+        given = [o for o in overrides if o.partition("=")[0].strip() == "runtime.mode"]
+        if any(o.partition("=")[2].strip() != "local" for o in given):
+            raise ConfigError(f"runtime.mode on the command line: --local contradicts the override {given[-1]!r}; "
+                              "give one of them")
         extra.append("runtime.mode=local")
     if address:
         extra.append(f"runtime.address={address}")
