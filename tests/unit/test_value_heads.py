@@ -9,6 +9,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from test_learner_vtrace import np_log_softmax, np_vtrace  # the NumPy V-trace reference
 
 from distrl.config import ConfigError, LearnerConfig, load_config
 from distrl.envs.base import ArraySpec, EnvSpec
@@ -23,30 +24,6 @@ from distrl.types import ReplaySample
 
 SPEC = EnvSpec(name="fake:test", obs={"x": ArraySpec((3,), np.dtype(np.float32))}, num_actions=4, family="fake")
 TWO = ("bonus.value_heads=2", "model.separate_intrinsic_value=true")
-
-
-def np_log_softmax(x: np.ndarray) -> np.ndarray:
-    m = x.max(-1, keepdims=True)
-    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
-
-
-def np_vtrace(log_rhos, discounts, rewards, values, bootstrap, clip_rho=1.0, clip_c=1.0, clip_pg=1.0):
-    """IMPALA Eq. 1 as the direct sum over future steps (not the backward recursion under test)."""
-    T, B = log_rhos.shape
-    rhos = np.exp(log_rhos)
-    crho, cs = np.minimum(rhos, clip_rho), np.minimum(rhos, clip_c)
-    v_next = np.concatenate([values[1:], bootstrap[None]], 0)
-    deltas = crho * (rewards + discounts * v_next - values)
-    vs = np.zeros((T, B))
-    for s in range(T):
-        acc, prod = values[s].copy(), np.ones(B)
-        for t in range(s, T):
-            acc += prod * deltas[t]
-            prod = prod * discounts[t] * cs[t]
-        vs[s] = acc
-    vs_next = np.concatenate([vs[1:], bootstrap[None]], 0)
-    adv = np.minimum(rhos, clip_pg) * (rewards + discounts * vs_next - values)
-    return vs, adv
 
 
 def np_two_head_loss(logits, mu_logits, actions, heads, w_pg, w_v, cfg: LearnerConfig):
