@@ -236,18 +236,7 @@ def test_the_actor_acts_hcam_through_numpy_and_its_check_catches_a_wrong_kernel(
 def test_numpy_hcam_states_replay_to_the_actors_logits():
     """An env actor acting HCAM through NumPy -> compacted memory in a shard -> the learner's unroll from the
     rebuilt state reproduces the actor's logits (as with the PyTorch path, test_episode_memory.py)."""
-    cfg = ExperimentConfig(
-        model=ModelConfig(
-            encoder="mlp",
-            core="hcam",
-            hidden_size=16,
-            num_core_layers=2,
-            hcam_chunk=4,
-            hcam_chunks=4,
-            hcam_topk=2,
-            hcam_heads=2,
-        )
-    )
+    cfg = ExperimentConfig(model=_cfg(hcam_chunk=4))
     cfg = dataclasses.replace(
         cfg,
         env=dataclasses.replace(cfg.env, name="Recall-3-30", num_envs=3),
