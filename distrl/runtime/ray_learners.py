@@ -95,13 +95,25 @@ class RayLearner:
         self.worker: LearnerWorker | None = None
         self.generation = 0
         self._store: Any = None  # rank 0: the TCPStore the group meets through (kept alive with the group)
+        self._listener: socket.socket | None = None  # rank 0: the store's socket until setup hands it over
 
     def rendezvous_address(self) -> tuple[str, int]:
-        """This node's address and a free TCP port, for the group's TCPStore (called on rank 0)."""
-        with socket.socket() as s:
-            s.bind(("", 0))
-            port = s.getsockname()[1]
-        return ray.util.get_node_ip_address(), port
+        """This node's address and a port listening on it, for the group's TCPStore (called on rank 0). The
+        socket is bound to the node's address only (127.0.0.1 on a local cluster), not to every interface as
+        a TCPStore binds its own port, and stays open until ``setup`` hands it to the store: no other process
+        can take the port in between."""
+        self._close_listener()
+        host = ray.util.get_node_ip_address()
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        sock.bind((host, 0))
+        sock.listen()
+        self._listener = sock
+        return host, sock.getsockname()[1]
+
+    def _close_listener(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
 
     def setup(self, rendezvous: tuple[str, int] | None, generation: int = 0) -> int:
         """Build the worker; with several learners first join a new process group at ``rendezvous`` (rank 0
@@ -112,11 +124,7 @@ class RayLearner:
         if self.world > 1:
             if rendezvous is None:
                 raise ValueError("RayLearner.setup: several learners need a rendezvous address")
-            host, port = rendezvous
-            wait = self.cfg.runtime.placement_timeout_s or 86400.0  # peers may still be waiting for placement
-            self._store = dist.TCPStore(
-                host, port, self.world, self.rank == 0, timeout=datetime.timedelta(seconds=wait)
-            )
+            self._store = self._join_store(rendezvous)
             backend = "nccl" if torch.cuda.is_available() else "gloo"
             dist.init_process_group(
                 backend,
@@ -142,6 +150,26 @@ class RayLearner:
         if self.counts:
             attach_counts(self.worker.learner.extras, RayCounts(self.counts))
         return self.worker.version
+
+    def _join_store(self, rendezvous: tuple[str, int]) -> Any:
+        """The group's TCPStore at ``rendezvous``: rank 0 serves it on the socket ``rendezvous_address`` opened,
+        the others connect. Blocks until all ``world`` members joined (or the placement timeout)."""
+        host, port = rendezvous
+        wait = self.cfg.runtime.placement_timeout_s or 86400.0  # peers may still be waiting for placement
+        listen_fd = None
+        if self.rank == 0:
+            if self._listener is None:
+                raise RuntimeError("RayLearner.setup: rank 0 needs rendezvous_address() first")
+            listen_fd = self._listener.detach()  # the store owns (and closes) the socket from here
+            self._listener = None
+        return dist.TCPStore(
+            host,
+            port,
+            self.world,
+            self.rank == 0,
+            timeout=datetime.timedelta(seconds=wait),
+            master_listen_fd=listen_fd,
+        )
 
     def _w(self) -> LearnerWorker:
         if self.worker is None:
@@ -191,6 +219,7 @@ class RayLearner:
 
     def close(self) -> None:
         self._leave()
+        self._close_listener()
 
 
 def _cause(err: BaseException) -> BaseException:

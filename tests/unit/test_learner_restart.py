@@ -54,3 +54,44 @@ def test_a_learner_past_its_restart_limit_fails_the_run_with_its_rank_named(tmp_
     group.restarts = {1: 1}  # learner 1 was restarted once already; no Ray call happens before the check
     with pytest.raises(RuntimeError, match=r"learner 1 failed 2 times \(limit runtime.learner_restarts=1\).*boom"):
         group._recover({1: RuntimeError("boom")})
+
+
+def _listening(port: int) -> list[str]:
+    """The local addresses (hex, as /proc/net/tcp{,6} writes them) that listen on ``port``."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = open(table).read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            local, state = row.split()[1], row.split()[3]
+            addr, hex_port = local.rsplit(":", 1)
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                found.append(addr)
+    return found
+
+
+def test_the_learner_groups_store_listens_on_the_node_address_only(monkeypatch):
+    """Two learners meet through rank 0's TCPStore; it must not listen on every interface (a TCPStore binds its
+    own port to all of them), only on the node's address: 127.0.0.1 on a local cluster."""
+    import threading
+
+    from distrl.runtime import ray_learners
+
+    monkeypatch.setattr(ray_learners.ray.util, "get_node_ip_address", lambda: "127.0.0.1")
+    cfg = load_config(None, ["runtime.placement_timeout_s=20"])
+    peers = [ray_learners.RayLearner(cfg, None, [], None, rank, 2) for rank in (0, 1)]
+    where = peers[0].rendezvous_address()
+    stores: dict[int, object] = {}
+    threads = [threading.Thread(target=lambda p=p: stores.__setitem__(p.rank, p._join_store(where))) for p in peers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert set(stores) == {0, 1}
+    stores[1].set("hello", "from rank 1")
+    assert stores[0].get("hello") == b"from rank 1"
+    assert _listening(where[1]) == ["0100007F"]  # 127.0.0.1, and nothing on 0.0.0.0 or ::
+    for p in peers:
+        p.close()
