@@ -265,8 +265,15 @@ class BonusConfig:
     """NovelD: c in [b(s_{t+1}) - c * b(s_t)]_+ (the E3B sweep's best, 0.1; 0 = RND on s_{t+1})."""
     rnd_lr: float = 1e-4
     """Learning rate of the RND predictor's own optimizer group (the E3B code's Adam 1e-4)."""
-    rnd_hidden: int = 256
-    """Width of the RND predictor's two hidden layers (the E3B code: 1024, over a 1024-d encoder)."""
+    rnd_net: Literal["e3b", "small"] = "e3b"
+    """RND/NovelD networks (distrl.bonuses.global_bonus): 'e3b' = the E3B code's, a frozen random copy of the
+    policy's encoder feeding a 4-layer frozen target and a 5-layer predictor; 'small' = the same distillation on
+    cheaper networks, learner-side only: the policy's encoder kind at width 128 with glyph embeddings at most 8
+    wide (nethack -> nethack_small with glyphs_crop, nature_cnn/impala_cnn -> small_cnn), a 2-layer target and
+    a 3-layer predictor (about 0.4x the e3b networks' learner cost on the 2-core MiniHack preset)."""
+    rnd_hidden: int = 0
+    """Width of the RND predictor's two hidden layers (0 = by rnd_net: 256 for 'e3b', 128 for 'small'; the E3B
+    code: 1024, over a 1024-d encoder)."""
     count_power: float = 0.5
     """Global counts: bonus = N(psi(s)) ** -count_power (0.5 = 1/sqrt(N), GEB eq. 7)."""
     count_shards: int = 1
@@ -498,7 +505,7 @@ class ExperimentConfig:
             (b.rnd_power > 0, "bonus.rnd_power must be > 0"),
             (b.noveld_scale >= 0, "bonus.noveld_scale must be >= 0 (0 = RND on s_{t+1})"),
             (b.rnd_lr > 0, "bonus.rnd_lr must be > 0"),
-            (b.rnd_hidden >= 1, "bonus.rnd_hidden must be >= 1"),
+            (b.rnd_hidden >= 0, "bonus.rnd_hidden must be >= 0 (0 = by bonus.rnd_net)"),
             (b.count_power > 0, "bonus.count_power must be > 0"),
             (b.count_shards >= 1, "bonus.count_shards must be >= 1"),
             (b.e3b_lr > 0, "bonus.e3b_lr must be > 0"),

@@ -6,8 +6,9 @@ Switched on by the bonus section alone (``bonus.episodic`` or ``bonus.glob`` not
 ``traj.episodic_bonus[t]`` of ``s_t`` (E3B or episodic counts, :mod:`distrl.bonuses`). At learn time this extra
 
 1. computes the global bonus with the current global model on the replayed observations: RND or NovelD
-   (:class:`~distrl.bonuses.global_bonus.RND`, frozen random encoder of the policy's architecture, predictor
-   trained here on its own optimizer group at ``bonus.rnd_lr``), or global counts ``N(psi(s_{t+1}))^-0.5``
+   (:class:`~distrl.bonuses.global_bonus.RND`, frozen random encoder of the policy's architecture or, with
+   ``bonus.rnd_net=small``, a narrow one; predictor trained here on its own optimizer group at
+   ``bonus.rnd_lr``), or global counts ``N(psi(s_{t+1}))^-0.5``
    looked up in the run's count table (attached by the runtime, :meth:`BonusExtra.attach_counts`);
 2. combines them (:func:`~distrl.bonuses.combine.combine_bonus`: ``mult`` = ``b_ep(s_t) * b_glob(s_{t+1})``, the
    E3B code's alignment, or ``add``);
@@ -45,13 +46,12 @@ from torch import Tensor
 
 from distrl.bonuses.combine import RunningMoments, combine_bonus
 from distrl.bonuses.counts import CountSource, count_bonus
-from distrl.bonuses.global_bonus import RND
+from distrl.bonuses.global_bonus import RND, build_rnd
 from distrl.bonuses.keys import state_keys
 from distrl.config import ConfigError, ExperimentConfig
 from distrl.envs.base import EnvSpec
 from distrl.learners.extras import LearnerBatch, LearnerExtra, register_extra
 from distrl.learners.vtrace import ValueStream, intrinsic_stream
-from distrl.models.encoders import build_encoder
 
 _QUANTILES = (0.5, 0.9, 0.99)
 
@@ -69,7 +69,7 @@ class BonusExtra(LearnerExtra):
         self.reward_clip = cfg.learner.reward_clip
         self.rnd: RND | None = None
         if b.glob in ("rnd", "noveld"):
-            self.rnd = RND(build_encoder(cfg.model, spec), hidden=b.rnd_hidden, power=b.rnd_power, on=b.rnd_on)
+            self.rnd = build_rnd(cfg, spec)
         if b.glob == "count" or b.episodic == "count":
             need = {"position": "blstats", "message": "message", "glyphs": "glyphs"}.get(b.count_key)
             if need is not None and need not in spec.obs:

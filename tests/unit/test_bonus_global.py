@@ -17,10 +17,12 @@ from distrl.bonuses.counts import (
     save_count_state,
     shard_of,
 )
-from distrl.bonuses.global_bonus import RND, noveld
-from distrl.config import EnvConfig, ModelConfig
+from distrl.bonuses.global_bonus import RND, build_rnd, noveld, rnd_model_config
+from distrl.config import ConfigError, EnvConfig, ModelConfig, load_config
+from distrl.envs.base import ArraySpec, EnvSpec
 from distrl.envs.registry import env_spec
-from distrl.models.encoders import build_encoder
+from distrl.learners.bonus import BonusExtra
+from distrl.models.encoders import NetHackSmallEncoder, build_encoder
 
 # ---- counts ---------------------------------------------------------------------------------------------------
 
@@ -162,3 +164,124 @@ def test_rnd_refuses_bad_options():
         RND(enc, power=0.0)
     with pytest.raises(ValueError, match="on must be"):
         RND(enc, on="later")  # type: ignore[arg-type]
+
+
+# ---- RND networks: bonus.rnd_net -------------------------------------------------------------------------------
+
+MINIHACK = EnvSpec(
+    name="MiniHack-MultiRoom-N4-v0",
+    obs={"glyphs_crop": ArraySpec((9, 9), np.dtype(np.int16)), "blstats": ArraySpec((27,), np.dtype(np.int64))},
+    num_actions=8,
+    family="minihack",
+)
+# the 2-core explore preset's model (tools/bench/explore.py CPU_OVERRIDES)
+SMALL_MODEL = ("model.encoder=nethack_small", "model.hidden_size=128", "model.glyph_embedding_dim=16")
+
+
+def _rnd_cfg(*over: str):
+    return load_config(None, [*SMALL_MODEL, "bonus.glob=rnd", *over])
+
+
+def _minihack_obs(T: int, B: int, seed: int, glyphs: tuple[int, int] = (2300, 2400)) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    crop = torch.randint(*glyphs, (T + 1, B, 9, 9), generator=g).to(torch.int16)
+    return {"glyphs_crop": crop, "blstats": torch.randint(0, 80, (T + 1, B, 27), generator=g)}
+
+
+def _widths(net: torch.nn.Sequential) -> list[int]:
+    return [m.out_features for m in net if isinstance(m, torch.nn.Linear)]
+
+
+def test_rnd_net_e3b_is_the_previous_construction():
+    """The default networks are exactly what RND(build_encoder(model, spec), hidden=256) built before the option
+    existed: same shapes, and the same random values from the same seed."""
+    cfg = _rnd_cfg()
+    assert cfg.bonus.rnd_net == "e3b" and rnd_model_config(cfg, MINIHACK) == cfg.model
+    torch.manual_seed(3)
+    new = build_rnd(cfg, MINIHACK)
+    torch.manual_seed(3)
+    old = RND(build_encoder(cfg.model, MINIHACK), hidden=256)
+    assert new.state_dict().keys() == old.state_dict().keys()
+    for k, v in old.state_dict().items():
+        assert torch.equal(new.state_dict()[k], v), k
+    assert _widths(new.target) == [128] * 4 and _widths(new.predictor) == [256, 256, 128, 128, 128]
+
+
+def test_rnd_net_small_shapes_and_size():
+    torch.manual_seed(0)
+    big = build_rnd(_rnd_cfg(), MINIHACK)
+    small = build_rnd(_rnd_cfg("bonus.rnd_net=small"), MINIHACK)
+    assert isinstance(small.encoder, NetHackSmallEncoder)
+    assert small.encoder.glyph_embed.embedding_dim == 8 and small.encoder.out_dim == 128
+    assert _widths(small.target) == [128, 128] and _widths(small.predictor) == [128, 128, 128]
+    n_big, n_small = (sum(p.numel() for p in r.parameters()) for r in (big, small))
+    assert n_small < 0.5 * n_big
+    obs = _minihack_obs(6, 3, seed=0)
+    err = small.errors(obs)
+    assert err.shape == (7, 3) and err.requires_grad
+    assert small.bonus_from(err).shape == (6, 3) and small.bonus(obs, noveld_scale=0.1).shape == (6, 3)
+    assert small.loss_from(err, torch.ones(6, 3, dtype=torch.bool)).shape == ()
+    # bonus.rnd_hidden still sets the predictor's width; the learner extra builds the same networks
+    assert _widths(build_rnd(_rnd_cfg("bonus.rnd_net=small", "bonus.rnd_hidden=64"), MINIHACK).predictor) == [
+        64,
+        64,
+        128,
+    ]
+    extra = BonusExtra(_rnd_cfg("bonus.rnd_net=small"), MINIHACK)
+    assert extra.rnd is not None and isinstance(extra.rnd.encoder, NetHackSmallEncoder)
+    assert extra.rnd.state_dict().keys() == small.state_dict().keys()
+
+
+def test_rnd_net_small_frozen_parts_stay_put_and_the_predictor_learns_repeated_states():
+    torch.manual_seed(0)
+    rnd = build_rnd(_rnd_cfg("bonus.rnd_net=small"), MINIHACK)
+    seen = _minihack_obs(8, 4, seed=1)
+    new = _minihack_obs(8, 4, seed=2, glyphs=(1000, 1100))
+    valid = torch.ones(8, 4, dtype=torch.bool)
+    frozen = {k: v.clone() for k, v in rnd.state_dict().items() if not k.startswith("predictor")}
+    assert frozen and all(not p.requires_grad for n, p in rnd.named_parameters() if not n.startswith("predictor"))
+    opt = torch.optim.Adam(rnd.parameters(), lr=1e-3)  # every parameter: only the predictor may move
+    first = float(rnd.loss(seen, valid).detach())
+    for _ in range(300):
+        opt.zero_grad()
+        rnd.loss(seen, valid).backward()
+        for name, p in rnd.named_parameters():
+            assert (p.grad is not None) == name.startswith("predictor"), name
+        opt.step()
+    assert float(rnd.loss(seen, valid).detach()) < 0.2 * first
+    assert float(rnd.bonus(seen).mean()) < 0.5 * float(rnd.bonus(new).mean())
+    for k, v in rnd.state_dict().items():
+        if k in frozen:
+            assert torch.equal(v, frozen[k]), k
+
+
+def test_rnd_net_small_encoder_per_policy_encoder():
+    atari = EnvSpec(
+        name="ALE/Pong-v5", obs={"frames": ArraySpec((4, 84, 84), np.dtype(np.uint8))}, num_actions=6, family="atari"
+    )
+    for spec, model, expect in (
+        (atari, (), "small_cnn"),  # auto -> nature_cnn -> small_cnn
+        (atari, ("model.encoder=impala_cnn",), "small_cnn"),
+        (MINIHACK, ("model.encoder=nethack",), "nethack_small"),
+        (EnvSpec(name="MiniHack-Room-5x5-v0", obs={"glyphs": ArraySpec((21, 79), np.dtype(np.int16))},
+                 num_actions=8, family="minihack"), (), "nethack"),  # no glyphs_crop: a narrow nethack
+    ):
+        cfg = load_config(None, [*model, "model.glyph_embedding_dim=32", "bonus.glob=rnd", "bonus.rnd_net=small"])
+        m = rnd_model_config(cfg, spec)
+        assert (m.encoder, m.hidden_size, m.glyph_embedding_dim) == (expect, 128, 8), spec.name
+    narrow = load_config(None, ["model.glyph_embedding_dim=4", "bonus.rnd_net=small"])
+    assert rnd_model_config(narrow, MINIHACK).glyph_embedding_dim == 4  # never wider than the policy's
+
+
+def test_rnd_net_config_validation_names_the_key():
+    with pytest.raises(ConfigError, match=r"bonus\.rnd_net"):
+        load_config(None, ["bonus.rnd_net=tiny"])
+    with pytest.raises(ConfigError, match=r"bonus\.rnd_hidden"):
+        load_config(None, ["bonus.rnd_hidden=-1"])
+    assert load_config(None, ["bonus.rnd_hidden=0"]).bonus.rnd_hidden == 0  # 0 = by bonus.rnd_net
+    spec = env_spec(EnvConfig(name="fake:counting"))
+    enc = build_encoder(ModelConfig(encoder="mlp", hidden_size=8), spec)
+    with pytest.raises(ValueError, match="net must be"):
+        RND(enc, net="tiny")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="hidden"):
+        RND(enc, hidden=0)
