@@ -49,8 +49,9 @@ killed, and nothing else is touched.
 
 ``--learner-cost`` measures something else: the learner's update rate per exploration bonus (issue 19: "RND
 keeps >= 0.75 of the learner's update rate"), in this process, without Ray. For each bonus of ``--bonuses``
-(``none``, ``rnd``, ``noveld``, ``e3b``, ``e3b_rnd``, ``e3b_noveld``, ``counts``; ``none`` is always measured, as
-the reference) the config is ``--config`` (default ``configs/minihack_multiroom.yaml``, MiniHack-MultiRoom-N4) plus
+(``none``, ``rnd``, ``noveld``, ``e3b``, ``e3b_rnd``, ``e3b_noveld``, ``counts``, and ``rnd_small`` /
+``e3b_rnd_small`` on the narrow RND networks, ``bonus.rnd_net=small``; ``none`` is always measured, as the
+reference) the config is ``--config`` (default ``configs/minihack_multiroom.yaml``, MiniHack-MultiRoom-N4) plus
 the ``bonus:`` lines of its preset ``configs/minihack_multiroom_<bonus>.yaml`` (``rnd``/``noveld``: those of
 E3B x RND / E3B x NovelD with ``bonus.episodic=none``), plus tools/bench/explore.py's 2-core overrides
 (``CPU_OVERRIDES``: the small MiniHack model, inline actors; ``--no-cpu-overrides`` leaves them out), plus
@@ -547,7 +548,8 @@ def value_at(curve: list[list[Any]], steps: float) -> tuple[float | None, float 
 # ------------------------------------------------------------------------------------------------------------
 
 #: bonus name -> (preset whose ``bonus:`` lines it takes, overrides on top of them). ``rnd`` and ``noveld`` are
-#: the global bonus alone: the E3B x RND / E3B x NovelD presets' lines with the episodic bonus off.
+#: the global bonus alone: the E3B x RND / E3B x NovelD presets' lines with the episodic bonus off; ``*_small``:
+#: the same on the narrow RND networks (``bonus.rnd_net=small``).
 BONUSES: dict[str, tuple[str, tuple[str, ...]]] = {
     "none": ("configs/minihack_multiroom_nobonus.yaml", ()),
     "rnd": ("configs/minihack_multiroom_e3b_rnd.yaml", ("bonus.episodic=none",)),
@@ -556,6 +558,8 @@ BONUSES: dict[str, tuple[str, tuple[str, ...]]] = {
     "e3b_rnd": ("configs/minihack_multiroom_e3b_rnd.yaml", ()),
     "e3b_noveld": ("configs/minihack_multiroom_e3b_noveld.yaml", ()),
     "counts": ("configs/minihack_multiroom_counts.yaml", ()),
+    "rnd_small": ("configs/minihack_multiroom_e3b_rnd.yaml", ("bonus.episodic=none", "bonus.rnd_net=small")),
+    "e3b_rnd_small": ("configs/minihack_multiroom_e3b_rnd.yaml", ("bonus.rnd_net=small",)),
 }
 LEARNER_COST_BASE = ROOT / "configs" / "minihack_multiroom.yaml"  # what every preset above includes
 LEARNER_COST_BONUSES = "none,rnd,e3b,e3b_rnd,noveld,counts"
