@@ -11,14 +11,14 @@
 * Global counts ``1 / sqrt(N(psi(s)))`` are :func:`distrl.bonuses.counts.count_bonus` on counts from the
   run's :class:`~distrl.bonuses.counts.CountTable`.
 
-Networks (``bonus.rnd_net``, :func:`build_rnd`):
+Networks (``bonus.rnd_net``, built by :func:`distrl.learners.bonus.build_rnd`):
 
 * ``"e3b"`` (default): the E3B code's. The frozen random encoder is the policy's architecture
   (``model.encoder`` at width F = ``model.hidden_size``); target ``F -> 128 -> 128 -> 128 -> 128`` (frozen),
   predictor ``F -> H -> H -> 128 -> 128 -> 128`` (the E3B code's shapes with F = H = 1024; here H =
   ``bonus.rnd_hidden``, 256 when 0).
 * ``"small"``: the same computation on cheaper networks. The frozen random encoder is the policy's encoder
-  kind at F = 128 (:data:`SMALL_FEATURES`), glyph embedding width at most 8 (:data:`SMALL_GLYPH_EMBEDDING`),
+  kind at F = 128, glyph embedding width at most 8 (:func:`distrl.learners.bonus.rnd_model_config`),
   and its cheap sibling where there is one (``nethack`` -> ``nethack_small`` when the env has
   ``glyphs_crop``; ``nature_cnn``/``impala_cnn`` -> ``small_cnn``); target ``F -> 128 -> 128``, predictor
   ``F -> H -> H -> 128`` with H = ``bonus.rnd_hidden``, 128 when 0. The predictor's width is most of RND's
@@ -31,7 +31,7 @@ come from the RNG and must come back identical on ``--resume``).
 
 Usage::
 
-    rnd = build_rnd(cfg, spec)                           # or RND(build_encoder(model_cfg, spec), hidden=256)
+    rnd = RND(build_encoder(model_cfg, spec), hidden=256)   # or distrl.learners.bonus.build_rnd(cfg, spec)
     err = rnd.errors(obs)                                # obs leaves [T + 1, B, ...] -> [T + 1, B], one pass
     b = rnd.bonus_from(err, noveld_scale=0.0)            # [T, B], no grad
     loss = rnd.loss_from(err, valid)                     # predictor loss on the same states, valid [T, B]
@@ -39,15 +39,11 @@ Usage::
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
-
-from distrl.config import ExperimentConfig, ModelConfig
-from distrl.models.encoders import EnvSpecLike, build_encoder, encoder_name
 
 RND_OUT = 128
 RND_NETS = ("e3b", "small")
@@ -58,11 +54,6 @@ _LAYERS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
 }
 #: Predictor hidden width H when ``bonus.rnd_hidden`` is 0.
 DEFAULT_HIDDEN = {"e3b": 256, "small": 128}
-SMALL_FEATURES = 128
-"""``rnd_net="small"``: width F of the frozen random encoder's output."""
-SMALL_GLYPH_EMBEDDING = 8
-"""``rnd_net="small"``: the frozen random glyph embedding's width (at most; the policy's when narrower)."""
-_SMALL_SIBLING = {"nethack": "nethack_small", "nature_cnn": "small_cnn", "impala_cnn": "small_cnn"}
 
 
 def mlp(sizes: Sequence[int]) -> nn.Sequential:
@@ -80,43 +71,12 @@ def noveld(b: Tensor, scale: float) -> Tensor:
     return (b[1:] - scale * b[:-1]).clamp(min=0.0)
 
 
-def rnd_model_config(cfg: ExperimentConfig, spec: EnvSpecLike) -> ModelConfig:
-    """The model config whose encoder is RND's frozen random encoder (``bonus.rnd_net``, see the module doc):
-    the policy's (``"e3b"``), or its cheap narrow sibling (``"small"``)."""
-    if cfg.bonus.rnd_net == "e3b":
-        return cfg.model
-    name = encoder_name(cfg.model, spec)
-    if name == "nethack" and "glyphs_crop" not in spec.obs:
-        small = name
-    else:
-        small = _SMALL_SIBLING.get(name, name)
-    return dataclasses.replace(
-        cfg.model,
-        encoder=small,  # type: ignore[arg-type]
-        hidden_size=SMALL_FEATURES,
-        glyph_embedding_dim=min(cfg.model.glyph_embedding_dim, SMALL_GLYPH_EMBEDDING),
-    )
-
-
-def build_rnd(cfg: ExperimentConfig, spec: EnvSpecLike) -> RND:
-    """RND as ``cfg.bonus`` asks (``rnd_net``, ``rnd_hidden``, ``rnd_power``, ``rnd_on``), with a freshly built,
-    random encoder of :func:`rnd_model_config`."""
-    b = cfg.bonus
-    return RND(
-        build_encoder(rnd_model_config(cfg, spec), spec),
-        hidden=b.rnd_hidden or DEFAULT_HIDDEN[b.rnd_net],
-        net=b.rnd_net,
-        power=b.rnd_power,
-        on=b.rnd_on,
-    )
-
-
 class RND(nn.Module):
     """Random network distillation over a frozen random encoder (see the module doc).
 
     ``encoder`` is a freshly built (random) encoder, frozen here: for ``net="e3b"`` one of the policy's
-    architecture (:func:`build_rnd` builds the one ``bonus.rnd_net`` asks for). ``net`` sets the target's and
-    the predictor's depths; ``hidden`` is the predictor's hidden width H.
+    architecture (:func:`distrl.learners.bonus.build_rnd` builds the one ``bonus.rnd_net`` asks for). ``net``
+    sets the target's and the predictor's depths; ``hidden`` is the predictor's hidden width H.
     """
 
     def __init__(

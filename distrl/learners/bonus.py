@@ -37,6 +37,7 @@ Usage::
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -46,14 +47,52 @@ from torch import Tensor
 
 from distrl.bonuses.combine import RunningMoments, combine_bonus
 from distrl.bonuses.counts import CountSource, count_bonus
-from distrl.bonuses.global_bonus import RND, build_rnd
+from distrl.bonuses.global_bonus import DEFAULT_HIDDEN, RND
 from distrl.bonuses.keys import state_keys
-from distrl.config import ConfigError, ExperimentConfig
+from distrl.config import ConfigError, ExperimentConfig, ModelConfig
 from distrl.envs.base import EnvSpec
 from distrl.learners.extras import LearnerBatch, LearnerExtra, register_extra
 from distrl.learners.vtrace import ValueStream, intrinsic_stream
+from distrl.models.encoders import EnvSpecLike, build_encoder, encoder_name
 
 _QUANTILES = (0.5, 0.9, 0.99)
+SMALL_FEATURES = 128
+"""``rnd_net="small"``: width F of the frozen random encoder's output."""
+SMALL_GLYPH_EMBEDDING = 8
+"""``rnd_net="small"``: the frozen random glyph embedding's width (at most; the policy's when narrower)."""
+_SMALL_SIBLING = {"nethack": "nethack_small", "nature_cnn": "small_cnn", "impala_cnn": "small_cnn"}
+
+
+def rnd_model_config(cfg: ExperimentConfig, spec: EnvSpecLike) -> ModelConfig:
+    """The model config whose encoder is RND's frozen random encoder (``bonus.rnd_net``, see
+    :mod:`distrl.bonuses.global_bonus`):
+    the policy's (``"e3b"``), or its cheap narrow sibling (``"small"``)."""
+    if cfg.bonus.rnd_net == "e3b":
+        return cfg.model
+    name = encoder_name(cfg.model, spec)
+    if name == "nethack" and "glyphs_crop" not in spec.obs:
+        small = name
+    else:
+        small = _SMALL_SIBLING.get(name, name)
+    return dataclasses.replace(
+        cfg.model,
+        encoder=small,  # type: ignore[arg-type]
+        hidden_size=SMALL_FEATURES,
+        glyph_embedding_dim=min(cfg.model.glyph_embedding_dim, SMALL_GLYPH_EMBEDDING),
+    )
+
+
+def build_rnd(cfg: ExperimentConfig, spec: EnvSpecLike) -> RND:
+    """RND as ``cfg.bonus`` asks (``rnd_net``, ``rnd_hidden``, ``rnd_power``, ``rnd_on``), with a freshly built,
+    random encoder of :func:`rnd_model_config`."""
+    b = cfg.bonus
+    return RND(
+        build_encoder(rnd_model_config(cfg, spec), spec),
+        hidden=b.rnd_hidden or DEFAULT_HIDDEN[b.rnd_net],
+        net=b.rnd_net,
+        power=b.rnd_power,
+        on=b.rnd_on,
+    )
 
 
 class BonusExtra(LearnerExtra):

@@ -17,11 +17,11 @@ from distrl.bonuses.counts import (
     save_count_state,
     shard_of,
 )
-from distrl.bonuses.global_bonus import RND, build_rnd, noveld, rnd_model_config
+from distrl.bonuses.global_bonus import RND, noveld
 from distrl.config import ConfigError, EnvConfig, ModelConfig, load_config
 from distrl.envs.base import ArraySpec, EnvSpec
 from distrl.envs.registry import env_spec
-from distrl.learners.bonus import BonusExtra
+from distrl.learners.bonus import BonusExtra, build_rnd, rnd_model_config
 from distrl.models.encoders import NetHackSmallEncoder, build_encoder
 
 # ---- counts ---------------------------------------------------------------------------------------------------
