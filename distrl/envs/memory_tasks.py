@@ -13,9 +13,13 @@ see ALGORITHMS.md §2.7.
   Chance level (``info["chance"]``): ``1 / N``, for an agent that walks to a dancer picked at random (every
   dancer is two moves away; an agent that reaches none in time scores 0).
 * ``Recall-<K>-<D>`` (:class:`RecallEnv`): step 0 shows an object at one of ``K`` places (``cue``), then
-  ``D`` distractor steps show a random other place in ``distractor`` each step, then ``query`` asks where the
-  object was: the action (one of K places) there ends the episode, reward 1 if it names the cue's place.
-  Actions before the query do nothing. Chance level: ``1 / K``.
+  ``D`` distractor steps show a place drawn uniformly from all ``K`` in ``distractor`` each step (independent
+  of the cue: the cue's place shows up among them as often as any other, so they carry no information about
+  it), then ``query`` asks where the object was: the action (one of K places) there ends the episode, reward 1
+  if it names the cue's place. Actions before the query do nothing. Chance level: ``1 / K``. (Distractors
+  drawn from the places other than the cue's leaked it: the place never shown in D >> K distractor steps is
+  the cue's, and an attention memory learnt that instead of the cue; see
+  ``test_recall_distractors_do_not_leak_the_cue``.)
 
 Both report ``info["success"]`` (the reward) and ``info["chance"]`` on the step that ends an episode.
 Observations are small int8 arrays (the MLP encoder casts them as they are).
@@ -256,8 +260,8 @@ class RecallEnv:
         judged = self._t == self.delay + 1
         reward = 1.0 if judged and a == self._cue else 0.0
         self._t += 1
-        if 1 <= self._t <= self.delay:  # a distractor: any place but the cue's
-            self._distractor = (self._cue + 1 + int(self._rng.integers(self.places - 1))) % self.places
+        if 1 <= self._t <= self.delay:  # a distractor: any place, the cue's included (independent of the cue)
+            self._distractor = int(self._rng.integers(self.places))
         terminated = judged
         truncated = not terminated and 0 < self.max_episode_steps <= self._t
         self._done = terminated or truncated
