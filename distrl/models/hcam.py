@@ -59,6 +59,10 @@ from distrl.config import ModelConfig
 from distrl.models.cores import CoreBase, _check_state
 from distrl.types import CoreState, EpisodeMemorySpec
 
+TIE_BREAK = 1e-4
+"""Relevance logit taken off per chunk of age (:meth:`HCAMLayer.read`): far below any learnt difference, far
+above float32 rounding of the logits; it makes the top-k choice the same in every implementation."""
+
 
 def sinusoid_positions(n: int, dim: int, min_timescale: float = 2.0, max_timescale: float = 1e4) -> Tensor:
     """Sinusoidal encodings ``[n, dim]`` of the positions ``n-1, ..., 0`` (the official module's order: the
@@ -136,14 +140,21 @@ class HCAMLayer(nn.Module):
         age = (torch.arange(chunk).view(chunk, 1) - torch.arange(chunk).view(1, chunk)).clamp(min=0)
         self.register_buffer("pe_local", self.pe[chunk - 1 - age], persistent=False)  # [C (pos), C, D]
 
-    def read(self, z: Tensor, keys: Tensor, contents: Tensor, mask: Tensor) -> Tensor:
+    def read(self, z: Tensor, keys: Tensor, contents: Tensor, mask: Tensor, age: Tensor | None = None) -> Tensor:
         """Memory read. z [T, B, D] (queries); keys [B, N, D], contents [B, N, C, D] (stop-gradient);
-        mask [T, B, N] bool (chunk n visible to the query at t). Returns [T, B, D]; zero where nothing is
-        visible."""
+        mask [T, B, N] bool (chunk n visible to the query at t); age [T, B, N] (chunks written after chunk n,
+        before t: 0 for the newest) or None. Returns [T, B, D]; zero where nothing is visible.
+
+        ``age`` breaks ties in the top-k choice: each relevance logit gets ``-TIE_BREAK * age``, so of chunks
+        with equal summaries (common with symbolic observations: the same steps in another order) the newer
+        wins, whatever order the chunks come in (ring slots when acting, stored + new chunks when training,
+        NumPy's argpartition). Without it acting and training picked different chunks on such ties."""
         B, D = z.shape[1:]
         keys, contents = keys.detach().float(), contents.detach().float()
         qa = F.linear(self.wq(z), self.wk.weight.t())  # (z Wq)·(key Wk) = ((z Wq) Wk^T-side)·key
         logits = torch.einsum("tbd,bnd->tbn", qa, keys) / math.sqrt(D)
+        if age is not None:
+            logits = logits - TIE_BREAK * age.to(logits.dtype)
         k = min(self.topk, keys.shape[1])
         top_l, top_i = torch.topk(logits.masked_fill(~mask, -1e30), k, dim=-1)  # [T, B, k]
         sel_valid = torch.gather(mask, 2, top_i)
@@ -259,7 +270,9 @@ class HCAMCore(CoreBase):
         complete = pos == C - 1
         any_complete = bool(complete.any())
         slot = count % M
-        visible = (torch.arange(M, device=x.device).view(1, M) < count.clamp(max=M).view(B, 1)).unsqueeze(0)
+        s_idx = torch.arange(M, device=x.device).view(1, M)
+        visible = (s_idx < count.clamp(max=M).view(B, 1)).unsqueeze(0)
+        age = torch.remainder(count.view(B, 1) - 1 - s_idx, M).unsqueeze(0)  # slot s holds the newest w = s mod M
         h = self.inp(x)
         new: CoreState = {}
         for i, layer in enumerate(self.layers):
@@ -267,7 +280,7 @@ class HCAMCore(CoreBase):
             acc = state[f"acc{i}"].clone()
             acc[rows, pos] = z
             loc = layer.local(z[None], acc[None], pos[None])[0]
-            mem = layer.read(z[None], state[f"key{i}"], state[f"mem{i}"], visible)[0]
+            mem = layer.read(z[None], state[f"key{i}"], state[f"mem{i}"], visible, age)[0]
             h = layer.finish(h, mem, loc)
             mem_i, key_i = state[f"mem{i}"], state[f"key{i}"]
             if any_complete:
@@ -344,6 +357,8 @@ class HCAMCore(CoreBase):
         if not self.cross_episode:
             vis_new = vis_new & (ep.t().unsqueeze(0) == ep.unsqueeze(-1))
         visible = torch.cat([vis0, vis_new], dim=-1)  # [T, B, M + T]
+        age = torch.cat([wmono.unsqueeze(-1) - 1 - w0.unsqueeze(0),  # chunks written after each one, before t
+                         wmono.unsqueeze(-1) - 1 - wmono.t().unsqueeze(0)], dim=-1)
         # Final ring: rows that restarted their episode start from zeros; chunks of the last episode are written.
         keep_from_final = complete & ((ep == ctr["last_ep"].view(1, B)) | self.cross_episode)
         write_ts = torch.nonzero(keep_from_final.any(dim=1)).flatten().tolist()
@@ -363,7 +378,7 @@ class HCAMCore(CoreBase):
             new_keys = acc_d.mean(dim=2).to(key0.dtype).transpose(0, 1)  # [B, T, D]
             keys = torch.cat([key0, new_keys], dim=1)
             contents = torch.cat([mem0, new_contents], dim=1)
-            mem = layer.read(z, keys, contents, visible)
+            mem = layer.read(z, keys, contents, visible, age)
             h = layer.finish(h, mem, loc)
             mem_f, key_f = mem0.detach().clone(), key0.detach().clone()
             for t in write_ts:

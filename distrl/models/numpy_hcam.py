@@ -27,8 +27,9 @@ laid out for few calls, and for few bytes moved (the memory is the bulk of the s
   Every sum is checked once per step; if one left float32's normal range ([1e-20, 1e30]: an overflow, or
   terms that would lose precision), the step runs again with each softmax shifted by its maximum. Either
   way the function is the same; only the rounding differs.
-* **Masks and positions from tables** indexed by the counters (``min(count, M)``, ``pos``): one fancy index
-  per step for all layers; a row that sees no chunk gets relevance weights 0 (``seen``), as in PyTorch.
+* **Masks and positions from tables** indexed by the counters (``min(count, M + count % M)``, ``pos``): one
+  fancy index per step for all layers; the relevance mask carries the top-k tie-break by chunk age
+  (``HCAMLayer.read``); a row that sees no chunk gets relevance weights 0 (``seen``), as in PyTorch.
 * **Copy on write, not in place.** The step is pure like ``HCAMCore.step`` (its input state stays valid:
   the actor's truncation values and the sequence writer read states it has acted from): the memory arrays
   (``mem*`` ``[B, M, C, D]``, ``key*``) pass through unchanged and are copied only at the steps that write a
@@ -56,7 +57,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from distrl.models.hcam import HCAMCore, HCAMLayer, _ChunkAttention
+from distrl.models.hcam import TIE_BREAK, HCAMCore, HCAMLayer, _ChunkAttention
 from distrl.types import CoreState
 from distrl.types import as_numpy as _as_array
 
@@ -191,10 +192,16 @@ class HCAMKernel:
         self.output_affine = (g, b)
         self.mean_col = np.full((D, 1), 1.0 / D, _F32)
         # Tables indexed by the counters: one fancy index per step instead of comparisons and np.where.
-        # by_count[min(count, M)] = [relevance mask (M): 0 for chunks written, -1e30 for the rest | seen]; with
-        # nothing written the mask is all 0 and seen = 0 (the weights are zeroed instead: sums stay positive)
-        by_count = np.zeros((M + 1, M + 1), _F32)
-        by_count[:, :M] = np.where(np.arange(M)[None, :] < np.arange(M + 1)[:, None], 0.0, _MASKED)
+        # by_count[j] = [relevance mask (M) | seen], j = count for count < M, M + count % M after (the ring is
+        # full: only the slot order by age changes): -TIE_BREAK * age for chunks written (age: chunks written
+        # after the slot's, as HCAMLayer.read), -1e30 for the rest; with nothing written the mask is all 0 and
+        # seen = 0 (the weights are zeroed instead: sums stay positive)
+        s_idx = np.arange(M)[None, :]
+        n_vis = np.r_[np.arange(M + 1), np.full(M - 1, M)][:, None]  # chunks written, per row j
+        last = np.r_[np.arange(M + 1), M + np.arange(1, M)][:, None] - 1  # the newest chunk's number
+        age = np.mod(last - s_idx, M)
+        by_count = np.zeros((2 * M, M + 1), _F32)
+        by_count[:, :M] = np.where(s_idx < n_vis, -TIE_BREAK * age, _MASKED)
         by_count[0, :M] = 0.0
         by_count[1:, M] = 1.0
         self.by_count = by_count
@@ -268,7 +275,7 @@ class HCAMKernel:
         complete = pos == C - 1
         written = np.flatnonzero(complete)
         # for every layer: which stored chunks this episode wrote, which window entries are filled, positions
-        by_count = self.by_count[np.minimum(count, M)]
+        by_count = self.by_count[np.minimum(count, M + count % M)]
         top_mask = by_count[:, :M]
         buf.ctx[:, -1:] = by_count[:, M:]  # seen
         seen = buf.ctx[:, -1:]

@@ -62,6 +62,29 @@ def test_sequence_equals_steps_with_resets_and_fifo_wrap(cross, topk):
         torch.testing.assert_close(s_seq[k].float(), s_steps[k].float(), atol=1e-5, rtol=0, msg=k)
 
 
+@pytest.mark.parametrize("cross", [False, True])
+def test_sequence_equals_steps_when_chunk_summaries_tie(cross):
+    """Symbolic inputs make equal chunk summaries (the same steps in another order), so top-k meets exact ties;
+    both paths (and NumPy, test_numpy_act_hcam.py) must pick the same chunks: the newer one (HCAMLayer.read)."""
+    core = _core(hcam_cross_episode=cross, hcam_topk=2, hcam_chunk=2, hcam_chunks=6)
+    with torch.no_grad():  # weights far from the init, so a different choice shows in the outputs
+        g = torch.Generator().manual_seed(3)
+        for p in core.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (0.5 if p.dim() > 1 else 1.0))
+    T, B = 40, 6
+    a, b = torch.randn(2, 16, generator=g)
+    pick = torch.randint(0, 2, (T, B), generator=g).bool()
+    x = torch.where(pick.unsqueeze(-1), a, b)  # [T, B, 16]: two distinct inputs only
+    reset = torch.zeros(T, B, dtype=torch.bool)
+    reset[23, 1] = True
+    s0 = core.initial_state(B)
+    with torch.no_grad():
+        _, s_half = core(x[:17], reset[:17], s0)  # the stored-memory case too: a sequence that starts mid-episode
+        y, _ = core(x[17:], reset[17:], s_half)
+        y_steps, _ = _steps(core, x, reset, s0)
+    torch.testing.assert_close(y, y_steps[17:], atol=1e-5, rtol=0)
+
+
 def test_sequence_split_equals_whole():
     core = _core()
     T, B = 24, 3

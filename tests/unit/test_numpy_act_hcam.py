@@ -76,7 +76,14 @@ def _close(name: str, got, want, tol: float = TOL) -> None:
     )
 
 
-def _run_both(agent, steps: int, B: int, seed: int, state=None, reset_p: float = 0.1):
+def _symbolic_obs(b: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """One of two observations per row: chunks with equal summaries (ties in the top-k choice) are common."""
+    two = [_obs(1, np.random.default_rng(i)) for i in (11, 12)]
+    pick = rng.integers(0, 2, b)
+    return {k: np.concatenate([two[i][k] for i in pick]) for k in SPEC.obs}
+
+
+def _run_both(agent, steps: int, B: int, seed: int, state=None, reset_p: float = 0.1, obs_fn=None):
     """``steps`` act calls of Agent.act and NumpyPolicy side by side (resets between steps), comparing logits,
     values and every state leaf at each step. Returns the largest count reached."""
     policy = NumpyPolicy(agent, seed=0)
@@ -85,7 +92,7 @@ def _run_both(agent, steps: int, B: int, seed: int, state=None, reset_p: float =
     sn = policy.initial_state(B) if state is None else {k: v.numpy().copy() for k, v in state.items()}
     top = 0
     for t in range(steps):
-        obs = _obs(B, rng)
+        obs = (obs_fn or _obs)(B, rng)
         ref = agent.act(obs, st, greedy=True)
         out = policy.act(obs, sn, greedy=True)
         _close(f"logits at step {t}", out.logits, ref.logits)
@@ -108,6 +115,15 @@ def test_numpy_hcam_equals_agent_act_over_many_steps(topk, cross):
     agent = _agent(hcam_topk=topk, hcam_cross_episode=cross)
     top = _run_both(agent, steps=70, B=5, seed=topk)
     assert top > 2 * 4  # rings wrapped around (M = 4) during the run
+
+
+@pytest.mark.parametrize("cross", [False, True])
+def test_numpy_hcam_breaks_top_k_ties_as_torch_does(cross):
+    """Two distinct observations only: many chunks share a summary, so the top-k choice meets exact ties, before
+    and after the rings wrap; NumPy's argpartition must pick the chunks PyTorch's topk picks (the newer)."""
+    agent = _agent(hcam_topk=2, hcam_cross_episode=cross)
+    top = _run_both(agent, steps=70, B=5, seed=3, reset_p=0.03, obs_fn=_symbolic_obs)
+    assert top > 2 * 4
 
 
 @pytest.mark.parametrize(
@@ -258,6 +274,49 @@ def test_numpy_hcam_states_replay_to_the_actors_logits():
     torch.testing.assert_close(out.logits, traj.behaviour_logits, atol=1e-3, rtol=0)
     assert int(traj.core_state["count"].max()) > 4  # rows reached the FIFO
     actor.close()
+
+
+def test_replayed_memory_gives_the_learner_the_actors_query_step_on_a_recall_episode():
+    """The recall case end to end: delay longer than the trained sequence, so the cue's chunk is always in the
+    stored memory at the query, and a memory that spans the whole episode (the cue is still there when asked).
+    NumPy acting -> compacted memory in a shard -> the learner's burn-in then unroll from the rebuilt state
+    gives, at every query step, the logits the actor answered with; without the replayed memory they differ."""
+    burn, length = 2, 6
+    cfg = ExperimentConfig(model=_cfg(hcam_chunk=2, hcam_chunks=8))  # 16 steps of memory, episodes of 13
+    cfg = dataclasses.replace(
+        cfg,
+        env=dataclasses.replace(cfg.env, name="Recall-3-11", num_envs=3),
+        sequence=dataclasses.replace(cfg.sequence, burn_in=burn, length=length, period=length),
+        actor=dataclasses.replace(cfg.actor, inference="numpy"),
+    ).validate()
+    actor = EnvActor(cfg, 0)
+    agent = actor.policy.agent
+    _randomise(agent, 7)  # weights far from the init: the memory read shows in the logits
+    actor.policy = NumpyPolicy(agent, seed=0)
+    shard = ReplayShard(ReplayConfig(capacity=64, min_size=1, samples_per_insert=0), 0)
+    for traj in actor.run(16):
+        shard.insert(traj)
+    actor.close()
+    rows, _ = shard.read(shard.keys())
+    traj = Trajectory.from_batch_major({k: torch.from_numpy(v) for k, v in rows.items()})
+    T = traj.behaviour_logits.shape[0]
+    reset = traj.reset_mask()[:T]
+
+    def learner_logits(state):  # as Learner.step: burn-in without gradient, then the trained part
+        with torch.no_grad():
+            state = agent.unroll({k: v[:burn] for k, v in traj.obs.items()}, reset[:burn], state).state
+            return agent.unroll({k: v[burn:T] for k, v in traj.obs.items()}, reset[burn:T], state).logits
+
+    query = traj.obs["query"][burn:T, :, 0].bool()  # [T - burn, B]
+    cue = traj.obs["cue"][:T].sum(-1) > 0  # [T, B]
+    for t, b in torch.nonzero(query).tolist():  # the query's cue came before the stored window (13 > 8 steps)
+        assert not bool(cue[: burn + t, b].any())
+    assert int(query.sum()) >= 4
+    got = learner_logits(traj.core_state)
+    torch.testing.assert_close(got[query], traj.behaviour_logits[burn:T][query], atol=1e-3, rtol=0)
+    wiped = {k: (torch.zeros_like(v) if k.startswith(("mem", "key")) else v) for k, v in traj.core_state.items()}
+    off = learner_logits(wiped)
+    assert float((off[query] - traj.behaviour_logits[burn:T][query]).abs().amax(-1).min()) > 1e-2
 
 
 @pytest.mark.parametrize(
