@@ -11,7 +11,8 @@ Prints one JSON object per line on stdout:
 
 * ``{"event": "fault", "kind", "target", "t_s", "recovery_s"}`` per fault: ``recovery_s`` = seconds until the
   runtime had a replacement running (new env actor incarnation / new shard handle / learners restored from their
-  checkpoint); null if none came before the next fault or the end;
+  checkpoint), the stuck timeout included for a hang; null if none came within ``--recovery-timeout`` or before
+  the end. The next fault comes ``--every`` seconds after a fault's recovery (or its timeout);
 * ``{"event": "memory", "t_s", "rss_mb"}`` every ``--memory-every`` s: resident memory of this process and all
   its descendants (the Ray cluster it started);
 * ``{"event": "summary", ...}`` at the end: faults and recoveries by kind, the longest recovery, lost inserts,
@@ -70,8 +71,11 @@ def hang_next_update(ray_learner: Any) -> None:
 
 
 class Chaos:
-    def __init__(self, runtime: Any, ray: Any, kinds: list[str], every_s: float, seed: int) -> None:
+    def __init__(
+        self, runtime: Any, ray: Any, kinds: list[str], every_s: float, seed: int, recovery_timeout_s: float = 120.0
+    ) -> None:
         self.runtime, self.ray, self.kinds, self.every_s = runtime, ray, kinds, every_s
+        self.recovery_timeout_s = recovery_timeout_s  # a fault waits this long for its recovery before the next
         self.rng = random.Random(seed)
         self.t0 = time.monotonic()
         self.faults: list[dict[str, Any]] = []
@@ -126,7 +130,7 @@ class Chaos:
                     continue
                 t = time.monotonic()
                 rec = None
-                while not self.stop.is_set() and time.monotonic() - t < self.every_s * 0.95:
+                while not self.stop.is_set() and time.monotonic() - t < self.recovery_timeout_s:
                     if f["recovered"]():
                         rec = time.monotonic() - t
                         break
@@ -150,6 +154,10 @@ def main() -> None:
     ap.add_argument("--stuck-timeout", type=float, default=10.0, help="runtime.actor_stuck_timeout_s")
     ap.add_argument("--learner-stuck-timeout", type=float, default=30.0, help="runtime.learner_stuck_timeout_s")
     ap.add_argument("--learner-checkpoint-every", type=int, default=50, help="learner.checkpoint_every (updates)")
+    ap.add_argument("--recovery-timeout", type=float, default=120.0,
+                    help="seconds a fault waits for its recovery (its recovery_s is null past it); the next fault "
+                         "comes --every seconds after the recovery, so a hang is found (after its stuck timeout) "
+                         "before the next fault")
     ap.add_argument("--memory-every", type=float, default=30.0)
     ap.add_argument("--warmup-min", type=float, default=5.0, help="memory growth is measured after this")
     ap.add_argument("--run-dir", default=None, help="default: a temporary directory")
@@ -174,7 +182,7 @@ def main() -> None:
         f"runtime.learner_stuck_timeout_s={args.learner_stuck_timeout}",
         f"learner.checkpoint_every={args.learner_checkpoint_every}", *args.overrides])
     runtime = RayRuntime(cfg, run_dir)
-    chaos = Chaos(runtime, ray, args.kinds, args.every, args.seed)
+    chaos = Chaos(runtime, ray, args.kinds, args.every, args.seed, args.recovery_timeout)
     memory: list[tuple[float, float]] = []
     done = threading.Event()
 
