@@ -46,12 +46,12 @@ import torch
 from torch import Tensor, nn
 
 RND_OUT = 128
-RND_NETS = ("e3b", "small")
 #: net -> (target layer widths after F, predictor layer widths after H): see the module doc.
 _LAYERS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
     "e3b": ((RND_OUT,) * 4, (RND_OUT,) * 3),
     "small": ((RND_OUT,) * 2, (RND_OUT,)),
 }
+RND_NETS = tuple(_LAYERS)
 #: Predictor hidden width H when ``bonus.rnd_hidden`` is 0.
 DEFAULT_HIDDEN = {"e3b": 256, "small": 128}
 

@@ -65,8 +65,7 @@ _SMALL_SIBLING = {"nethack": "nethack_small", "nature_cnn": "small_cnn", "impala
 
 def rnd_model_config(cfg: ExperimentConfig, spec: EnvSpecLike) -> ModelConfig:
     """The model config whose encoder is RND's frozen random encoder (``bonus.rnd_net``, see
-    :mod:`distrl.bonuses.global_bonus`):
-    the policy's (``"e3b"``), or its cheap narrow sibling (``"small"``)."""
+    :mod:`distrl.bonuses.global_bonus`): the policy's (``"e3b"``), or its cheap narrow sibling (``"small"``)."""
     if cfg.bonus.rnd_net == "e3b":
         return cfg.model
     name = encoder_name(cfg.model, spec)
