@@ -346,8 +346,10 @@ class RuntimeConfig:
     """Ray runtime: times the runtime restarts a dead replay shard (per shard id, from its last checkpoint)
     before failing the run with an error naming the shard."""
     actor_stuck_timeout_s: float = 300.0
-    """Ray runtime: an env actor whose loop has been inside one step (env step + policy) for this long is taken
-    for hung (a stuck env), killed and restarted like a dead one (0 = never)."""
+    """Ray runtime: an env actor whose loop has been inside one step (env step + policy) for this long, or that
+    does not answer a status call for this long (at most 30 s), is taken for hung (a stuck env), killed and
+    restarted like a dead one (0 = never). A starting actor (its constructor, and its first step, which builds
+    its envs) is given ``placement_timeout_s`` instead: on a busy machine starting can take longer."""
     learner_restarts: int = 3
     """Ray runtime: times the runtime restarts a learner (by rank) that died, hung or raised, from the last
     learner checkpoint, before failing the run with an error naming it. With several learners the group re-forms
@@ -359,7 +361,8 @@ class RuntimeConfig:
     survivors of a dead or hung peer return and re-form the group (0: torch's default, 30 minutes)."""
     placement_timeout_s: float = 600.0
     """Ray runtime: fail when learners or env actors are still unplaced (too few CPUs/GPUs in the cluster) after
-    this many seconds (0 = wait for ever, e.g. for an autoscaler to add nodes)."""
+    this many seconds (0 = wait for ever, e.g. for an autoscaler to add nodes); a restarted env actor that has not
+    started (built its envs and stepped once) within it is restarted again."""
     node_labels: bool = True
     """Ray runtime: when the cluster declares a custom resource named ``learner``, ``env_actor`` or
     ``replay_shard`` (clusters/*.yaml label their node kinds so), each learner, env actor or replay shard asks

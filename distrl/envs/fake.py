@@ -8,7 +8,8 @@ The registry routes every ``fake:*`` id here. An id is ``fake:<kind>`` optionall
   step's action (-1 after reset). Terminates after ``cfg.fake_episode_len`` steps with reward 1 on that last
   step (0 elsewhere); truncates at ``cfg.max_episode_steps`` when that is set and shorter. Any off-by-one,
   reordering or missed reset shows up as a wrong integer. Options: ``num_actions`` (3), ``step_ms`` /
-  ``reset_ms`` (busy-wait per call, for overlap benchmarks).
+  ``reset_ms`` (busy-wait per call, for overlap benchmarks), ``make_ms`` (building the env sleeps this long: a
+  slow-starting simulator, for the runtime's start-up handling).
 * ``fake:spec`` (:class:`SpecEnv`): random observations drawn from an :class:`EnvSpec` (default: uint8 image,
   float vector, int index) and strict action validation: an action outside ``[0, num_actions)`` raises
   ``ValueError``.
@@ -527,7 +528,7 @@ class FaultyEnv(CountingEnv):
 # ----------------------------------------------------------------------------------------------------------
 
 _OPTIONS: dict[str, tuple[str, ...]] = {
-    "counting": ("num_actions", "step_ms", "reset_ms"),
+    "counting": ("num_actions", "step_ms", "reset_ms", "make_ms"),
     "spec": (),
     "memory": ("cues",),
     "bandit": ("arms",),
@@ -557,6 +558,9 @@ def make(cfg: EnvConfig, seed: int, render: bool = False) -> Any:
     _check_options(cfg.name, opts, _OPTIONS[kind])
     n, L, T = cfg.name, cfg.fake_episode_len, cfg.max_episode_steps
     if kind == "counting":
+        # make_ms: this env takes that long to build (sleeping), as a simulator that compiles or loads assets
+        # does on a busy machine: an env actor with many of them is slow to start.
+        time.sleep(_opt_float(opts, "make_ms", 0.0, n) / 1000.0)
         return CountingEnv(
             episode_len=L,
             max_episode_steps=T,

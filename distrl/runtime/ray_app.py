@@ -424,6 +424,26 @@ class RayRuntime:
             monitor.learner_env_steps += r.env_steps
         return reports[0].version
 
+    def _start_error(self, h: EnvActorHandle) -> BaseException | None:
+        """Checks an env actor not yet known to have started: marks it ``ready`` once its constructor has run;
+        returns the error if the constructor failed or the actor died, or if it has not started within
+        ``runtime.placement_timeout_s`` (0: no limit); ``None`` while it is starting."""
+        if h.ready_ref is None:
+            h.ready = True
+            return None
+        done, _ = ray.wait([h.ready_ref], timeout=0)
+        if done:
+            try:
+                ray.get(done[0])
+            except ray.exceptions.RayError as e:
+                return e
+            h.ready = True
+            return None
+        limit = self.cfg.runtime.placement_timeout_s
+        if limit and time.monotonic() - h.started_s > limit:
+            return RuntimeError(f"did not start within runtime.placement_timeout_s={limit:g} s")
+        return None
+
     def _poll_actors(
         self,
         actors: list[EnvActorHandle],
@@ -435,31 +455,49 @@ class RayRuntime:
         monitor: RunMonitor,
         restart: bool = True,
     ) -> list[EnvActorHandle]:
-        """Collect stats and episodes; restart actors whose process died or whose loop raised."""
+        """Collect stats and episodes; restart actors whose process died or whose loop raised.
+
+        An actor still starting (its constructor has not returned, or its first step, which builds the envs,
+        has not: slow on a busy machine) is judged by ``runtime.placement_timeout_s``, not by the heartbeat;
+        a started one that does not answer within ``runtime.actor_stuck_timeout_s`` (at most 30 s), or whose
+        loop has been in one step for that long, is taken for stuck."""
         cfg = self.cfg
-        refs = [h.handle.stats.remote() for h in actors]
         stuck_limit = cfg.runtime.actor_stuck_timeout_s if restart else 0.0
-        stuck_refs = [h.handle.stuck_for.remote() if stuck_limit > 0 else None for h in actors]
+        answer_s = min(30.0, cfg.runtime.actor_stuck_timeout_s or 30.0)
+        start_err = {k: self._start_error(h) for k, h in enumerate(actors) if not h.ready}
+        polled = [k for k, h in enumerate(actors) if h.ready]
+        refs = {k: actors[k].handle.stats.remote() for k in polled}
+        stuck_refs = {k: actors[k].handle.stuck_for.remote() for k in polled if stuck_limit > 0}
         out = list(actors)
-        for k, (h, ref) in enumerate(zip(actors, refs)):
-            try:
-                st = ray.get(ref, timeout=30)
-                stuck = ray.get(stuck_refs[k], timeout=30) if stuck_refs[k] is not None else 0.0
-            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as e:
-                st = None
-                err: BaseException | None = e
+        for k, h in enumerate(actors):
+            err: BaseException | None
+            if k not in refs:  # still starting, or failed to
+                st, err = None, start_err.get(k)
+                if err is None:
+                    continue
             else:
-                err = None
-                finished, _ = ray.wait([h.run_ref], timeout=0)
-                if finished and restart:
-                    try:
-                        ray.get(finished[0])
-                        err = RuntimeError("run loop returned unexpectedly")
-                    except ray.exceptions.RayError as e:
-                        err = e
-                elif stuck > stuck_limit > 0:  # answers, but its loop hangs in a step (a hung env): heartbeat lost
-                    err = RuntimeError(f"stuck in one step for {stuck:.0f} s (runtime.actor_stuck_timeout_s="
-                                       f"{stuck_limit:g})")
+                try:
+                    st = ray.get(refs[k], timeout=answer_s)
+                    stuck = ray.get(stuck_refs[k], timeout=answer_s) if k in stuck_refs else 0.0
+                except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as e:
+                    st, err = None, e
+                else:
+                    err = None
+                    finished, _ = ray.wait([h.run_ref], timeout=0)
+                    if finished and restart:
+                        try:
+                            ray.get(finished[0])
+                            err = RuntimeError("run loop returned unexpectedly")
+                        except ray.exceptions.RayError as e:
+                            err = e
+                    elif st.report.env_steps == 0 and restart:  # its first step builds the envs: a start
+                        limit = cfg.runtime.placement_timeout_s
+                        if stuck > limit > 0:
+                            err = RuntimeError(f"its first step (which builds the envs) has not returned after "
+                                               f"{stuck:.0f} s (runtime.placement_timeout_s={limit:g})")
+                    elif stuck > stuck_limit > 0:  # answers, but its loop hangs in a step (a hung env)
+                        err = RuntimeError(f"stuck in one step for {stuck:.0f} s (runtime.actor_stuck_timeout_s="
+                                           f"{stuck_limit:g})")
             if st is not None:
                 monitor.add_episodes(st.episodes)
                 actor_steps[(h.actor_id, h.incarnation)] = st.report.env_steps

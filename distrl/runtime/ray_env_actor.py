@@ -40,7 +40,7 @@ import dataclasses
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray
@@ -248,12 +248,19 @@ class RayEnvActor:
 
 @dataclass
 class EnvActorHandle:
-    """A started env actor: the Ray handle and the ObjectRef of its running ``run`` call."""
+    """A started env actor: the Ray handle and the ObjectRef of its running ``run`` call.
+
+    ``ready_ref`` is a ``ping`` sent at creation: it completes once the actor's constructor has run (its envs
+    built), so the runtime can tell an actor still starting (slow on a busy machine) from one that stopped
+    answering; ``ready`` records that it did (``None``: not tracked, taken as started)."""
 
     actor_id: int
     incarnation: int
     handle: Any
     run_ref: Any
+    ready_ref: Any = None
+    started_s: float = field(default_factory=time.monotonic)
+    ready: bool = False
 
 
 def start_env_actor(
@@ -283,7 +290,7 @@ def start_env_actor(
     handle = cls.remote(
         cfg, actor_id, shards, weight_store, incarnation=incarnation, policy_factory=policy_factory, counts=counts
     )
-    return EnvActorHandle(actor_id, incarnation, handle, handle.run.remote(max_sequences))
+    return EnvActorHandle(actor_id, incarnation, handle, handle.run.remote(max_sequences), handle.ping.remote())
 
 
 def start_env_actors(

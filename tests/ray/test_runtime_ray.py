@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
 import pytest
+from faults import at_env_steps
 
 from distrl.cli import prepare_run
 from distrl.logging import read_jsonl
@@ -37,21 +37,8 @@ def test_two_learners_learn_and_stay_in_sync(ray_cluster, tmp_path):
 
 def test_killed_env_actor_is_restarted_and_the_run_goes_on(ray_cluster, tmp_path):
     runtime, run_dir = _run(tmp_path, "runtime.total_env_steps=12000", "actor.num_actors=1")
-    killed = {}
-
-    def killer():
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            rows = read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
-            if runtime.actor_handles and rows and rows[-1].get("charts/env_steps", 0) >= 2000:
-                h = runtime.actor_handles[0]
-                ray_cluster.kill(h.handle, no_restart=True)
-                killed["steps"] = rows[-1]["charts/env_steps"]
-                return
-            time.sleep(0.2)
-
-    t = threading.Thread(target=killer, daemon=True)
-    t.start()
+    t, killed = at_env_steps(runtime, run_dir, 2000,
+                             lambda: ray_cluster.kill(runtime.actor_handles[0].handle, no_restart=True), timeout_s=120)
     summary = runtime.train()
     t.join(5)
     assert "steps" in killed, "the test never killed the actor"
