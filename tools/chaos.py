@@ -13,16 +13,19 @@ Prints one JSON object per line on stdout:
   runtime had a replacement running (new env actor incarnation / new shard handle / learners restored from their
   checkpoint), the stuck timeout included for a hang; null if none came within ``--recovery-timeout`` or before
   the end. The next fault comes ``--every`` seconds after a fault's recovery (or its timeout);
-* ``{"event": "memory", "t_s", "rss_mb"}`` every ``--memory-every`` s: resident memory of this process and all
-  its descendants (the Ray cluster it started);
+* ``{"event": "memory", "t_s", "rss_mb", "pss_mb", "uss_mb", "processes", "pss_by_role_mb"}`` every
+  ``--memory-every`` s: memory of this process and all its descendants (the Ray cluster it started); see
+  :func:`tree_memory` for why PSS, not summed RSS, is the run's resident memory;
 * ``{"event": "summary", ...}`` at the end: faults and recoveries by kind, the longest recovery, lost inserts,
   learner restarts and the updates they lost, the final return and success rate (mean of the last 100 episodes),
-  env steps, memory growth after the first ``--warmup-min`` minutes.
+  env steps, memory growth (RSS, PSS, USS, PSS less the replay shards', and PSS per role) after the first
+  ``--warmup-min`` minutes (:func:`growth`).
 
 Usage::
 
     python tools/chaos.py --every 30 --duration 1800                        # the 30-minute soak (quickstart)
     python tools/chaos.py --every 20 --duration 120 --config configs/fake_memory.yaml   # a 2-minute smoke run
+    python tools/chaos.py --duration 1800 --kinds                           # the control: no faults
 """
 
 from __future__ import annotations
@@ -49,15 +52,61 @@ def emit(obj: dict[str, Any]) -> None:
     print(json.dumps(obj), file=_STDOUT, flush=True)
 
 
-def tree_rss_mb(psutil: Any) -> float:
+def process_role(p: Any, me: Any) -> str:
+    """What a process of the run is: ``driver`` (this process), a Ray actor's class (``RayEnvActor``; Ray sets
+    the title ``ray::<Class>.<method>``), ``IDLE`` for a pooled Ray worker, or the program (``raylet``,
+    ``gcs_server``, ``dashboard.py``, ...)."""
+    if p.pid == me.pid:
+        return "driver"
+    cmd = p.cmdline() or [p.name()]
+    first = cmd[0]
+    if first.startswith("ray::"):
+        return first.split()[0][5:].split(".")[0] or "ray_worker"
+    scripts = [Path(a).name for a in cmd[1:] if a.endswith(".py")]
+    return scripts[0] if scripts else Path(first).name
+
+
+def tree_memory(psutil: Any) -> dict[str, Any]:
+    """Memory of this process and all its descendants (the Ray cluster it started), in MiB: ``rss_mb`` sums each
+    process's resident set, so pages shared between processes (the object store's shared memory, the torch and
+    NLE libraries) count once per process that touched them, and a new process (a replacement after a fault)
+    adds its own copy of the libraries' pages; ``pss_mb`` sums proportional set sizes, where a page shared by n
+    processes counts 1/n in each: the run's resident memory with every page counted once; ``uss_mb``: memory
+    only one process maps. ``pss_by_role_mb``: PSS summed per :func:`process_role`."""
     me = psutil.Process()
-    total = 0
+    rss = pss = uss = 0
+    by_role: dict[str, float] = {}
+    n = 0
     for p in [me, *me.children(recursive=True)]:
         try:
-            total += p.memory_info().rss
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    return total / 2**20
+            m = p.memory_full_info()
+            role = process_role(p, me)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        n += 1
+        rss, pss, uss = rss + m.rss, pss + m.pss, uss + m.uss
+        by_role[role] = by_role.get(role, 0.0) + m.pss / 2**20
+    return {"rss_mb": round(rss / 2**20, 1), "pss_mb": round(pss / 2**20, 1), "uss_mb": round(uss / 2**20, 1),
+            "processes": n, "pss_by_role_mb": {k: round(v, 1) for k, v in sorted(by_role.items())}}
+
+
+REPLAY_ROLE = "StoredShard"
+"""The Ray actor class of a replay shard (:func:`process_role`): its memory grows as the buffer fills, up to
+``replay.capacity``."""
+
+
+def growth(samples: list[dict[str, Any]], key: str, after_s: float, window: int = 3,
+           exclude_role: str | None = None) -> float | None:
+    """Relative growth of ``key`` after ``after_s`` seconds: the mean of the last ``window`` samples over the mean
+    of the first ``window`` samples at or after ``after_s`` (means, because a process being replaced at a sample
+    moment moves a single sample by its size). ``exclude_role``: less that role's PSS (e.g. the replay shards,
+    whose growth is the buffer filling)."""
+    vals = [m[key] - (m["pss_by_role_mb"].get(exclude_role, 0.0) if exclude_role else 0.0)
+            for m in samples if m["t_s"] >= after_s]
+    if len(vals) < 2 * window:
+        return None
+    first, last = sum(vals[:window]) / window, sum(vals[-window:]) / window
+    return last / first - 1.0 if first else None
 
 
 def hang_next_step(env_actor: Any) -> None:
@@ -147,7 +196,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--every", type=float, default=30.0, help="seconds between faults")
     ap.add_argument("--duration", type=float, default=1800.0, help="seconds of training (runtime.max_wall_time_s)")
-    ap.add_argument("--kinds", nargs="+", default=["env_actor", "replay_shard", "learner", "hang_env"],
+    ap.add_argument("--kinds", nargs="*", default=["env_actor", "replay_shard", "learner", "hang_env"],
                     choices=["env_actor", "replay_shard", "learner", "hang_env", "hang_learner"])
     ap.add_argument("--config", default=str(REPO / "configs/quickstart.yaml"))
     ap.add_argument("--checkpoint-every", type=float, default=10.0, help="replay.checkpoint_every_s")
@@ -183,14 +232,14 @@ def main() -> None:
         f"learner.checkpoint_every={args.learner_checkpoint_every}", *args.overrides])
     runtime = RayRuntime(cfg, run_dir)
     chaos = Chaos(runtime, ray, args.kinds, args.every, args.seed, args.recovery_timeout)
-    memory: list[tuple[float, float]] = []
+    memory: list[dict[str, Any]] = []
     done = threading.Event()
 
     def sample_memory() -> None:
         while not done.wait(args.memory_every):
-            t, rss = time.monotonic() - chaos.t0, tree_rss_mb(psutil)
-            memory.append((t, rss))
-            emit({"event": "memory", "t_s": round(t, 1), "rss_mb": round(rss, 1)})
+            row = {"event": "memory", "t_s": round(time.monotonic() - chaos.t0, 1), **tree_memory(psutil)}
+            memory.append(row)
+            emit(row)
 
     threads = [threading.Thread(target=chaos.run, daemon=True), threading.Thread(target=sample_memory, daemon=True)]
     for th in threads:
@@ -207,7 +256,8 @@ def main() -> None:
         th.join(10)
     kinds = sorted({f["kind"] for f in chaos.faults})
     recovered = [f for f in chaos.faults if f["recovery_s"] is not None]
-    after = [rss for t, rss in memory if t >= args.warmup_min * 60]
+    warm = args.warmup_min * 60
+    roles = sorted({r for m in memory if m['t_s'] >= warm for r in m['pss_by_role_mb']})
     emit({
         "event": "summary", "run_dir": str(run_dir), "duration_s": args.duration, "every_s": args.every,
         "error": error, "chaos_error": chaos.error,
@@ -220,8 +270,17 @@ def main() -> None:
         "actor_restarts": summary.get("actor_restarts"), "learner_restarts": summary.get("learner_restarts"),
         "learner_updates_lost": summary.get("learner_updates_lost"), "env_steps": summary.get("env_steps"),
         "episode_return": summary.get("episode_return"), "success_rate": summary.get("success_rate"),
-        "rss_mb_first": memory[0][1] if memory else None, "rss_mb_last": memory[-1][1] if memory else None,
-        "rss_growth_after_warmup": (after[-1] / after[0] - 1.0) if len(after) >= 2 else None,
+        "rss_mb_first": memory[0]["rss_mb"] if memory else None,
+        "rss_mb_last": memory[-1]["rss_mb"] if memory else None,
+        "pss_mb_first": memory[0]["pss_mb"] if memory else None,
+        "pss_mb_last": memory[-1]["pss_mb"] if memory else None,
+        "rss_growth_after_warmup": growth(memory, "rss_mb", warm),
+        "pss_growth_after_warmup": growth(memory, "pss_mb", warm),
+        "uss_growth_after_warmup": growth(memory, "uss_mb", warm),
+        "pss_growth_after_warmup_without_replay": growth(memory, "pss_mb", warm, exclude_role=REPLAY_ROLE),
+        "pss_mb_by_role_after_warmup": {  # [first sample after the warm-up, last sample] per role
+            r: [next((m["pss_by_role_mb"].get(r, 0.0) for m in memory if m["t_s"] >= warm), None),
+                memory[-1]["pss_by_role_mb"].get(r, 0.0)] for r in roles},
     })
 
 

@@ -6,6 +6,7 @@ what HCAM costs.
         --tasks Recall-4 Ballet-2 --delays 8 16 60                     # the full comparison (hours on 2 cores)
     .venv/bin/python tools/bench/memory.py --cost-only                 # only the cost lines
     .venv/bin/python tools/bench/memory.py --act-only --delays 60      # only the act-time lines (quick)
+    .venv/bin/python tools/bench/memory.py --no-cost --tasks --merge a.jsonl b.jsonl   # one table from sittings
 
 Learning: one ``distrl train --local`` subprocess per (task, delay, core, seed), 16 envs, sequence length 40 (the
 default; delays above 40 put the cue outside every training sequence that holds its query), the same learner
@@ -336,7 +337,7 @@ def write_outputs(results: list[dict[str, Any]], out: Path) -> dict[str, Any]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tasks", nargs="+", default=["Recall-4", "Ballet-2"])
+    ap.add_argument("--tasks", nargs="*", default=["Recall-4", "Ballet-2"])
     ap.add_argument("--delays", type=int, nargs="+", default=[8, 16, 60])
     ap.add_argument("--cores", nargs="+", default=["hcam", "lstm"], choices=sorted(MODELS))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -350,6 +351,10 @@ def main() -> int:
     ap.add_argument("--log-every", type=float, default=5.0, help="logging.log_every_s of the runs")
     ap.add_argument("--out", default=str(REPO / "docs/results/memory"))
     ap.add_argument("--run-dir", default=None)
+    ap.add_argument("--merge", nargs="+", default=[], metavar="JSONL",
+                    help="earlier runs' stdout (JSON lines): their learning and cost lines join this run's in the "
+                         "table and plot (a comparison run in several sittings); with no task to run "
+                         "(--tasks with nothing), only rewrites the outputs")
     ap.add_argument("overrides", nargs="*", help="config overrides for every run (a.b=value)")
     args = ap.parse_args()
     if args.tiny:
@@ -380,7 +385,10 @@ def main() -> int:
                         print(f"[memory] {task}-{delay} {core} seed {seed}: {args.steps} steps", file=sys.stderr,
                               flush=True)
                         emit(learning_run(task, delay, core, seed, args.steps, root, args.overrides, args.log_every))
-    print(json.dumps(write_outputs(results, Path(args.out))), flush=True)
+    earlier = [json.loads(line) for path in args.merge for line in Path(path).read_text().splitlines()
+               if line.strip().startswith("{")]
+    earlier = [r for r in earlier if r.get("kind") in ("learning", "cost")]
+    print(json.dumps(write_outputs(earlier + results, Path(args.out))), flush=True)
     return 0
 
 

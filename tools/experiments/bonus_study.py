@@ -26,6 +26,7 @@ Usage::
 
     .venv/bin/python tools/experiments/bonus_study.py --minutes 0.5 --seeds 1          # smoke run (~8 min)
     .venv/bin/python tools/experiments/bonus_study.py --env-steps 2000000 --seeds 3    # the study (hours)
+    .venv/bin/python tools/experiments/bonus_study.py --env-steps 2000000 --seeds 0 --merge out.jsonl  # table again
 
 An env-step budget compares the bonuses at equal experience; a wall-time budget on a shared machine gives
 runs very different step counts (the smoke run above: 4k-29k steps in 30 s under heavy load).
@@ -206,12 +207,13 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({model or platform.processor()})"
 
 
-def write_table(summary: list[dict[str, Any]], args: argparse.Namespace, path: Path, argv: list[str]) -> None:
+def write_table(summary: list[dict[str, Any]], args: argparse.Namespace, path: Path, argv: list[str],
+                seeds: list[int]) -> None:
     budget = f"{args.env_steps} env steps" if args.env_steps else f"{args.minutes:g} min"
     lines = [
         "# Global vs episodic vs product count bonuses (tools/experiments/bonus_study.py)",
         "",
-        f"`{args.env}`, state key `{args.count_key}`, {budget} per run, seeds {args.seeds}, "
+        f"`{args.env}`, state key `{args.count_key}`, {budget} per run, seeds {seeds}, "
         f"runtime `{args.runtime}`, base config `{Path(args.config).name}`, on {machine()}, "
         f"{time.strftime('%Y-%m-%d %H:%M %Z')}.",
         "",
@@ -283,15 +285,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--log-every-s", type=float, default=5.0)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="extra distrl config override for every run, repeatable (e.g. bonus.coef=0.1)")
+    p.add_argument("--merge", nargs="+", default=[], metavar="JSONL",
+                   help="earlier runs' stdout (JSON lines): their per-run lines join this run's in the table and "
+                        "plot (a study stopped part-way, or run in several sittings; --seeds 0 only rewrites them)")
     p.add_argument("--work", default=str(ROOT / "runs" / "bonus_study"), help="where the runs are kept")
     p.add_argument("--out", default=str(ROOT / "docs" / "results"), help="where the table and plot go")
     args = p.parse_args(argv)
     if args.minutes <= 0 and not args.env_steps:
         p.error("give a positive --minutes or --env-steps")
+    results = [r for path in args.merge for r in read_jsonl(Path(path)) if r.get("experiment") == "bonus_study"]
     work = Path(args.work) / time.strftime("%Y%m%d-%H%M%S")
     work.mkdir(parents=True, exist_ok=True)
     log(f"runs under {work}")
-    results = []
     for seed in range(args.seeds):
         for setting in args.settings:
             for bonus in args.bonuses:
@@ -302,7 +307,7 @@ def main(argv: list[str] | None = None) -> None:
     for s in summary:
         emit(s)
     out = Path(args.out)
-    write_table(summary, args, out / "bonus_study.md", argv)
+    write_table(summary, args, out / "bonus_study.md", argv, sorted({int(r["seed"]) for r in results}))
     png = plot(results, args, out / "bonus_study.png")
     emit({"experiment": "bonus_study_files", "table": str(out / "bonus_study.md"),
           "plot": str(out / "bonus_study.png") if png else None, "runs": str(work)})
