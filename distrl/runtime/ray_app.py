@@ -28,18 +28,19 @@ checkpoints.
 * **Fitting a small cluster**: joining an unlabelled cluster with fewer CPUs than the run reserves (``ray start
   --head`` on a laptop), every CPU reservation is scaled down by one factor and the log says so
   (``runtime.fit_to_cluster``, :func:`distrl.runtime.resources.fit_to_cluster`).
-* **Faults**: a dead env actor, or one stuck inside a step for ``runtime.actor_stuck_timeout_s`` (a hung env:
-  its loop's heartbeat, :meth:`RayEnvActor.stuck_for`), is killed and restarted (up to ``runtime.actor_restarts``
-  times per actor id) and the run goes on. A dead replay shard is found at the next stats poll (every
-  ``logging.log_every_s``) and restarted from its last checkpoint (up to ``runtime.shard_restarts`` times per
-  shard id): the learners and its env actors switch to the new actor, what it had not acknowledged is re-sent,
-  and the acknowledged inserts since the checkpoint are counted as lost (``replay/lost_inserts``, see
-  :meth:`RayRuntime._restart_shard` for how exact). The new shard is a new incarnation whose keys differ from
-  the dead one's, so priority updates the learners still send for rows sampled before the death are dropped
-  and counted (``replay/stale_priority_updates``) instead of landing on new rows. A learner that died, raised,
-  or has not returned from a training round for ``runtime.learner_stuck_timeout_s`` is restarted from the last
-  learner checkpoint (up to ``runtime.learner_restarts`` times per rank; with several learners the group
-  re-forms and all go back to that checkpoint) while the actors go on with the weights they have: ``learner/restarts``,
+* **Faults**: a dead env actor, or one stuck inside a step for ``runtime.actor_stuck_timeout_s`` (a hung env: its
+  loop's heartbeat, :meth:`RayEnvActor.stuck_for`), is killed and restarted (up to ``runtime.actor_restarts`` times
+  per actor id) and the run goes on; an actor still starting (its constructor or its first step, which builds the
+  envs) is given ``runtime.placement_timeout_s`` instead (:meth:`RayRuntime._poll_actors`). A dead replay shard is
+  found at the next stats poll (every ``logging.log_every_s``) and restarted from its last checkpoint (up to
+  ``runtime.shard_restarts`` times per shard id): the learners and its env actors switch to the new actor, what it had
+  not acknowledged is re-sent, and the acknowledged inserts since the checkpoint are counted as lost
+  (``replay/lost_inserts``, see :meth:`RayRuntime._restart_shard` for how exact). The new shard is a new incarnation
+  whose keys differ from the dead one's, so priority updates the learners still send for rows sampled before the death
+  are dropped and counted (``replay/stale_priority_updates``) instead of landing on new rows. A learner that died,
+  raised, or has not returned from a training round for ``runtime.learner_stuck_timeout_s`` is restarted from the last
+  learner checkpoint (up to ``runtime.learner_restarts`` times per rank; with several learners the group re-forms and
+  all go back to that checkpoint) while the actors go on with the weights they have: ``learner/restarts``,
   ``learner/updates_lost`` (:class:`~distrl.runtime.ray_learners.LearnerGroup`).
 * **Evaluation**: every ``eval.every_updates`` learner updates, an evaluator actor (``eval.num_cpus``, default 0)
   plays a few episodes with the weight store's latest weights while training goes on; the driver polls it without
