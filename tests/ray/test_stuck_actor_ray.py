@@ -17,51 +17,41 @@ REPO = Path(__file__).resolve().parents[2]
 MEMORY = str(REPO / "configs/fake_memory.yaml")
 
 
-def test_a_hung_env_actor_is_killed_and_restarted(ray_cluster, tmp_path):
+def _one_fault_one_restart(ray_cluster, tmp_path, overrides, fault) -> None:
+    """Train the fake memory task for 8,000 env steps, apply ``fault(handle)`` to env actor 0 at 2,000 steps;
+    the run completes with exactly one restart of that actor."""
     cfg, run_dir, _ = prepare_run(MEMORY, [f"runtime.run_dir={tmp_path}", "logging.wandb=disabled",
                                            "logging.progress=false", "logging.log_every_s=1",
-                                           "eval.every_updates=0", "runtime.total_env_steps=8000",
-                                           "runtime.actor_stuck_timeout_s=3"])
+                                           "eval.every_updates=0", "runtime.total_env_steps=8000", *overrides])
     runtime = RayRuntime(cfg, run_dir)
 
+    def fault_first_actor() -> int:
+        h = runtime.actor_handles[0]
+        fault(h.handle)
+        return h.incarnation
+
+    t, faulted = at_env_steps(runtime, run_dir, 2000, fault_first_actor)
+    summary = runtime.train()
+    t.join(5)
+    assert "steps" in faulted, f"the test never faulted the actor: {faulted}"
+    assert summary["actor_restarts"] == 1, summary
+    assert runtime.actor_handles[0].incarnation == faulted["value"] + 1
+    assert summary["env_steps"] >= 8000
+
+
+def test_a_hung_env_actor_is_killed_and_restarted(ray_cluster, tmp_path):
     def hang_next_step(env_actor) -> None:
         """Runs inside the RayEnvActor (``__ray_call__``; nested, so it travels by value): its next step never
         returns, as with a hung env."""
         env_actor.actor.step = lambda: time.sleep(3600)
 
-    def hang_first_actor() -> int:
-        h = runtime.actor_handles[0]
-        ray_cluster.get(h.handle.__ray_call__.remote(hang_next_step), timeout=60)
-        return h.incarnation
-
-    t, hung = at_env_steps(runtime, run_dir, 2000, hang_first_actor)
-    summary = runtime.train()
-    t.join(5)
-    assert "steps" in hung, f"the test never hung the actor: {hung}"
-    assert summary["actor_restarts"] == 1, summary
-    assert runtime.actor_handles[0].incarnation == hung["value"] + 1
-    assert summary["env_steps"] >= 8000
+    _one_fault_one_restart(ray_cluster, tmp_path, ["runtime.actor_stuck_timeout_s=3"],
+                           lambda handle: ray_cluster.get(handle.__ray_call__.remote(hang_next_step), timeout=60))
 
 
 def test_a_slow_starting_env_actor_is_not_taken_for_dead(ray_cluster, tmp_path):
     """A restarted actor whose envs take longer to build than the heartbeat's answer timeout (a busy machine)
     is left to start: one kill gives one restart, not a chain of them."""
-    cfg, run_dir, _ = prepare_run(MEMORY, [f"runtime.run_dir={tmp_path}", "logging.wandb=disabled",
-                                           "logging.progress=false", "logging.log_every_s=1",
-                                           "eval.every_updates=0", "runtime.total_env_steps=8000",
-                                           "env.name=fake:counting?make_ms=500",  # 16 envs: 8 s to build
-                                           "runtime.actor_stuck_timeout_s=3"])
-    runtime = RayRuntime(cfg, run_dir)
-
-    def kill_first_actor() -> int:
-        h = runtime.actor_handles[0]
-        ray_cluster.kill(h.handle, no_restart=True)
-        return h.incarnation
-
-    t, killed = at_env_steps(runtime, run_dir, 2000, kill_first_actor)
-    summary = runtime.train()
-    t.join(5)
-    assert "steps" in killed, f"the test never killed the actor: {killed}"
-    assert summary["actor_restarts"] == 1, summary
-    assert runtime.actor_handles[0].incarnation == killed["value"] + 1
-    assert summary["env_steps"] >= 8000
+    _one_fault_one_restart(ray_cluster, tmp_path, ["env.name=fake:counting?make_ms=500",  # 16 envs: 8 s to build
+                                                   "runtime.actor_stuck_timeout_s=3"],
+                           lambda handle: ray_cluster.kill(handle, no_restart=True))
