@@ -560,7 +560,10 @@ def make(cfg: EnvConfig, seed: int, render: bool = False) -> Any:
     if kind == "counting":
         # make_ms: this env takes that long to build (sleeping), as a simulator that compiles or loads assets
         # does on a busy machine: an env actor with many of them is slow to start.
-        time.sleep(_opt_float(opts, "make_ms", 0.0, n) / 1000.0)
+        make_ms = _opt_float(opts, "make_ms", 0.0, n)
+        if not make_ms >= 0:
+            raise ValueError(f"env.name {n!r}: option make_ms={opts['make_ms']!r} must be >= 0")
+        time.sleep(make_ms / 1000.0)
         return CountingEnv(
             episode_len=L,
             max_episode_steps=T,

@@ -162,3 +162,12 @@ def test_faulty_env_raise_reset():
     env.step(0)
     with pytest.raises(fake.EnvFault):
         env.reset()
+
+
+def test_fake_counting_make_ms_must_be_a_non_negative_number():
+    from distrl.config import EnvConfig
+    from distrl.envs.fake import make
+
+    for bad, why in (("-5", "must be >= 0"), ("nan", "must be >= 0"), ("x", "must be a number")):
+        with pytest.raises(ValueError, match=rf"fake:counting.*make_ms.*{why}"):
+            make(EnvConfig(name=f"fake:counting?make_ms={bad}"), seed=0)
