@@ -245,6 +245,8 @@ class EnvActor:
         """One batched env step; returns a Trajectory when this step completes one, else None."""
         if self._obs is None:
             self._begin()
+        if self.env_steps == 0:
+            self._t_start = time.perf_counter()  # the rate counts from the first step, not from begin()
         assert self._obs is not None
         B = self.num_envs
         perf = time.perf_counter
@@ -317,11 +319,15 @@ class EnvActor:
         self.time_step_s += perf() - t0
         return traj
 
+    def begin(self) -> None:
+        """Reset the envs and the core state now (the first :meth:`step` does it otherwise); a no-op once begun."""
+        if self._obs is None:
+            self._begin()
+
     def _begin(self) -> None:
         self._obs = self.venv.reset()
         self._state = self.policy.initial_state(self.num_envs, self.device)
         self.writer.begin(self._obs, self._state)
-        self._t_start = time.perf_counter()
 
     def _truncation_values(self, res: StepResult, out: ActOut, faulted: np.ndarray | None) -> np.ndarray:
         """Value of the final observation of each truncated slot, with that slot's pre-reset core state.

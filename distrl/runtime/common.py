@@ -85,6 +85,11 @@ class RunMonitor:
         self._actor_times: dict[tuple[int, int], tuple[float, float, float]] = {}
         self.last_eval: EvalResult | None = None
 
+    def start_clock(self) -> None:
+        """Training starts now: ``runtime.max_wall_time_s``, ``charts/wall_time_s`` and the summary's
+        ``wall_time_s`` count from here, not from a set-up that ran after the monitor was made."""
+        self.t_start = time.monotonic()
+
     def add_episodes(self, episodes: Iterable[EpisodeStats]) -> None:
         self.tracker.add(episodes)
 

@@ -78,18 +78,10 @@ from distrl.runtime.resources import (
     placement_message,
     ray_options,
 )
-from distrl.runtime.weights import WeightStore
+from distrl.runtime.weights import RayWeightStore
 from distrl.types import ActorReport, LearnerReport
 
 log = logging.getLogger(__name__)
-
-
-class RayWeightStore(WeightStore):
-    """The WeightStore as a Ray actor. ``publish`` receives ``[ref]`` (a list, so Ray does not resolve the ref
-    into a copy here) and keeps the ObjectRef; actors resolve it themselves."""
-
-    def publish(self, version: int, boxed: Any, generation: int = 0) -> bool:  # type: ignore[override]
-        return super().publish(version, boxed[0], generation)
 
 
 _LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
@@ -185,30 +177,40 @@ class RayRuntime:
         # from it (_restart_shard).
         self._shard_seen: dict[int, Any] = {}
         self._stale_updates_dead = 0  # replay/stale_priority_updates counted by shard incarnations now dead
+        state: dict[str, Any] | None = None
+        if self.resume and paths.learner_checkpoint.is_file():
+            state = load_checkpoint_file(paths.learner_checkpoint)  # a bad file fails here, before any actor starts
+        env_steps_base = int(state.get("extra", {}).get("env_steps", 0)) if state is not None else 0
+        monitor: RunMonitor | None = None
         try:  # set-up: what it started is killed if it fails (the main loop's finally covers the rest)
+            # Every process starts at once (they import torch and build models and envs side by side); the env
+            # actors reset their envs and then wait for the first published weights. Only then does the driver
+            # wait, opening the run's dashboard meanwhile.
+            learners.create()
+            actors = start_env_actors(cfg, shards, store, **self._actor_options())
+            monitor = RunMonitor(cfg, paths.run_dir, env_steps_base)
             for j, st in enumerate(ray.get([s.stats.remote() for s in shards], timeout=600)):
                 self._shard_seen[j] = st  # the incarnations restored on --resume: a restart must go above them
-            learners.start()
-            env_steps_base = 0
-            if self.resume and paths.learner_checkpoint.is_file():
-                state = load_checkpoint_file(paths.learner_checkpoint)
+            learners.form()
+            if state is not None:
                 learners.load(state, str(paths.learner_checkpoint))
-                env_steps_base = int(state.get("extra", {}).get("env_steps", 0))
             if self.resume and self.counts is not None and paths.counts_checkpoint.is_file():
                 self.counts.load_state_dict(load_count_state(paths.counts_checkpoint))
             version = learners.publish()
             self._save_learner(env_steps_base)  # a start-of-run checkpoint: a dead learner always has one to go back to
-            actors = start_env_actors(cfg, shards, store, **self._actor_options())
             self._await_placed([h.handle.ping.remote() for h in actors], "the env actors")
         except BaseException:
             for h in [*(a.handle for a in actors), *learners.handles, *shards, *count_actors, store]:
                 ray.kill(h)
+            if monitor is not None:
+                monitor.close(1)
             raise
+        assert monitor is not None
+        monitor.start_clock()
         self.actor_handles = actors  # live view for tests and debugging (replaced entries on restart)
         restarts: dict[int, int] = {}
         actor_steps: dict[tuple[int, int], int] = {}
         latest_stats: dict[int, ActorReport] = {}
-        monitor = RunMonitor(cfg, paths.run_dir, env_steps_base)
         every = cfg.learner.checkpoint_every
         next_ckpt = next_checkpoint(version, every)
         generation = learners.generation

@@ -118,10 +118,21 @@ class RayEnvActor:
         self.weight_updates += 1
 
     def pull_weights(self, timeout_s: float | None = None) -> int:
-        """Blocking pull (used once before the first step); returns the policy version now held."""
-        if self.weight_store is not None:
-            ref = self.weight_store.get_if_changed.remote(self.actor.policy_version)
-            self._load(ray.get(ref, timeout=timeout_s))
+        """Blocking pull before the first step: waits until the store holds published weights (the runtime
+        starts actors beside the learner, so they may arrive first), loads them and returns their version.
+        ``timeout_s`` (None: until :meth:`stop`) bounds the wait; the runtime judges a starting actor by
+        ``runtime.placement_timeout_s`` anyway."""
+        if self.weight_store is None:
+            return self.actor.policy_version
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        loaded = self.weight_updates
+        while not self._stop.is_set():
+            self._load(ray.get(self.weight_store.get_if_changed.remote(self.actor.policy_version)))
+            if self.weight_updates > loaded:
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"RayEnvActor {self.actor_id}: no weights were published within {timeout_s:g} s")
+            self._stop.wait(0.05)
         return self.actor.policy_version
 
     def _poll_weights(self) -> None:
@@ -143,7 +154,8 @@ class RayEnvActor:
             raise RuntimeError(f"RayEnvActor {self.actor_id}: run() is already active")
         self._running = True  # stop() is final: a stop that arrives before run() starts still counts
         try:
-            self.pull_weights(timeout_s=60.0)
+            self.actor.begin()  # reset the envs while the learner may still be starting
+            self.pull_weights()
             sent = 0
             sync_every = max(1, self.cfg.actor.weight_sync_every)
             while not self._stop.is_set() and (max_sequences is None or sent < max_sequences):

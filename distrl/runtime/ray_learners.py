@@ -263,9 +263,12 @@ class LearnerGroup:
     def _new(self, rank: int) -> Any:
         return self._cls.remote(self.cfg, self.spec, list(self.shards), self.store, rank, self.world, self.counts)
 
-    def start(self) -> int:
-        """Start the learners and form their group; returns the version."""
+    def create(self) -> None:
+        """Start the learner processes without waiting for them (:meth:`form` waits)."""
         self.handles = [self._new(r) for r in range(self.world)]
+
+    def form(self) -> int:
+        """Wait for the learners :meth:`create` started and form their group; returns the version."""
         self._form()
         return self.version
 

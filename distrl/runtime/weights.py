@@ -52,3 +52,13 @@ class WeightStore:
         if self._weights is not None and self._version != version:
             return self._version, self._weights
         return None
+
+
+class RayWeightStore(WeightStore):
+    """The WeightStore as a Ray actor. ``publish`` receives ``[ref]`` (a list, so Ray does not resolve the ref
+    into a copy here) and keeps the ObjectRef; actors resolve it themselves. It lives in this module, which
+    imports neither torch nor the rest of distrl, so its worker process stays a bare Ray worker: 50 MB of PSS,
+    against 189 MB when it was defined beside the runtime and its worker imported torch with it."""
+
+    def publish(self, version: int, boxed: Any, generation: int = 0) -> bool:  # type: ignore[override]
+        return super().publish(version, boxed[0], generation)

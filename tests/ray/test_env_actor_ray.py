@@ -100,6 +100,28 @@ def test_env_actor_inserts_pulls_weights_and_restarts_after_kill(ray_cluster):
             ray.kill(handle, no_restart=True)
 
 
+def test_an_actor_started_before_the_learner_publishes_waits_for_the_first_weights(ray_cluster):
+    """The runtime starts env actors beside the learner: an actor must not step on its own random weights."""
+    ray = ray_cluster
+    cfg = _cfg()
+    shard = make_ray_shard(cfg.replay, 0, num_cpus=0.25, seed=0)
+    store = ray.remote(num_cpus=0)(WeightStore).remote()
+    h = start_env_actor(cfg, 0, [shard], store, num_cpus=0.25)
+    try:
+        ray.get(h.ready_ref, timeout=60)
+        time.sleep(1.0)
+        report = ray.get(h.handle.stats.remote()).report
+        assert report.env_steps == 0 and report.policy_version == -1
+        assert ray.get(shard.stats.remote()).size == 0
+        agent = build_agent(cfg.model, env_spec(cfg.env))
+        ray.get(store.publish.remote(0, PolicyWeights(0, agent.state_dict())))
+        _wait_for(lambda: ray.get(shard.stats.remote()).size >= 8, what="inserts after the first publish")
+        assert set(ray.get(shard.sample.remote(8)).trajectory().policy_version.tolist()) == {0}
+    finally:
+        for handle in (h.handle, shard, store):
+            ray.kill(handle, no_restart=True)
+
+
 def test_env_actor_loop_error_surfaces_on_run_ref(ray_cluster):
     ray = ray_cluster
     cfg = _cfg()

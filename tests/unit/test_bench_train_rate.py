@@ -35,6 +35,9 @@ def test_process_tree_samples_pss_of_this_process() -> None:
     peak = tree.peak_pss_gib()
     assert peak is not None and peak > 0
     assert tree.peak_pss_gib(0.0, 1.0) is None  # no sample in that window
+    roles = tree.peak_pss_by_role_mib()
+    assert roles and list(roles.values()) == sorted(roles.values(), reverse=True)
+    assert abs(sum(roles.values()) - peak * 1024) < 1.0  # the roles add up to the peak (MiB vs GiB)
 
 
 def test_sf_ratio_line_divides_by_sample_factory() -> None:

@@ -34,7 +34,8 @@ Prints one JSON object per result line on stdout (progress and child logs go to 
 
 Every training line also has ``cpu_cores_used`` (CPU seconds of every process the system started, over the
 window), ``peak_pss_gib`` (the largest summed PSS of that process tree over the whole run, sampled every
-second; ``window_peak_pss_gib`` over the window only), ``startup_s`` (launch to the first trained batch) and,
+second; ``window_peak_pss_gib`` over the window only; ``peak_pss_by_role_mib``: that peak per process role, a
+Ray actor's class or a program such as ``raylet``), ``startup_s`` (launch to the first trained batch) and,
 on a task with a target (room5x5: 0.9), ``time_to_target_s``: launch to the first point at which the mean
 return of the last 100 episodes (at least 100 finished) reached it, start-up included. distrl's is read from
 its metrics rows (every ``target_resolution_s`` = 2 s), Sample Factory's after every training step, RLlib's
@@ -208,6 +209,22 @@ def _pss_bytes(pid: int) -> int:
     return 0
 
 
+def _role(pid: int) -> str:
+    """What a process is, from its command line: a Ray actor's class (Ray titles its workers
+    ``ray::<Class>.<method>``; ``IDLE`` for a pooled worker), else the script or program name (``raylet``,
+    ``gcs_server``, ``dashboard.py``, ``python`` for a system's own launcher)."""
+    try:
+        cmd = [a for a in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0") if a]
+    except OSError:
+        return "?"
+    if not cmd:
+        return "?"
+    if cmd[0].startswith("ray::"):
+        return cmd[0].split()[0][5:].split(".")[0] or "ray_worker"
+    scripts = [Path(a).name for a in cmd[1:] if a.endswith(".py")]
+    return scripts[0] if scripts else Path(cmd[0]).name
+
+
 class ProcessTree:
     """Every process a child starts (its descendants, Ray's raylet, GCS and workers included): their CPU time,
     the tree's summed PSS at each sample (its peak is the system's memory footprint; Ray's object store is
@@ -222,6 +239,7 @@ class ProcessTree:
         self.cpu: dict[tuple[int, int], float] = {}
         self.series: list[tuple[float, float]] = []  # (epoch seconds, CPU seconds of the tree so far)
         self.pss: list[tuple[float, int]] = []  # (epoch seconds, summed PSS bytes of the live tree)
+        self.peak_by_role: dict[str, int] = {}  # PSS bytes per process role (_role) at the largest sample
 
     def sample(self) -> None:
         stats = _proc_stats()
@@ -230,15 +248,25 @@ class ProcessTree:
             children.setdefault(ppid, []).append(pid)
         todo = [self.root] if self.root in stats else []
         pss = 0
+        by_role: dict[str, int] = {}
         while todo:
             pid = todo.pop()
             _, start, cpu = stats[pid]
             self.cpu[(pid, start)] = cpu
-            pss += _pss_bytes(pid)
+            b = _pss_bytes(pid)
+            pss += b
+            role = _role(pid)
+            by_role[role] = by_role.get(role, 0) + b
             todo.extend(children.get(pid, []))
         now = time.time()
         self.series.append((now, sum(self.cpu.values())))
+        if pss > max((b for _, b in self.pss), default=-1):
+            self.peak_by_role = by_role
         self.pss.append((now, pss))
+
+    def peak_pss_by_role_mib(self) -> dict[str, float]:
+        """The largest sample's PSS per process role (MiB, largest first): where the peak goes."""
+        return {k: round(v / 2**20, 1) for k, v in sorted(self.peak_by_role.items(), key=lambda kv: -kv[1])}
 
     def peak_pss_gib(self, t0: float | None = None, t1: float | None = None) -> float | None:
         """Largest summed PSS (GiB) over the samples between epoch times t0 and t1 (default: the whole run)."""
@@ -526,7 +554,8 @@ def cpu_fields(tree: ProcessTree, t0: float, t1: float, consumed: float) -> dict
     """CPU use of everything a system started (driver, Ray, actors, learner) over its measurement window:
     cores busy on average, and consumed env steps per CPU second (a rate that background load on a shared
     machine disturbs much less than steps per wall-clock second)."""
-    mem = {"peak_pss_gib": tree.peak_pss_gib(), "window_peak_pss_gib": tree.peak_pss_gib(t0, t1)}
+    mem = {"peak_pss_gib": tree.peak_pss_gib(), "window_peak_pss_gib": tree.peak_pss_gib(t0, t1),
+           "peak_pss_by_role_mib": tree.peak_pss_by_role_mib()}
     cpu = tree.cpu_between(t0, t1)
     if cpu is None or t1 <= t0:
         return {"cpu_cores_used": None, "consumed_steps_per_cpu_s": None, **mem}
