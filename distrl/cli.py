@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from distrl import storage
-from distrl.config import ConfigError, ExperimentConfig, load_config, save_config
+from distrl.config import ConfigError, ExperimentConfig, load_config, quickstart_config, save_config
 
 
 def _split_overrides(items: list[str]) -> list[str]:
@@ -115,7 +115,7 @@ def resolve_run(
         else:
             cfg = load_config(stored_path, extra)
         return RunSetup(cfg, location, run_dir, True)
-    cfg = load_config(config, extra)
+    cfg = load_config(config, extra) if config else quickstart_config(extra)
     from distrl.learners.extras import enabled_extras  # torch: imported only when a run is set up
 
     enabled_extras(cfg)  # an unknown learner extra fails here, before a run directory or an actor exists

@@ -10,8 +10,9 @@ Usage::
     cfg = load_config("configs/minihack_room.yaml", ["learner.lr=3e-4", "runtime.mode=local"])
     cfg.learner.lr        # 0.0003
 
-The dataclass defaults *are* the quickstart run (MiniHack-Room-5x5, small model, local Ray), so
-``ExperimentConfig()`` is a complete, runnable config.
+The dataclass defaults are a complete, runnable config (MiniHack-Room-5x5 with the full NetHack model, local
+Ray; ``configs/defaults.yaml`` writes them out). The quickstart, what ``distrl train`` runs with no config, is
+:func:`quickstart_config`: the defaults with the small MiniHack model (``configs/quickstart.yaml``).
 
 This module imports nothing from distrl.
 """
@@ -756,6 +757,22 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     merged = _deep_merge(data, _overrides_tree(overrides))
     cfg = _build(ExperimentConfig, merged, "", str(path) if path else "")
     return _validated(cfg, [str(Path(path).resolve())] if path else [], overrides)
+
+
+QUICKSTART_SOURCE = "the embedded quickstart"
+QUICKSTART: dict[str, Any] = {
+    "env": {"observation_keys": ["glyphs_crop", "blstats"]},
+    "model": {"encoder": "nethack_small", "hidden_size": 128, "glyph_embedding_dim": 16},
+    "eval": {"every_updates": 100},
+}
+"""The quickstart (``distrl train`` with no config; ``configs/quickstart.yaml`` writes it out): the dataclass
+defaults with the small MiniHack model, evaluated every 100 learner updates and at the end."""
+
+
+def quickstart_config(overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """The quickstart (:data:`QUICKSTART` on the defaults) with ``a.b=value`` overrides; validated."""
+    merged = _deep_merge(_tag_source(json.loads(json.dumps(QUICKSTART)), QUICKSTART_SOURCE), _overrides_tree(overrides))
+    return _validated(_build(ExperimentConfig, merged, "", QUICKSTART_SOURCE), [QUICKSTART_SOURCE], overrides)
 
 
 def _validated(cfg: ExperimentConfig, files: Sequence[str], overrides: Sequence[str]) -> ExperimentConfig:

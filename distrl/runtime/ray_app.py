@@ -112,6 +112,16 @@ def init_local_ray(**kwargs: Any) -> None:
             os.environ[_LOOPBACK_ENV] = saved_env
 
 
+def _close_env_actors(actors: list[EnvActorHandle]) -> None:
+    """Close each env actor's envs (bounded wait) and kill its process."""
+    for h in actors:
+        try:
+            ray.get(h.handle.close.remote(), timeout=30)
+        except Exception:
+            pass
+        ray.kill(h.handle)
+
+
 class RayRuntime:
     def __init__(self, cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False, location: str = "") -> None:
         self.cfg = cfg
@@ -269,6 +279,8 @@ class RayRuntime:
             ray.wait([h.run_ref for h in actors], num_returns=len(actors), timeout=30)
             actors = self._poll_actors(actors, shards, store, restarts, actor_steps, latest_stats, monitor,
                                        restart=False)
+            _close_env_actors(actors)  # their processes' memory is free before the final evaluation starts its own
+            actors = []
             reports = learners.finish(300)
             if reports is not None:
                 self._collect_round(reports, monitor)
@@ -301,12 +313,7 @@ class RayRuntime:
         finally:
             evals.close()
             monitor.close(exit_code)
-            for h in actors:
-                try:
-                    ray.get(h.handle.close.remote(), timeout=30)
-                except Exception:
-                    pass
-                ray.kill(h.handle)
+            _close_env_actors(actors)
             for lr in learners.handles:
                 ray.kill(lr)
             for s in [*shards, *count_actors]:

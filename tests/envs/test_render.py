@@ -57,7 +57,7 @@ def test_minihack_renders_the_terminal_with_the_quickstart_keys(quickstart_env_c
     assert _colours(first) > 1  # not blank: characters on black
     assert (first == 0).all(axis=2).mean() > 0.5  # the terminal's black background
     obs2, *_ = env.step(SE)
-    assert not np.array_equal(obs["glyphs"], obs2["glyphs"])  # the agent moved ...
+    assert not np.array_equal(obs["glyphs_crop"], obs2["glyphs_crop"])  # the agent moved ...
     moved = env.render()
     assert moved.shape == first.shape and not np.array_equal(first, moved)  # ... and the picture shows it
     env.close()

@@ -63,7 +63,7 @@ def test_a_greedy_policy_that_repeats_itself_is_flagged_and_cut_short(tmp_path):
 
 def test_a_wall_bumping_greedy_policy_on_minihack_is_flagged(tmp_path):
     pytest.importorskip("minihack")
-    cfg = load_config(None, ["eval.stuck_steps=10"])  # the quickstart: MiniHack-Room-5x5
+    cfg = load_config(None, ["eval.stuck_steps=10"])  # the defaults: MiniHack-Room-5x5, the full NetHack model
     ev = Evaluator(cfg)
     state = {k: v.clone() for k, v in ev.agent.state_dict().items()}
     state["heads.policy.fc.weight"].zero_()

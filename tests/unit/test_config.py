@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from distrl.cli import _hoist_flags, _split_overrides, prepare_run
-from distrl.config import ConfigError, ExperimentConfig, config_from_dict, load_config
+from distrl.config import ConfigError, ExperimentConfig, config_from_dict, load_config, quickstart_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -24,8 +25,18 @@ def test_every_shipped_config_loads(path):
     assert cfg.sequence.total >= cfg.sequence.period
 
 
-def test_quickstart_yaml_equals_the_embedded_default():
-    assert load_config(REPO / "configs/quickstart.yaml") == load_config()
+def test_defaults_yaml_and_quickstart_yaml_equal_what_they_write_out():
+    assert load_config(REPO / "configs/defaults.yaml") == load_config()
+    quick = quickstart_config()
+    assert load_config(REPO / "configs/quickstart.yaml") == quick
+    assert (quick.model.encoder, quick.model.hidden_size, quick.env.observation_keys) == (
+        "nethack_small", 128, ("glyphs_crop", "blstats"))
+    # only the model and the evaluation period differ from the defaults; overrides go on top
+    defaults = load_config()
+    assert dataclasses.replace(quick, env=defaults.env, model=defaults.model, eval=defaults.eval) == defaults
+    assert quickstart_config(["model.hidden_size=64"]).model.hidden_size == 64
+    with pytest.raises(ConfigError, match=r"model\.encoder: 'nope'"):
+        quickstart_config(["model.encoder=nope"])
 
 
 def test_unknown_key_names_key_and_file(tmp_path):
