@@ -53,3 +53,18 @@ def test_the_local_cluster_listens_on_loopback_only():
     assert {"gcs_server", "raylet"} <= names, out  # the probe saw the cluster's own servers
     exposed = [x for x in out["listen"] if x[0] not in LOOPBACK]
     assert exposed == [], f"listening beyond loopback: {exposed}"
+
+
+def test_the_local_clusters_gcs_keeps_capped_tables(ray_cluster):
+    """The GCS of a cluster distrl starts gets LOCAL_RAY_SYSTEM_CONFIG (read back from its own command line)."""
+    import base64
+
+    import psutil  # ray ships it (ray/thirdparty_files, on sys.path once ray is imported)
+
+    from distrl.runtime.ray_app import LOCAL_RAY_SYSTEM_CONFIG
+
+    gcs = [p for p in psutil.Process().children(recursive=True) if p.name() == "gcs_server"]
+    assert len(gcs) == 1, "this test session's cluster (tests/conftest.py) runs one GCS"
+    arg = next(a for a in gcs[0].cmdline() if a.startswith("--config_list="))
+    config = json.loads(base64.b64decode(arg.split("=", 1)[1]))
+    assert {k: config.get(k) for k in LOCAL_RAY_SYSTEM_CONFIG} == LOCAL_RAY_SYSTEM_CONFIG
