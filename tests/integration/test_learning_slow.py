@@ -12,7 +12,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 def test_quickstart_learns_minihack_room_5x5(tmp_path):
     """The README's main job: mean return >= 0.9 over the last 100 episodes within 60k env steps (one local
-    Ray). Measured: 17-20k env steps / 24-32 s of training on a 2-core box (BENCHMARKS.md)."""
+    Ray). Measured: 20-22k env steps / about 11 s of training on a 2-core box (BENCHMARKS.md)."""
     pytest.importorskip("minihack")
     from distrl.runtime.ray_app import RayRuntime
 
