@@ -6,7 +6,11 @@ Placement and resources come from the config; library classes stay plain and are
 checkpoints.
 
 * **Cluster**: ``runtime.address`` (or ``RAY_ADDRESS``, set by ``ray job submit``) joins a running cluster;
-  otherwise a local Ray instance starts on 127.0.0.1 without a dashboard and stops at the end.
+  otherwise a local Ray instance starts on 127.0.0.1 without a dashboard, with capped GCS tables
+  (:data:`LOCAL_RAY_SYSTEM_CONFIG`), and stops at the end.
+* **Start-up**: the shards, the learners and the env actors are created at once, so their processes import and
+  build side by side; the env actors reset their envs and wait for the first published weights (on ``--resume``,
+  the checkpoint's), and the dashboard opens while the driver waits for the learners.
 * **Resources**: what each learner, env actor and replay shard reserves comes from the config
   (``learner.num_cpus``, ``actor.num_cpus``, ``replay.num_cpus``), through :mod:`distrl.runtime.resources`;
   on a cluster whose nodes carry the custom resources ``learner`` / ``env_actor`` / ``replay_shard``
@@ -44,7 +48,8 @@ checkpoints.
   ``learner/updates_lost`` (:class:`~distrl.runtime.ray_learners.LearnerGroup`).
 * **Evaluation**: every ``eval.every_updates`` learner updates, an evaluator actor (``eval.num_cpus``, default 0)
   plays a few episodes with the weight store's latest weights while training goes on; the driver polls it without
-  waiting and logs ``eval/`` metrics and the video (:mod:`distrl.runtime.ray_eval`).
+  waiting and logs ``eval/`` metrics and the video (:mod:`distrl.runtime.ray_eval`). The final evaluation runs
+  after the env actors have been closed.
 """
 
 from __future__ import annotations
