@@ -12,7 +12,8 @@ Prints one JSON object per line on stdout:
 * ``{"event": "fault", "kind", "target", "t_s", "recovery_s"}`` per fault: ``recovery_s`` = seconds until the
   runtime had a replacement running (new env actor incarnation / new shard handle / learners restored from their
   checkpoint), the stuck timeout included for a hang; null if none came within ``--recovery-timeout`` or before
-  the end. The next fault comes ``--every`` seconds after a fault's recovery (or its timeout);
+  the end. The next fault comes ``--every`` seconds after a fault's recovery (or its timeout); none comes in
+  the run's last stuck timeout + 10 s, where its recovery would span the shutdown;
 * ``{"event": "memory", "t_s", "rss_mb", "pss_mb", "uss_mb", "processes", "pss_by_role_mb"}`` every
   ``--memory-every`` s: memory of this process and all its descendants (the Ray cluster it started); see
   :func:`tree_memory` for why PSS, not summed RSS, is the run's resident memory;
@@ -121,9 +122,11 @@ def hang_next_update(ray_learner: Any) -> None:
 
 class Chaos:
     def __init__(
-        self, runtime: Any, ray: Any, kinds: list[str], every_s: float, seed: int, recovery_timeout_s: float = 120.0
+        self, runtime: Any, ray: Any, kinds: list[str], every_s: float, seed: int, recovery_timeout_s: float = 120.0,
+        last_fault_s: float | None = None,
     ) -> None:
         self.runtime, self.ray, self.kinds, self.every_s = runtime, ray, kinds, every_s
+        self.last_fault_s = last_fault_s  # no fault after this (seconds from t0): its recovery would span the shutdown
         self.recovery_timeout_s = recovery_timeout_s  # a fault waits this long for its recovery before the next
         self.rng = random.Random(seed)
         self.t0 = time.monotonic()
@@ -169,6 +172,8 @@ class Chaos:
     def run(self) -> None:
         try:
             while not self.stop.wait(self.every_s):
+                if self.last_fault_s is not None and time.monotonic() - self.t0 > self.last_fault_s:
+                    continue
                 try:
                     f = self._fault()
                 except Exception as e:  # e.g. its target was being replaced: reported, and the soak goes on
@@ -231,7 +236,11 @@ def main() -> None:
         f"runtime.learner_stuck_timeout_s={args.learner_stuck_timeout}",
         f"learner.checkpoint_every={args.learner_checkpoint_every}", *args.overrides])
     runtime = RayRuntime(cfg, run_dir)
-    chaos = Chaos(runtime, ray, args.kinds, args.every, args.seed, args.recovery_timeout)
+    # The last fault comes early enough to recover before the run stops (its clock starts after set-up, later
+    # than chaos.t0): a learner hang injected seconds before the end was "recovered" only after the shutdown.
+    quiet = max(args.stuck_timeout, args.learner_stuck_timeout) + 10.0
+    chaos = Chaos(runtime, ray, args.kinds, args.every, args.seed, args.recovery_timeout,
+                  last_fault_s=max(0.0, args.duration - quiet))
     memory: list[dict[str, Any]] = []
     done = threading.Event()
 
