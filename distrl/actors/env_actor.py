@@ -244,7 +244,7 @@ class EnvActor:
     def step(self) -> Trajectory | None:
         """One batched env step; returns a Trajectory when this step completes one, else None."""
         if self._obs is None:
-            self._begin()
+            self.begin()
         if self.env_steps == 0:
             self._t_start = time.perf_counter()  # the rate counts from the first step, not from begin()
         assert self._obs is not None
@@ -321,10 +321,8 @@ class EnvActor:
 
     def begin(self) -> None:
         """Reset the envs and the core state now (the first :meth:`step` does it otherwise); a no-op once begun."""
-        if self._obs is None:
-            self._begin()
-
-    def _begin(self) -> None:
+        if self._obs is not None:
+            return
         self._obs = self.venv.reset()
         self._state = self.policy.initial_state(self.num_envs, self.device)
         self.writer.begin(self._obs, self._state)
