@@ -5,13 +5,18 @@ see ALGORITHMS.md §2.7.
 * ``Ballet-<N>-<D>`` (:class:`BalletEnv`): a 7 x 7 room, the agent in the centre and ``N`` (1-8) dancers on
   eight fixed places two cells away, each with a distinct identity (one of 8). In turn, after ``D`` quiet steps,
   each dancer performs its dance: ``DANCE_LEN`` steps in which it steps off its place in a direction and back,
-  a different sequence of directions for each of the 8 dances (dancers get distinct dances). The moving dancer
-  shows where it stands, and ``move`` shows the direction of its step. The agent's actions do nothing until
-  the dances are over; then, after ``D`` more quiet steps, ``instruction`` names one of the performed dances and
-  the agent has ``TEST_STEPS`` steps to walk (8 directions + stay) onto the dancer that performed it. Stepping
-  onto a dancer ends the episode: reward 1 if it is that dancer, 0 otherwise (also 0 when time runs out).
-  Chance level (``info["chance"]``): ``1 / N``, for an agent that walks to a dancer picked at random (every
-  dancer is two moves away; an agent that reaches none in time scores 0).
+  a different sequence of directions for each of the 8 dances (dancers get distinct dances). ``room`` holds
+  the agent's plane, one plane per identity and an occupancy plane (every dancer, whoever it is), so the
+  performing dancer is seen off its place; ``performing`` names the dance being performed (one-hot, index 0:
+  nobody dances). The dance is shown as a symbol where the paper's agent recognises it from the dancer's
+  motion: with only each step's direction shown, neither core got above chance on Ballet-2-0 within our CPU
+  budget (BENCHMARKS.md, "Ballet"), so the symbolic form tests what the task is for: binding each dance to its
+  dancer and keeping that. The agent's actions do nothing until the dances are over; then, after ``D`` more
+  quiet steps, ``instruction`` names one of the performed dances and the agent has ``TEST_STEPS`` steps to
+  walk (8 directions + stay) onto the dancer that performed it. Stepping onto a dancer ends the episode:
+  reward 1 if it is that dancer, 0 otherwise (also 0 when time runs out). Chance level (``info["chance"]``):
+  ``1 / N``, for an agent that walks to a dancer picked at random (every dancer is two moves away; an agent
+  that reaches none in time scores 0).
 * ``Recall-<K>-<D>`` (:class:`RecallEnv`): step 0 shows an object at one of ``K`` places (``cue``), then
   ``D`` distractor steps show a place drawn uniformly from all ``K`` in ``distractor`` each step (independent
   of the cue: the cue's place shows up among them as often as any other, so they carry no information about
@@ -27,7 +32,7 @@ Observations are small int8 arrays (the MLP encoder casts them as they are).
 Usage::
 
     env = make(EnvConfig(name="Ballet-2-16"), seed=0)
-    obs, info = env.reset()                 # obs["room"] [9, 7, 7] int8, obs["instruction"] [8], ...
+    obs, info = env.reset()                 # obs["room"] [10, 7, 7] int8, obs["instruction"] [8], ...
     obs, r, term, trunc, info = env.step(0)
 """
 
@@ -49,7 +54,7 @@ PLACES = ((1, 1), (1, 3), (1, 5), (3, 1), (3, 5), (5, 1), (5, 3), (5, 5))
 """The eight dancer places (row, col), two cells from the centre."""
 IDENTITIES = 8
 DIRS = ((-1, 0), (0, 1), (1, 0), (0, -1))
-"""Dance step directions: N, E, S, W (``move`` one-hot index 1..4; 0 = no move)."""
+"""Dance step directions: N, E, S, W."""
 DANCE_LEN = 4
 DANCES = (
     (0, 1, 2, 3), (0, 3, 2, 1), (2, 1, 0, 3), (2, 3, 0, 1),
@@ -99,7 +104,7 @@ class BalletEnv:
         """Steps before the instruction (dances and quiet steps); the test phase follows."""
         self.max_episode_steps = max_episode_steps
         self._rng = np.random.default_rng(seed)
-        self._room = np.zeros((IDENTITIES + 1, ROOM, ROOM), dtype=np.int8)
+        self._room = np.zeros((IDENTITIES + 2, ROOM, ROOM), dtype=np.int8)
         self._done = True
         self._t = 0
 
@@ -109,8 +114,8 @@ class BalletEnv:
         return EnvSpec(
             name=name,
             obs={
-                "room": ArraySpec((IDENTITIES + 1, ROOM, ROOM), i8),
-                "move": ArraySpec((len(DIRS) + 1,), i8),
+                "room": ArraySpec((IDENTITIES + 2, ROOM, ROOM), i8),
+                "performing": ArraySpec((len(DANCES) + 1,), i8),
                 "instruction": ArraySpec((len(DANCES),), i8),
             },
             num_actions=len(AGENT_MOVES),
@@ -146,18 +151,19 @@ class BalletEnv:
         room = self._room
         room.fill(0)
         room[0, self._agent[0], self._agent[1]] = 1
-        move = np.zeros(len(DIRS) + 1, dtype=np.int8)
+        performing = np.zeros(len(DANCES) + 1, dtype=np.int8)
         ds = self._dance_step()
         for i, ((r, c), ident) in enumerate(zip(self._places, self._ids)):
             if ds is not None and ds[0] == i:
                 d = DANCES[self._dances[i]][ds[1]]
                 r, c = r + DIRS[d][0], c + DIRS[d][1]
-                move[1 + d] = 1
+                performing[1 + self._dances[i]] = 1
             room[1 + ident, r, c] = 1
+            room[IDENTITIES + 1, r, c] = 1
         instr = np.zeros(len(DANCES), dtype=np.int8)
         if self._t >= self.watch_len:
             instr[self._dances[self._target]] = 1
-        return {"room": room.copy(), "move": move, "instruction": instr}
+        return {"room": room.copy(), "performing": performing, "instruction": instr}
 
     def step(self, action: Any) -> tuple[Obs, float, bool, bool, dict[str, Any]]:
         if self._done:
@@ -188,7 +194,7 @@ class BalletEnv:
                             (0, 114, 178), (213, 94, 0), (204, 121, 167), (160, 160, 160)], dtype=np.uint8)
         img = np.full((ROOM, ROOM, 3), 30, dtype=np.uint8)
         room = self._obs()["room"]
-        for k in range(room.shape[0]):
+        for k in range(IDENTITIES + 1):  # the agent and the identities (the occupancy plane adds nothing here)
             img[room[k] > 0] = colours[k]
         if self._t >= self.watch_len:
             img[0, :, :] = 90  # top wall lights up in the test phase

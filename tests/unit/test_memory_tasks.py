@@ -38,19 +38,23 @@ def test_ballet_timeline_dances_and_reward(dancers, delay):
     obs, _ = env.reset()
     _check_obs(spec, obs)
     assert obs["room"][0, 3, 3] == 1 and obs["room"][0].sum() == 1
-    homes = {int(np.argmax(obs["room"][1:, r, c])): (r, c) for (r, c) in env._places}
+    homes = {int(np.argmax(obs["room"][1:mt.IDENTITIES + 1, r, c])): (r, c) for (r, c) in env._places}
     assert len(homes) == dancers  # distinct identities, each on its place
     seen_dances = []
     for t in range(env.watch_len):
         ds = env._dance_step()
+        assert obs["room"][mt.IDENTITIES + 1].sum() == dancers  # the occupancy plane: every dancer
         if ds is None:
-            assert obs["move"].sum() == 0
+            assert obs["performing"].sum() == 0
+            assert all(obs["room"][mt.IDENTITIES + 1, r, c] == 1 for (r, c) in env._places)
         else:
             i, k = ds
             d = mt.DANCES[env._dances[i]][k]
-            assert obs["move"][1 + d] == 1
+            assert obs["performing"][1 + env._dances[i]] == 1 and obs["performing"].sum() == 1
             r, c = env._places[i]
-            assert obs["room"][1 + env._ids[i], r + mt.DIRS[d][0], c + mt.DIRS[d][1]] == 1
+            off = (r + mt.DIRS[d][0], c + mt.DIRS[d][1])
+            assert obs["room"][1 + env._ids[i], off[0], off[1]] == 1
+            assert obs["room"][mt.IDENTITIES + 1, off[0], off[1]] == 1
             if k == 0:
                 seen_dances.append(i)
         assert obs["instruction"].sum() == 0
