@@ -21,6 +21,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from distrl import storage
 from distrl.config import ConfigError, ExperimentConfig, load_config, quickstart_config, save_config
@@ -74,7 +75,18 @@ def resolve_run(
     local: bool = False,
     address: str | None = None,
 ) -> RunSetup:
-    """Resolve the config and the run location.
+    """:func:`plan_run` then :func:`create_run`: the config resolved and a new run's directory created."""
+    return create_run(plan_run(config, overrides, resume, local, address))
+
+
+def plan_run(
+    config: str | None,
+    overrides: list[str],
+    resume: str | None = None,
+    local: bool = False,
+    address: str | None = None,
+) -> RunSetup:
+    """Resolve the config and the run location, creating nothing for a new run (:func:`create_run` does).
 
     The location is ``runtime.run_dir/<run_name>`` made absolute (:func:`distrl.storage.resolve_location`: a
     relative ``runtime.run_dir`` inside a ``ray job submit`` job goes under ``~/distrl``), or a remote URI, whose
@@ -116,9 +128,6 @@ def resolve_run(
             cfg = load_config(stored_path, extra)
         return RunSetup(cfg, location, run_dir, True)
     cfg = load_config(config, extra) if config else quickstart_config(extra)
-    from distrl.learners.extras import enabled_extras  # torch: imported only when a run is set up
-
-    enabled_extras(cfg)  # an unknown learner extra fails here, before a run directory or an actor exists
     name = cfg.runtime.run_name or time.strftime("%Y%m%d-%H%M%S") + "-" + re.sub(r"[^A-Za-z0-9._-]+", "_", cfg.env.name)
     location = storage.join(storage.resolve_location(cfg.runtime.run_dir), name)
     if storage.exists(storage.join(location, "config.yaml")):
@@ -126,32 +135,61 @@ def resolve_run(
             f"run directory {location} already holds a run; pass --resume {location} to continue it or choose "
             "another runtime.run_name"
         )
-    run_dir = storage.staging_dir(location)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
-    storage.push(run_dir / "config.yaml", storage.join(location, "config.yaml"))
-    return RunSetup(cfg, location, run_dir, False)
+    return RunSetup(cfg, location, storage.staging_dir(location), False)
+
+
+def create_run(run: RunSetup) -> RunSetup:
+    """Create a new run's directory and store its config in it, after checking its learner extras (an unknown
+    one fails here, before a run directory or an actor exists); a resumed run is returned as it is."""
+    if run.resuming:
+        return run
+    from distrl.learners.extras import enabled_extras  # torch: imported only when a run is set up
+
+    enabled_extras(run.cfg)
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(run.cfg, run.run_dir / "config.yaml")
+    storage.push(run.run_dir / "config.yaml", storage.join(run.location, "config.yaml"))
+    return run
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    run = resolve_run(args.config, _split_overrides(args.overrides), args.resume, args.local, args.address)
-    cfg, run_dir = run.cfg, run.run_dir
-    staged = f" (staged in {run_dir})" if storage.is_remote(run.location) else ""
-    print(f"distrl: run directory {run.location}{staged}", flush=True)
-    if cfg.runtime.mode == "local":
+    plan = plan_run(args.config, _split_overrides(args.overrides), args.resume, args.local, args.address)
+    if plan.cfg.runtime.mode == "local":
         from distrl.runtime.local import LocalRuntime
 
-        runtime = LocalRuntime(cfg, run_dir, resume=run.resuming)
+        run = create_run(plan)
+        _print_run_dir(run)
+        runtime: Any = LocalRuntime(run.cfg, run.run_dir, resume=run.resuming)
     else:
-        from distrl.runtime.ray_app import RayRuntime
+        import ray
 
-        runtime = RayRuntime(cfg, run_dir, resume=run.resuming, location=run.location)
+        from distrl.runtime.ray_start import start_ray_while_importing
+
+        # Ray's start mostly waits on its own processes: the runtime's imports (torch, models, envs) run beside
+        # it, and the run directory is created once they are done (create_run checks the extras with them).
+        owns_ray = start_ray_while_importing(plan.cfg, "distrl.runtime.ray_app")
+        try:
+            run = create_run(plan)
+            _print_run_dir(run)
+            from distrl.runtime.ray_app import RayRuntime
+
+            runtime = RayRuntime(run.cfg, run.run_dir, resume=run.resuming, location=run.location, owns_ray=owns_ray)
+        except BaseException:
+            if owns_ray:
+                ray.shutdown()
+            raise
+    run_dir = run.run_dir
     try:
         summary = runtime.train()
     finally:
         storage.push(run_dir, run.location)  # a remote location gets everything this node wrote, even on failure
     print(json.dumps({"run_dir": run.location, **summary}))
     return 0
+
+
+def _print_run_dir(run: RunSetup) -> None:
+    staged = f" (staged in {run.run_dir})" if storage.is_remote(run.location) else ""
+    print(f"distrl: run directory {run.location}{staged}", flush=True)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -762,10 +762,12 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
 QUICKSTART: dict[str, Any] = {
     "env": {"observation_keys": ["glyphs_crop", "blstats"]},
     "model": {"encoder": "nethack_small", "hidden_size": 128, "glyph_embedding_dim": 16},
-    "eval": {"every_updates": 100},
+    "learner": {"batch_size": 8},
+    "eval": {"every_updates": 1000},
 }
-"""The quickstart (``distrl train`` with no config; ``configs/quickstart.yaml`` writes it out): the dataclass
-defaults with the small MiniHack model, evaluated every 100 learner updates and at the end."""
+"""The quickstart (``distrl train`` with no config; ``configs/quickstart.yaml`` writes it out, and says why): the
+dataclass defaults with the small MiniHack model and batches of 8 sequences, evaluated every 1000 learner updates
+and at the end."""
 
 
 def quickstart_config(overrides: Sequence[str] = ()) -> ExperimentConfig:

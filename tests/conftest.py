@@ -33,7 +33,7 @@ def ray_cluster():
     """A real Ray cluster on loopback, started once per session (num_cpus explicit: this is a 2-core box)."""
     import ray  # a dependency of distrl: a broken install must fail these tests, not skip them
 
-    from distrl.runtime.ray_app import init_local_ray  # every listener on 127.0.0.1, as a run's own cluster
+    from distrl.runtime.ray_start import init_local_ray  # every listener on 127.0.0.1, as a run's own cluster
 
     if not ray.is_initialized():
         init_local_ray(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)

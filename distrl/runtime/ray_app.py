@@ -55,7 +55,6 @@ checkpoints.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -73,6 +72,7 @@ from distrl.runtime.ray_env_actor import EnvActorHandle, restart_env_actor, star
 from distrl.runtime.ray_eval import EvalDriver
 from distrl.runtime.ray_learners import LearnerGroup
 from distrl.runtime.ray_replay import PeriodicShardCheckpoints, make_ray_shard, make_ray_shards
+from distrl.runtime.ray_start import start_ray
 from distrl.runtime.resources import (
     ENV_ACTOR,
     LEARNER,
@@ -89,46 +89,6 @@ from distrl.types import ActorReport, LearnerReport
 log = logging.getLogger(__name__)
 
 
-_LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-
-
-LOCAL_RAY_SYSTEM_CONFIG: dict[str, int] = {
-    "task_events_max_num_task_in_gcs": 10_000,
-    "maximum_gcs_destroyed_actor_cached_count": 1_000,
-}
-"""Caps on what the GCS of a cluster distrl starts keeps for Ray's state API: the events of the last 10,000 tasks
-(Ray's default keeps 100,000; a run's inserts, status polls and weight pulls are all tasks) and the records of
-the last 1,000 dead actors (every restarted actor leaves one). Without them the GCS grew 42 → 75 MB in a
-30-minute run with no fault and 64 → 124 MB in one with 43 faults (BENCHMARKS.md, "Chaos soak")."""
-
-
-def init_local_ray(**kwargs: Any) -> None:
-    """``ray.init`` a fresh single-machine cluster whose every process (GCS, raylet, workers, dashboard and
-    runtime-env agents) listens on 127.0.0.1 only, with the GCS's tables capped (:data:`LOCAL_RAY_SYSTEM_CONFIG`,
-    unless ``_system_config`` is given).
-
-    ``_node_ip_address="127.0.0.1"`` alone does not do it: Ray replaces a loopback node address by the host's
-    routable one (so other nodes could join) and its servers then listen on all interfaces. With clusters
-    disabled (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, Ray's default on macOS and Windows) the node address
-    stays loopback; the setting applies while the cluster starts (its processes inherit it) and is put back
-    afterwards, so a later ``ray.init(address=...)`` in this process can still join a real cluster.
-    """
-    from ray._private import ray_constants  # the flag is read once, at import; set it for this start
-
-    saved_env, saved_flag = os.environ.get(_LOOPBACK_ENV), ray_constants.ENABLE_RAY_CLUSTER
-    os.environ[_LOOPBACK_ENV] = "0"
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    kwargs.setdefault("_system_config", dict(LOCAL_RAY_SYSTEM_CONFIG))
-    try:
-        ray.init(_node_ip_address="127.0.0.1", **kwargs)
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
-        if saved_env is None:
-            os.environ.pop(_LOOPBACK_ENV, None)
-        else:
-            os.environ[_LOOPBACK_ENV] = saved_env
-
-
 def _close_env_actors(actors: list[EnvActorHandle]) -> None:
     """Close each env actor's envs (bounded wait) and kill its process."""
     for h in actors:
@@ -140,8 +100,10 @@ def _close_env_actors(actors: list[EnvActorHandle]) -> None:
 
 
 class RayRuntime:
-    def __init__(self, cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False, location: str = "") -> None:
+    def __init__(self, cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False, location: str = "",
+                 owns_ray: bool = False) -> None:
         self.cfg = cfg
+        self.owns_ray = owns_ray  # Ray was started for this run (start_ray_while_importing): train() shuts it down
         self.paths = RunPaths(Path(run_dir), location or str(run_dir))  # location: a remote URI run_dir stages for
         self.resume = resume
         self.learner_group: LearnerGroup | None = None  # live view for tests and chaos (set in _train)
@@ -150,23 +112,9 @@ class RayRuntime:
         self.counts: RayCounts | None = None  # the global count table's actors (bonus.glob=count)
 
     # ---- cluster ------------------------------------------------------------------------------------------
-    def _init_ray(self) -> bool:
-        """Join or start Ray; returns True when this runtime started it (and so must stop it)."""
-        if ray.is_initialized():
-            return False
-        address = self.cfg.runtime.address or os.environ.get("RAY_ADDRESS", "")
-        if address:
-            ray.init(address=address, log_to_driver=False)
-            return True
-        cfg = self.cfg
-        need = cpus_needed(cfg)["total"]
-        num_cpus = cfg.runtime.num_cpus or max(os.cpu_count() or 1, int(need + 0.999))
-        init_local_ray(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
-        return True
-
     # ---- main loop ----------------------------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
-        started = self._init_ray()
+        started = start_ray(self.cfg) or self.owns_ray
         try:
             return self._train()
         finally:

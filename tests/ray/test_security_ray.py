@@ -20,7 +20,7 @@ SCRIPT = textwrap.dedent("""
     import json, os, time
     import ray
     import psutil  # ray ships it (ray/thirdparty_files, on sys.path once ray is imported)
-    from distrl.runtime.ray_app import init_local_ray
+    from distrl.runtime.ray_start import init_local_ray
 
     init_local_ray(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
     @ray.remote(num_cpus=0)
@@ -61,7 +61,7 @@ def test_the_local_clusters_gcs_keeps_capped_tables(ray_cluster):
 
     import psutil  # ray ships it (ray/thirdparty_files, on sys.path once ray is imported)
 
-    from distrl.runtime.ray_app import LOCAL_RAY_SYSTEM_CONFIG
+    from distrl.runtime.ray_start import LOCAL_RAY_SYSTEM_CONFIG
 
     gcs = [p for p in psutil.Process().children(recursive=True) if p.name() == "gcs_server"]
     assert len(gcs) == 1, "this test session's cluster (tests/conftest.py) runs one GCS"

@@ -38,8 +38,8 @@ second; ``window_peak_pss_gib`` over the window only; ``peak_pss_by_role_mib``: 
 Ray actor's class or a program such as ``raylet``), ``startup_s`` (launch to the first trained batch) and,
 on a task with a target (room5x5: 0.9), ``time_to_target_s``: launch to the first point at which the mean
 return of the last 100 episodes (at least 100 finished) reached it, start-up included. distrl's is read from
-its metrics rows (every ``target_resolution_s`` = 2 s), Sample Factory's after every training step, RLlib's
-from its per-episode log.
+its metrics rows (every ``logging.log_every_s``, 0.5 s unless ``--distrl-set`` says otherwise; the row carries
+it as ``target_resolution_s``), Sample Factory's after every training step, RLlib's from its per-episode log.
 
 Every measured process runs at the same priority: Ray starts its workers at nice 15 by default, which on a
 machine shared with other jobs starves them against everything at nice 0 (including RLlib's own driver, which
@@ -424,7 +424,7 @@ def measure_distrl(args: argparse.Namespace, env: dict[str, str], work: Path) ->
         "runtime.total_env_steps=1000000000",
         "logging.wandb=disabled",
         "logging.progress=false",
-        "logging.log_every_s=2",
+        "logging.log_every_s=0.5",  # the time-to-target resolution; --distrl-set may change it
         *args.distrl_set,
     ]
     cfg = load_config(args.config, overrides)
@@ -475,7 +475,7 @@ def measure_distrl(args: argparse.Namespace, env: dict[str, str], work: Path) ->
         "startup_s": first["time"] - launch if first else None, "target": args.target,
         "time_to_target_s": crossing["time"] - launch if crossing else None,
         "env_steps_to_target": crossing.get("charts/env_steps") if crossing else None,
-        "target_resolution_s": 2.0,
+        "target_resolution_s": cfg.logging.log_every_s,
         **cpu_fields(tree, start["time"], end["time"], consumed),
         "loadavg_1m": [round(load0, 2), round(os.getloadavg()[0], 2)],
         "curve": curve,
@@ -935,7 +935,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sf-workers", type=int, default=2, help="Sample Factory rollout workers sharing --envs envs")
     p.add_argument("--ray-worker-niceness", type=int, default=0,
                    help="RAY_worker_niceness for both Ray instances (Ray's own default is 15)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of round 0; round r runs seed + r (every system)")
     p.add_argument("--rounds", type=int, default=None,
                    help="repeat the measurements, alternating the order (default 1; --learner-cost: 5)")
     p.add_argument("--keep", type=Path, default=None, help="keep run dirs and child logs here")
@@ -996,6 +996,7 @@ def main(argv: list[str] | None = None) -> int:
             s for s in reversed(systems) if s != "raw_env"]
         for task in tasks:
             targs = task_args[task]
+            targs.seed = args.seed + rnd  # every system of a round runs one seed; rounds run different seeds
             for system in order:
                 log(f"round {rnd + 1}/{args.rounds}, {task}: measuring {system} "
                     f"(load average {os.getloadavg()[0]:.2f})")
@@ -1015,7 +1016,7 @@ def main(argv: list[str] | None = None) -> int:
                     emit({"bench": "train_rate", "system": system, "task": task, "env": targs.env, "round": rnd,
                           "error": str(e)[-2000:]})
                     continue
-                res["round"] = rnd
+                res["round"], res["seed"] = rnd, targs.seed
                 results[task].setdefault(system, []).append(res)
                 emit(res if args.curves else {k: v for k, v in res.items() if k != "curve"})
 

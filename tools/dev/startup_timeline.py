@@ -2,11 +2,11 @@
 
 Runs ``distrl train`` (the quickstart, or ``--config``) in this process on a local Ray with a short step
 budget, with the runtime's set-up calls wrapped to record when each began and ended: Ray's own start
-(``init_local_ray``), the replay shards, the learners (``create``: processes started; ``form``: built and
-ready), the first publish, the start-of-run checkpoint, the env actors' creation, the run monitor (wandb), and
-the first actor report with env steps (the driver polls actors once a second). Times are seconds since this
-script started (its own imports included). Prints one JSON object per step on stdout, then one with the
-totals; the run's own output goes to stderr.
+(``start_ray``) and, beside it in a thread, the runtime's imports (torch, models, envs); the replay shards,
+the learners (``create``: processes started; ``form``: built and ready), the first publish, the start-of-run
+checkpoint, the env actors' creation, the run monitor (wandb), and the first actor report with env steps (the
+driver polls actors once a second). Times are seconds since this script started (its own imports included).
+Prints one JSON object per step on stdout, then one with the totals; the run's own output goes to stderr.
 
 Usage::
 
@@ -53,18 +53,14 @@ def _wrap(owner: Any, name: str, label: str) -> None:
     setattr(owner, name, staticmethod(timed) if is_static else timed)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default=None, help="distrl config (default: the quickstart)")
-    ap.add_argument("--env-steps", type=int, default=4000)
-    args = ap.parse_args()
-    imported = _now()
-    from distrl.cli import main as cli_main
+FIRST_STEPS: dict[str, float] = {}
+
+
+def _wrap_runtime() -> None:
+    """Time the Ray runtime's set-up steps and its first actor report with env steps."""
     from distrl.runtime import ray_app
     from distrl.runtime.ray_learners import LearnerGroup
 
-    EVENTS.append({"step": "imports", "start_s": imported, "end_s": _now()})
-    _wrap(ray_app, "init_local_ray", "ray_start")
     _wrap(ray_app, "make_ray_shards", "replay_shards_created")
     _wrap(LearnerGroup, "create", "learners_created")
     _wrap(LearnerGroup, "form", "learners_ready")
@@ -72,17 +68,40 @@ def main() -> None:
     _wrap(ray_app.RayRuntime, "_save_learner", "learner_checkpoint")
     _wrap(ray_app, "start_env_actors", "env_actors_created")
     _wrap(ray_app, "RunMonitor", "run_monitor")
-    first_steps: dict[str, float] = {}
     poll = ray_app.RayRuntime._poll_actors
 
     def polled(self: Any, *a: Any, **k: Any) -> Any:
         out = poll(self, *a, **k)
         steps = a[4]  # _poll_actors(actors, shards, store, restarts, actor_steps, ...): env steps per actor
-        if "first_env_steps" not in first_steps and any(v > 0 for v in steps.values()):
-            first_steps["first_env_steps"] = _now()
+        if "first_env_steps" not in FIRST_STEPS and any(v > 0 for v in steps.values()):
+            FIRST_STEPS["first_env_steps"] = _now()
         return out
 
     ray_app.RayRuntime._poll_actors = polled
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=None, help="distrl config (default: the quickstart)")
+    ap.add_argument("--env-steps", type=int, default=4000)
+    args = ap.parse_args()
+    imported = _now()
+    from distrl.cli import main as cli_main
+    from distrl.runtime import ray_start
+
+    EVENTS.append({"step": "imports", "start_s": imported, "end_s": _now()})
+    # `distrl train` starts Ray while a thread imports the runtime (torch, models, envs): the runtime's set-up
+    # calls are wrapped once that import is done.
+    _wrap(ray_start, "start_ray", "ray_start")
+    _wrap(ray_start, "_import_quietly", "runtime_imports")
+    start_while = ray_start.start_ray_while_importing
+
+    def started(*a: Any, **k: Any) -> Any:
+        out = start_while(*a, **k)
+        _wrap_runtime()
+        return out
+
+    ray_start.start_ray_while_importing = started
     with tempfile.TemporaryDirectory() as tmp:
         argv = ["train", *([args.config] if args.config else []), f"runtime.run_dir={tmp}",
                 f"runtime.total_env_steps={args.env_steps}", "logging.wandb=offline", "logging.progress=false"]
@@ -93,8 +112,9 @@ def main() -> None:
               file=_STDOUT)
     ends = {e["step"]: e["end_s"] for e in EVENTS}
     print(json.dumps({"bench": "startup_timeline_total", "config": args.config or "quickstart", "rc": rc,
-                      "first_env_steps_report_s": first_steps.get("first_env_steps"),
-                      "ray_started_s": ends.get("ray_start"), "learners_ready_s": ends.get("learners_ready"),
+                      "first_env_steps_report_s": FIRST_STEPS.get("first_env_steps"),
+                      "ray_started_s": ends.get("ray_start"), "runtime_imported_s": ends.get("runtime_imports"),
+                      "learners_ready_s": ends.get("learners_ready"),
                       "run_monitor_s": ends.get("run_monitor")}), file=_STDOUT)
 
 

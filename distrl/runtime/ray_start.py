@@ -1,0 +1,93 @@
+"""Joining or starting the Ray a run uses, without importing torch or the models.
+
+:func:`start_ray` joins ``runtime.address`` (or ``RAY_ADDRESS``, which ``ray job submit`` sets) or starts a local
+Ray on 127.0.0.1 (:func:`init_local_ray`). :func:`start_ray_while_importing` does the same while a thread imports
+the runtime: Ray's own start (its GCS, raylet and agents, about 4 s on 2 cores) keeps about 1.2 of 2 cores busy and
+mostly waits on its processes, so the driver's imports of torch, the models and the envs (about 2 s) fit beside it
+(BENCHMARKS.md, "Every process of a run starts at once").
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import threading
+from typing import Any
+
+import ray
+
+from distrl.config import ExperimentConfig
+from distrl.runtime.resources import cpus_needed
+
+_LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+LOCAL_RAY_SYSTEM_CONFIG: dict[str, int] = {
+    "task_events_max_num_task_in_gcs": 10_000,
+    "maximum_gcs_destroyed_actor_cached_count": 1_000,
+}
+"""Caps on what the GCS of a cluster distrl starts keeps for Ray's state API: the events of the last 10,000 tasks
+(Ray's default keeps 100,000; a run's inserts, status polls and weight pulls are all tasks) and the records of
+the last 1,000 dead actors (every restarted actor leaves one). Without them the GCS grew 42 → 75 MB in a
+30-minute run with no fault and 64 → 124 MB in one with 43 faults (BENCHMARKS.md, "Chaos soak")."""
+
+
+def init_local_ray(**kwargs: Any) -> None:
+    """``ray.init`` a fresh single-machine cluster whose every process (GCS, raylet, workers, dashboard and
+    runtime-env agents) listens on 127.0.0.1 only, with the GCS's tables capped (:data:`LOCAL_RAY_SYSTEM_CONFIG`,
+    unless ``_system_config`` is given).
+
+    ``_node_ip_address="127.0.0.1"`` alone does not do it: Ray replaces a loopback node address by the host's
+    routable one (so other nodes could join) and its servers then listen on all interfaces. With clusters
+    disabled (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, Ray's default on macOS and Windows) the node address
+    stays loopback; the setting applies while the cluster starts (its processes inherit it) and is put back
+    afterwards, so a later ``ray.init(address=...)`` in this process can still join a real cluster.
+    """
+    from ray._private import ray_constants  # the flag is read once, at import; set it for this start
+
+    saved_env, saved_flag = os.environ.get(_LOOPBACK_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[_LOOPBACK_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    kwargs.setdefault("_system_config", dict(LOCAL_RAY_SYSTEM_CONFIG))
+    try:
+        ray.init(_node_ip_address="127.0.0.1", **kwargs)
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(_LOOPBACK_ENV, None)
+        else:
+            os.environ[_LOOPBACK_ENV] = saved_env
+
+
+def start_ray(cfg: ExperimentConfig) -> bool:
+    """Join or start Ray for ``cfg``; returns True when this call started or joined it (so the caller must
+    ``ray.shutdown()`` at the end), False when this process was already connected."""
+    if ray.is_initialized():
+        return False
+    address = cfg.runtime.address or os.environ.get("RAY_ADDRESS", "")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+        return True
+    need = cpus_needed(cfg)["total"]
+    num_cpus = cfg.runtime.num_cpus or max(os.cpu_count() or 1, int(need + 0.999))
+    init_local_ray(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    return True
+
+
+def start_ray_while_importing(cfg: ExperimentConfig, module: str) -> bool:
+    """:func:`start_ray` in this (the main) thread, which Ray wants for its SIGTERM handler, while a second
+    thread imports ``module``. An import error is not lost: the caller's own import of ``module`` raises it
+    again. Returns what :func:`start_ray` returns."""
+    importer = threading.Thread(target=_import_quietly, args=(module,), name="distrl-import", daemon=True)
+    importer.start()
+    try:
+        return start_ray(cfg)
+    finally:
+        importer.join()
+
+
+def _import_quietly(module: str) -> None:
+    try:
+        importlib.import_module(module)
+    except Exception:  # raised again by the caller's own import, in its own thread
+        pass
