@@ -243,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--minutes", type=float, default=30.0, help="wall-time budget of each run")
     ap.add_argument("--minutes-for", nargs="*", default=[], metavar="CONFIG=MIN",
                     help="a different budget for some configs, e.g. nobonus=10")
-    ap.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per config")
+    ap.add_argument("--seeds", type=int, default=3, help="seeds first..first+N-1 per config")
+    ap.add_argument("--first-seed", type=int, default=0, help="the first seed (default 0)")
     ap.add_argument("--configs", nargs="+", default=["nobonus", "e3b_rnd"], choices=sorted(PRESETS))
     ap.add_argument("--every", type=float, default=0.0, help="minutes between checkpoints (0: minutes / 10)")
     ap.add_argument("--local", action="store_true", help="single-process runtime instead of Ray")
@@ -255,8 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--png", default=str(ROOT / "docs/results/explore_multiroom_n4.png"))
     ap.add_argument("--md", default="", help="Markdown table path (default: the PNG path with .md)")
     args = ap.parse_args(argv)
-    if args.minutes <= 0 or args.seeds < 1:
-        ap.error("--minutes must be > 0 and --seeds >= 1")
+    if args.minutes <= 0 or args.seeds < 1 or args.first_seed < 0:
+        ap.error("--minutes must be > 0, --seeds >= 1 and --first-seed >= 0")
     minutes_for = {name: args.minutes for name in args.configs}
     for item in args.minutes_for:
         name, _, value = item.partition("=")
@@ -274,10 +275,12 @@ def main(argv: list[str] | None = None) -> int:
     run_root.mkdir(parents=True, exist_ok=True)
     emit({"bench": "explore_machine", "cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
           "loadavg_1m": round(os.getloadavg()[0], 2), "configs": args.configs, "seeds": args.seeds,
+          "first_seed": args.first_seed,
           "minutes": minutes_for, "overrides": args.set, "runtime": "local" if args.local else "ray",
           "run_root": str(run_root), "report_only": args.report})
     runs: list[dict[str, Any]] = []
-    for seed in range(args.seeds):  # interleave configs so machine load drifts hit both alike
+    # interleave configs so machine load drifts hit both alike
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         for name in args.configs:
             minutes = minutes_for[name]
             every_s = (args.every or minutes / 10) * 60
