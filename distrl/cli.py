@@ -178,11 +178,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             if owns_ray:
                 ray.shutdown()
             raise
-    run_dir = run.run_dir
     try:
         summary = runtime.train()
     finally:
-        storage.push(run_dir, run.location)  # a remote location gets everything this node wrote, even on failure
+        storage.push(run.run_dir, run.location)  # a remote location gets everything this node wrote, even on failure
     print(json.dumps({"run_dir": run.location, **summary}))
     return 0
 

@@ -114,7 +114,7 @@ class RayRuntime:
     # ---- cluster ------------------------------------------------------------------------------------------
     # ---- main loop ----------------------------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
-        started = start_ray(self.cfg) or self.owns_ray
+        started = self.owns_ray or start_ray(self.cfg)  # started for this run already: not again
         try:
             return self._train()
         finally:
