@@ -143,7 +143,7 @@ def create_run(run: RunSetup) -> RunSetup:
     one fails here, before a run directory or an actor exists); a resumed run is returned as it is."""
     if run.resuming:
         return run
-    from distrl.learners.extras import enabled_extras  # torch: imported only when a run is set up
+    from distrl.learners.extra_names import enabled_extras  # names only: the driver does not load torch
 
     enabled_extras(run.cfg)
     run.run_dir.mkdir(parents=True, exist_ok=True)

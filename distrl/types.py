@@ -18,25 +18,35 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import sys
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import Tensor
+
+if TYPE_CHECKING:  # torch is imported where it is used: a replay shard's or the driver's process never loads it
+    import torch
+    from torch import Tensor
+
+
+def is_tensor(x: Any) -> bool:
+    """Whether ``x`` is a torch tensor, without importing torch: a process that has not loaded torch (a replay
+    shard, the driver) holds no tensors."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
 
 
 def as_numpy(x: Any) -> np.ndarray:
     """``x`` as a NumPy array: a tensor (any device) detached and brought to the host, anything else through
-    ``np.asarray`` (NumPy arrays pass through uncopied)."""
-    return x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
+    ``np.asarray`` (NumPy arrays pass through uncopied). Does not import torch."""
+    return x.detach().cpu().numpy() if is_tensor(x) else np.asarray(x)
 
 
-CoreState = dict[str, Tensor]
+CoreState = dict[str, "Tensor"]
 """Recurrent-core state: named tensors, each batch-first ``[B, ...]`` (state has no time axis)."""
 
-Obs = dict[str, Tensor]
+Obs = dict[str, "Tensor"]
 """Observation dict: each value ``[T, B, ...]`` (sequence) or ``[B, ...]`` (one step)."""
 
 
@@ -61,6 +71,8 @@ class StepField:
 
     @property
     def torch_dtype(self) -> torch.dtype:
+        import torch
+
         return torch.from_numpy(np.zeros(0, dtype=self.dtype)).dtype
 
     def shape_for(self, dims: Mapping[str, int]) -> tuple[int, ...]:
@@ -156,6 +168,8 @@ class Trajectory:
 
     def reset_mask(self) -> Tensor:
         """[T + 1, B] bool: reset the core state before processing obs[t]. Row 0 is False (see class doc)."""
+        import torch
+
         first = torch.zeros((self.T + 1, self.B), dtype=torch.bool, device=self.action.device)
         first[1:] = self.done()
         return first
@@ -223,6 +237,8 @@ class Trajectory:
     @staticmethod
     def concat(trajs: list[Trajectory]) -> Trajectory:
         """Concatenate along the batch axis."""
+        import torch
+
         cls = type(trajs[0])
         flat = [t.flatten() for t in trajs]
         return cls.unflatten(
@@ -258,6 +274,8 @@ def pack_frame_stacks(leaves: Mapping[str, Tensor], keys: Collection[str]) -> di
     ``[B, T + 1, ...]`` and ``obs_stack/<key>`` ``[B, k - 1, ...]`` (step 0's older frames). Raises ValueError
     naming the key, row and step where the stacks do not follow the frame-stack rule, since replay would then
     rebuild observations the actor never saw."""
+    import torch
+
     out = dict(leaves)
     done = torch.as_tensor(leaves["terminated"]) | torch.as_tensor(leaves["truncated"])  # [B, T]
     for key in keys:
@@ -276,6 +294,8 @@ def pack_frame_stacks(leaves: Mapping[str, Tensor], keys: Collection[str]) -> di
 
 def _check_frame_stack(key: str, x: Tensor, done: Tensor) -> None:
     """Step t + 1 shifts step t's stack by one frame, or, after an episode end, repeats its newest frame."""
+    import torch
+
     if x.shape[1] < 2:
         return
     w = _words(x)  # [B, T + 1, k, words]: compared 8 bytes at a time where the frame size allows
@@ -298,6 +318,8 @@ def _check_frame_stack(key: str, x: Tensor, done: Tensor) -> None:
 def _words(x: Tensor) -> Tensor:
     """``[B, T, k, ...]`` with each frame flattened, as int64 words when its bytes allow (an 84 x 84 uint8
     frame is 882 words): the same equality, an eighth of the elements to compare."""
+    import torch
+
     tm = x.transpose(0, 1)  # batch_major's leaves are views of time-major tensors: work on those, no copy
     if not tm.is_contiguous():
         tm = tm.contiguous()
@@ -309,6 +331,8 @@ def _words(x: Tensor) -> Tensor:
 
 def unpack_frame_stacks(leaves: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Inverse of :func:`pack_frame_stacks` (leaves without ``obs_stack/*`` pass through unchanged)."""
+    import torch
+
     names = [n for n in leaves if n.startswith(STACK_PREFIX)]
     if not names:
         return dict(leaves)
@@ -324,6 +348,8 @@ def rebuild_frame_stacks(head: Tensor, newest: Tensor, done: Tensor) -> Tensor:
     """Stacks ``[B, T + 1, k, ...]`` from step 0's older frames ``head [B, k - 1, ...]``, the newest frames
     ``newest [B, T + 1, ...]`` and the episode ends ``done [B, T]``: position j of step t's stack (lag
     L = k - 1 - j) is the newest frame of step max(t - L, s_t), s_t being the start of t's episode."""
+    import torch
+
     B, T1 = newest.shape[:2]
     k = head.shape[1] + 1
     out = torch.empty((B, T1, k, *newest.shape[2:]), dtype=newest.dtype)

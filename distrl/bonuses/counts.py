@@ -23,12 +23,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import torch
 
 from distrl.storage import atomic_write
+from distrl.types import is_tensor
+
+if TYPE_CHECKING:  # a count-table actor loads torch only to checkpoint; the driver only for a counts run
+    import torch
 
 
 class CountSource(Protocol):
@@ -39,7 +42,7 @@ class CountSource(Protocol):
 
 
 def _as_keys(keys: Any, where: str) -> np.ndarray:
-    if isinstance(keys, torch.Tensor):
+    if is_tensor(keys):
         keys = keys.detach().cpu().numpy()
     arr = np.asarray(keys)
     if arr.dtype != np.int64:
@@ -88,7 +91,7 @@ class CountTable:
 
     def lookup(self, keys: Any) -> np.ndarray:
         """Counts ``[N]`` int64 of ``keys`` (0 for a key never incremented); the input's shape is kept."""
-        raw = keys.detach().cpu().numpy() if isinstance(keys, torch.Tensor) else np.asarray(keys)
+        raw = keys.detach().cpu().numpy() if is_tensor(keys) else np.asarray(keys)
         k = _as_keys(raw, "CountTable.lookup")
         out = np.zeros(k.size, dtype=np.int64)
         if self._keys.size and k.size:
@@ -103,6 +106,8 @@ class CountTable:
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Tensors only (checkpoints load with ``weights_only=True``)."""
+        import torch
+
         return {
             "keys": torch.from_numpy(self._keys.copy()),
             "counts": torch.from_numpy(self._counts.copy()),
@@ -110,9 +115,9 @@ class CountTable:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        keys = np.asarray(state["keys"].numpy() if isinstance(state["keys"], torch.Tensor) else state["keys"])
+        keys = np.asarray(state["keys"].numpy() if is_tensor(state["keys"]) else state["keys"])
         counts = np.asarray(
-            state["counts"].numpy() if isinstance(state["counts"], torch.Tensor) else state["counts"]
+            state["counts"].numpy() if is_tensor(state["counts"]) else state["counts"]
         )
         if keys.shape != counts.shape or keys.ndim != 1:
             raise ValueError(f"CountTable.load_state_dict: keys {keys.shape} and counts {counts.shape} differ")
@@ -140,7 +145,7 @@ class ShardedCounts:
         return int(k.size)
 
     def lookup(self, keys: Any) -> np.ndarray:
-        raw = keys.detach().cpu().numpy() if isinstance(keys, torch.Tensor) else np.asarray(keys)
+        raw = keys.detach().cpu().numpy() if is_tensor(keys) else np.asarray(keys)
         k = _as_keys(raw, "ShardedCounts.lookup")
         sid = shard_of(k, len(self.tables))
         out = np.zeros(k.size, dtype=np.int64)
@@ -171,6 +176,8 @@ class ShardedCounts:
 def count_bonus(counts: np.ndarray | torch.Tensor, power: float = 0.5) -> torch.Tensor:
     """``N^-power`` (GEB eq. 7 with power 0.5); a count of 0 (a state the table has not heard of yet: its
     actor's keys are still on the way) is treated as 1, a first visit."""
+    import torch
+
     c = torch.as_tensor(counts).to(torch.float32).clamp(min=1.0)
     return c.pow(-power)
 
@@ -180,11 +187,15 @@ COUNTS_SCHEMA = 1
 
 def save_count_state(state: dict[str, Any], path: str | Path) -> Path:
     """Write a count table's state (``{"shards": [CountTable.state_dict(), ...]}``) atomically to ``path``."""
+    import torch
+
     return atomic_write(path, lambda f: torch.save({"schema": COUNTS_SCHEMA, **state}, f))
 
 
 def load_count_state(path: str | Path) -> dict[str, Any]:
     """Read what :func:`save_count_state` wrote (tensors only: ``weights_only=True``)."""
+    import torch
+
     try:
         state = torch.load(Path(path), map_location="cpu", weights_only=True)
     except Exception as e:

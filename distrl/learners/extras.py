@@ -5,8 +5,9 @@ entry and, optionally, weights that go out to the env actors with the policy, by
 for: an RND predictor (learner-only, adds an intrinsic reward), an E3B inverse-dynamics embedding (trained here,
 shipped to actors for their episodic bonus), an HCAM auxiliary loss, a duration weight on the policy gradient.
 
-To add one: subclass :class:`LearnerExtra` in a new module and add a line to :data:`EXTRAS` (or call
-:func:`register_extra`); a config then switches it on with ``learner.extras=[name]``. The learner
+To add one: subclass :class:`LearnerExtra` in a new module that calls :func:`register_extra`, and add the module
+to :data:`~distrl.learners.extra_names.BUILTIN_EXTRAS` (or import it yourself where the learner is built); a
+config then switches it on with ``learner.extras=[name]``. The learner
 
 * builds it with ``factory(cfg, spec, agent)``, moves it to its device, adds :meth:`LearnerExtra.param_groups`
   to its optimizer (so the optimizer's checkpoint covers them) and all-reduces its gradients between replicas;
@@ -31,15 +32,22 @@ Usage::
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 
-from distrl.config import ConfigError, ExperimentConfig
+from distrl.config import ExperimentConfig
 from distrl.envs.base import EnvSpec
+from distrl.learners.extra_names import (  # the registry, torch-free (the driver checks names with it)
+    BUILTIN_EXTRAS,
+    EXTRAS,
+    ExtraFactory,
+    enabled_extras,
+    implied_extras,
+    load_extra_modules,
+    register_extra,
+)
 
 if TYPE_CHECKING:
     from distrl.learners.vtrace import ValueStream
@@ -103,25 +111,13 @@ class LearnerExtra(nn.Module):
         return None
 
 
-ExtraFactory = Callable[[ExperimentConfig, EnvSpec, "Agent"], LearnerExtra]
-
-
-EXTRAS: dict[str, ExtraFactory] = {}
-"""Registry of learner extras by config name (``learner.extras``)."""
-
-
-def register_extra(name: str, factory: ExtraFactory) -> None:
-    """Add ``factory`` under ``name`` (a ValueError if the name is taken by another factory)."""
-    if name in EXTRAS and EXTRAS[name] is not factory:
-        raise ValueError(f"learner extra {name!r} is already registered ({EXTRAS[name]!r})")
-    EXTRAS[name] = factory
-
-
 def build_extras(cfg: ExperimentConfig, spec: EnvSpec, agent: Agent) -> dict[str, LearnerExtra]:
     """The extras :func:`enabled_extras` names (``learner.extras``, then those the bonus section implies), in
     that order. Unknown names are a ConfigError naming the registered ones."""
     out: dict[str, LearnerExtra] = {}
-    for name in enabled_extras(cfg):
+    names = enabled_extras(cfg)
+    load_extra_modules(names)
+    for name in names:
         extra = EXTRAS[name](cfg, spec, agent)
         if not isinstance(extra, LearnerExtra):
             raise TypeError(f"learner extra {name!r}: factory returned {type(extra).__name__}, not a LearnerExtra")
@@ -129,44 +125,15 @@ def build_extras(cfg: ExperimentConfig, spec: EnvSpec, agent: Agent) -> dict[str
     return out
 
 
-BUILTIN_EXTRAS: tuple[str, ...] = ("distrl.learners.e3b_extra", "distrl.learners.bonus", "distrl.learners.duration")
-"""Modules that register distrl's own extras when imported (loaded on first use, so this module stays light)."""
-
-
-def _load_builtin_extras() -> None:
-    for module in BUILTIN_EXTRAS:
-        importlib.import_module(module)
-
-
-def implied_extras(cfg: ExperimentConfig) -> tuple[str, ...]:
-    """Extras another config section switches on by itself: the exploration bonus (``bonus.episodic`` or
-    ``bonus.glob`` not none) needs ``bonus`` (the combination, RND/NovelD/global counts, the normaliser), and
-    ``bonus.episodic=e3b`` needs ``e3b`` (the embedding the actors' E3B bonus uses), before it; ``duration.mode``
-    other than off, or ``duration.instrument``, needs ``duration`` (distrl.learners.duration)."""
-    out: list[str] = []
-    if cfg.bonus.episodic == "e3b":
-        out.append("e3b")
-    if cfg.bonus.episodic != "none" or cfg.bonus.glob != "none":
-        out.append("bonus")
-    if cfg.duration.mode != "off" or cfg.duration.instrument:  # duration weighting and its instrumentation
-        out.append("duration")
-    return tuple(out)
-
-
-def enabled_extras(cfg: ExperimentConfig) -> tuple[str, ...]:
-    """Names of the extras a config switches on: ``learner.extras`` followed by :func:`implied_extras` not
-    already listed. A ConfigError names a duplicate or an unregistered name (with the registered ones);
-    ``distrl train`` calls this before it starts anything."""
-    _load_builtin_extras()
-    listed = tuple(cfg.learner.extras)
-    if len(set(listed)) != len(listed):
-        raise ConfigError(f"learner.extras lists an extra twice: {list(listed)}")
-    names = listed + tuple(n for n in implied_extras(cfg) if n not in listed)
-    for name in names:
-        if name not in EXTRAS:
-            raise ConfigError(
-                f"learner.extras: unknown extra {name!r} (of {list(names)}); registered: "
-                f"{sorted(EXTRAS) or 'none'} (distrl.learners.extras.register_extra adds one)"
-            )
-    return names
-
+__all__ = [
+    "BUILTIN_EXTRAS",
+    "EXTRAS",
+    "ExtraFactory",
+    "LearnerBatch",
+    "LearnerExtra",
+    "build_extras",
+    "enabled_extras",
+    "implied_extras",
+    "load_extra_modules",
+    "register_extra",
+]

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import io
 import operator
 import time
 import zlib
@@ -420,12 +421,22 @@ def state_checksum(obj: Any, crc: int = 0) -> int:
     return zlib.crc32(f"S{obj!r}".encode(), crc)
 
 
+def checkpoint_bytes(state: dict[str, Any]) -> bytes:
+    """The bytes :func:`save_checkpoint_file` writes for ``state``: ``torch.save`` of it with its
+    :func:`state_checksum`. A Ray learner returns these to the driver, which writes them with
+    :func:`~distrl.storage.atomic_write` and so never loads torch."""
+    state = {**{k: v for k, v in state.items() if k != "checksum"}, "checksum": None}
+    state["checksum"] = state_checksum({k: v for k, v in state.items() if k != "checksum"})
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getvalue()
+
+
 def save_checkpoint_file(state: dict[str, Any], path: str | Path) -> Path:
     """Write ``state`` (a :meth:`Learner.state_dict`, plus ``extra``) with its :func:`state_checksum` to
     ``path`` atomically: a temp file in the same directory, fsync, then rename over ``path``."""
-    state = {**{k: v for k, v in state.items() if k != "checksum"}, "checksum": None}
-    state["checksum"] = state_checksum({k: v for k, v in state.items() if k != "checksum"})
-    return atomic_write(path, lambda f: torch.save(state, f))
+    data = checkpoint_bytes(state)
+    return atomic_write(path, lambda f: f.write(data))
 
 
 def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
@@ -434,8 +445,16 @@ def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise LearnerCheckpointError(f"checkpoint not found: {path}")
+    return load_checkpoint_bytes(path, path)
+
+
+def load_checkpoint_bytes(data: bytes | Path, path: str | Path) -> dict[str, Any]:
+    """:func:`load_checkpoint_file` on a file's content (``data``: its bytes, or the file itself); ``path``
+    names it in errors. A Ray learner restarted from a checkpoint gets the bytes from the driver, whose node
+    holds the run directory."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(data) if isinstance(data, bytes) else data, map_location="cpu",
+                           weights_only=True)
     except Exception as e:  # truncated zip, pickle with code, ...
         raise LearnerCheckpointError(f"{path}: not a valid distrl checkpoint ({type(e).__name__}: {e})") from e
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict):

@@ -5,24 +5,50 @@
 * :class:`LocalShardClient` / :class:`ShardClient`: how the sampler and actors reach a shard.
 """
 
-from distrl.replay.checkpoint import CheckpointError
-from distrl.replay.client import (
-    BoundedInserter,
-    LocalShardClient,
-    Pending,
-    ReplayInsertTimeout,
-    ReplayNotReady,
-    ReplayShardError,
-    ReplayTimeout,
-    ShardClient,
-    insert_with_retry,
-)
-from distrl.replay.priorities import beta_at, importance_weights, priority_mass, sequence_priority
-from distrl.replay.ratelimit import RateLimiter, Status
-from distrl.replay.sampler import ReplaySampler
-from distrl.replay.shard import InsertResult, ReplayShard, ShardSample, ShardStats, key_counter, key_incarnation
-from distrl.replay.storage import LeafSpec, Schema, SequenceStorage
-from distrl.replay.sumtree import SumTree
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "CheckpointError": "checkpoint",
+    "BoundedInserter": "client",
+    "LocalShardClient": "client",
+    "Pending": "client",
+    "ReplayInsertTimeout": "client",
+    "ReplayNotReady": "client",
+    "ReplayShardError": "client",
+    "ReplayTimeout": "client",
+    "ShardClient": "client",
+    "insert_with_retry": "client",
+    "beta_at": "priorities",
+    "importance_weights": "priorities",
+    "priority_mass": "priorities",
+    "sequence_priority": "priorities",
+    "RateLimiter": "ratelimit",
+    "Status": "ratelimit",
+    "ReplaySampler": "sampler",
+    "InsertResult": "shard",
+    "ReplayShard": "shard",
+    "ShardSample": "shard",
+    "ShardStats": "shard",
+    "key_counter": "shard",
+    "key_incarnation": "shard",
+    "LeafSpec": "storage",
+    "Schema": "storage",
+    "SequenceStorage": "storage",
+    "SumTree": "sumtree",
+}
+"""Where each name lives. The package imports a submodule when one of its names is first used, so a replay
+shard's process (which needs the shard, not the sampler) never loads torch."""
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'distrl.replay' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"distrl.replay.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "BoundedInserter",

@@ -21,13 +21,15 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Collection
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import numpy as np
-import torch
 
 from distrl.replay.shard import InsertResult, ReplayShard, ShardSample, ShardStats, key_counter
 from distrl.types import Trajectory
+
+if TYPE_CHECKING:
+    import torch
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)

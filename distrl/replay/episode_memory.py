@@ -42,10 +42,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
-from torch import Tensor
 
-from distrl.types import CoreState, EpisodeMemorySpec
+from distrl.types import CoreState, EpisodeMemorySpec, as_numpy
 
 PREFIX = "core_state/"
 NEW = ".new"
@@ -82,6 +80,8 @@ class MemoryCompactor:
     def compact(self, state: CoreState) -> CoreState:
         """``state`` (leaves ``[B, ...]``, any device) with its rings replaced by the items written since the
         previous call (new CPU tensors; the input is not modified)."""
+        import torch  # the actor's side (it has torch); the shard's side of this module does not load it
+
         spec, R, N = self.spec, self.spec.ring, self.max_new
         count = state[spec.counter].detach().cpu().numpy().astype(np.int64)
         if count.shape != (self.B,):
@@ -353,5 +353,4 @@ class EpisodeMemoryStore:
             self._slot_stream[int(key) % self.capacity] = int(sid)
 
 
-def _np(x: Any) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
+_np = as_numpy

@@ -15,12 +15,15 @@ Usage::
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-from torch import Tensor
 
 from distrl.config import DurationConfig, ReplayConfig
-from distrl.types import Trajectory
+from distrl.types import Trajectory, as_numpy
+
+if TYPE_CHECKING:  # imported where used: the replay shard imports this module and stays torch-free
+    from torch import Tensor
 
 
 def sequence_priority(td_abs: Tensor, valid: Tensor, eta: float) -> Tensor:
@@ -30,6 +33,8 @@ def sequence_priority(td_abs: Tensor, valid: Tensor, eta: float) -> Tensor:
     Returns [B] float (same dtype as td_abs). Only valid steps count; a row with no valid step gets 0.
     The max term keeps a sequence with one large error likely to be replayed even when the mean is small.
     """
+    import torch
+
     if td_abs.shape != valid.shape or td_abs.dim() != 2:
         raise ValueError(
             f"sequence_priority: td_abs {tuple(td_abs.shape)} and valid {tuple(valid.shape)} must both be [T, B]"
@@ -125,7 +130,7 @@ class DurationPrior:
     def __call__(self, traj: Trajectory) -> np.ndarray | None:
         if not self.enabled:
             return None
-        dt = traj.duration.detach().to("cpu", torch.float64).numpy()  # [T, B]
+        dt = as_numpy(traj.duration).astype(np.float64)  # [T, B]
         valid = traj.valid.detach().cpu().numpy().astype(bool)
         n = valid.sum(axis=0)  # [B]
         seq_dt = np.where(valid, dt, 0.0).sum(axis=0) / np.maximum(n, 1)

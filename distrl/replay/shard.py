@@ -66,10 +66,9 @@ import time
 from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from distrl.config import ReplayConfig
 from distrl.replay import checkpoint as ckpt
@@ -78,7 +77,10 @@ from distrl.replay.priorities import priority_mass
 from distrl.replay.ratelimit import RateLimiter, Status
 from distrl.replay.storage import Schema, SequenceStorage
 from distrl.replay.sumtree import SumTree
-from distrl.types import Trajectory
+from distrl.types import Trajectory, is_tensor
+
+if TYPE_CHECKING:  # a shard never loads torch itself (its Ray process stays torch-free); callers may pass tensors
+    import torch
 
 CHECKPOINT_FORMAT = "distrl.replay_shard"
 CHECKPOINT_VERSION = 1
@@ -184,6 +186,8 @@ class ShardSample:
 
     def torch_leaves(self) -> dict[str, torch.Tensor]:
         """Batch-major torch tensors in caller dtypes (zero-copy for writable arrays in the right dtype)."""
+        import torch
+
         out = {}
         for k, v in self.leaves.items():
             if k in self.out_dtypes:
@@ -537,7 +541,7 @@ class ReplayShard:
         priority wins.
         """
         keys_np = np.asarray(
-            keys.detach().cpu().numpy() if isinstance(keys, torch.Tensor) else keys, dtype=np.int64
+            keys.detach().cpu().numpy() if is_tensor(keys) else keys, dtype=np.int64
         ).reshape(-1)
         p = np.abs(_as_f64("priorities", priorities, keys_np.shape[0]))
         if p.size and not np.isfinite(p.max()):  # max propagates NaN and inf: one reduction checks both
@@ -767,7 +771,7 @@ def _exact_int(x: Any) -> int:
 
 
 def _as_f64(name: str, x: Any, n: int) -> np.ndarray:
-    arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    arr = x.detach().cpu().numpy() if is_tensor(x) else np.asarray(x)
     arr = np.asarray(arr, dtype=np.float64).reshape(-1)
     if arr.shape[0] != n:
         raise ValueError(f"replay {name}: expected {n} values (one per row), got {arr.shape[0]}")

@@ -40,7 +40,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
+
+from distrl.types import is_tensor
 
 CORE_STATE_PREFIX = "core_state/"
 _HUGE_PAGE_MIN_BYTES = 4 << 20  # numpy's threshold for asking for transparent huge pages
@@ -60,8 +61,8 @@ def reserve(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
 
 def to_numpy(name: str, value: Any) -> np.ndarray:
     """A numpy view of a tensor or array leaf (no copy for CPU tensors). Raises ValueError naming the leaf."""
-    if isinstance(value, torch.Tensor):
-        if value.dtype == torch.bfloat16:
+    if is_tensor(value):
+        if str(value.dtype) == "torch.bfloat16":
             raise ValueError(f"replay leaf {name!r}: bfloat16 is not storable (numpy has no bfloat16)")
         return value.detach().cpu().numpy()
     if isinstance(value, np.ndarray):

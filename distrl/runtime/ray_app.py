@@ -59,13 +59,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import ray
 
 from distrl import storage
 from distrl.bonuses.counts import load_count_state, save_count_state
 from distrl.config import ExperimentConfig
 from distrl.envs.registry import env_spec
-from distrl.learners.learner import load_checkpoint_file
 from distrl.runtime.common import RunMonitor, RunPaths, next_checkpoint
 from distrl.runtime.ray_counts import RayCounts, make_count_actors
 from distrl.runtime.ray_env_actor import EnvActorHandle, restart_env_actor, start_env_actors
@@ -154,6 +154,8 @@ class RayRuntime:
         self._stale_updates_dead = 0  # replay/stale_priority_updates counted by shard incarnations now dead
         state: dict[str, Any] | None = None
         if self.resume and paths.learner_checkpoint.is_file():
+            from distrl.learners.learner import load_checkpoint_file  # loads torch here: on --resume only
+
             state = load_checkpoint_file(paths.learner_checkpoint)  # a bad file fails here, before any actor starts
         env_steps_base = int(state.get("extra", {}).get("env_steps", 0)) if state is not None else 0
         monitor: RunMonitor | None = None
@@ -272,7 +274,7 @@ class RayRuntime:
             summary["ray_resources"] = opts
             if world > 1:
                 params = ray.get([lr.parameters_vector.remote() for lr in learners.handles])
-                summary["learner_param_max_abs_diff"] = max(float((p - params[0]).abs().max()) for p in params)
+                summary["learner_param_max_abs_diff"] = max(float(np.abs(p - params[0]).max()) for p in params)
             exit_code = 0
             return summary
         finally:

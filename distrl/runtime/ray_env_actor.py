@@ -41,12 +41,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
-import torch
 
-from distrl.actors.env_actor import EnvActor, Policy
 from distrl.config import ExperimentConfig
 from distrl.envs.base import EnvSpec
 from distrl.envs.registry import env_spec
@@ -56,7 +54,11 @@ from distrl.runtime.ray_replay import RayShardClient
 from distrl.runtime.resources import env_actor_cpus
 from distrl.types import ActorReport, ActorStats, EpisodeStats
 
-PolicyFactory = Callable[[EnvSpec], Policy]
+if TYPE_CHECKING:  # torch, the models and the env actor load in the actor's process (RayEnvActor.__init__): the
+    # driver, which imports this module to start the actors, stays torch-free
+    from distrl.actors.env_actor import Policy
+
+PolicyFactory = Callable[[EnvSpec], "Policy"]
 
 
 class RayEnvActor:
@@ -76,6 +78,10 @@ class RayEnvActor:
     ) -> None:
         if not shards:
             raise ValueError("RayEnvActor: needs at least one replay shard handle")
+        import torch
+
+        from distrl.actors.env_actor import EnvActor
+
         torch.set_num_threads(max(1, cfg.actor.threads))
         self.cfg = cfg
         self.actor_id = actor_id

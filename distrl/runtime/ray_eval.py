@@ -32,12 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import ray
-import torch
 
 from distrl.config import ExperimentConfig
 from distrl.envs.base import EnvSpec
 from distrl.runtime.common import next_checkpoint
-from distrl.runtime.evaluate import Evaluator
 from distrl.types import EvalResult
 
 log = logging.getLogger(__name__)
@@ -71,6 +69,10 @@ class RayEvaluator:
     """Hosts an Evaluator next to a handle of the run's weight store (see the module doc)."""
 
     def __init__(self, cfg: ExperimentConfig, spec: EnvSpec, weight_store: Any) -> None:
+        import torch  # here, in the evaluator's process: the driver imports this module and stays torch-free
+
+        from distrl.runtime.evaluate import Evaluator
+
         torch.set_num_threads(1)
         self.evaluator = Evaluator(cfg, spec)
         self.store = weight_store

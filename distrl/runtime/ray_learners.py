@@ -31,22 +31,22 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import ray
-import torch
-import torch.distributed as dist
 
+from distrl import storage
 from distrl.config import ExperimentConfig
 from distrl.envs.base import EnvSpec
-from distrl.learners.bonus import attach_counts
-from distrl.learners.learner import load_checkpoint_file, save_checkpoint_file
-from distrl.replay.sampler import ReplaySampler
 from distrl.runtime.common import RunPaths, n_fresh
-from distrl.runtime.learner_worker import LearnerWorker
 from distrl.runtime.ray_counts import RayCounts
 from distrl.runtime.ray_replay import RayShardClient, ray_shard_clients
 from distrl.types import LearnerReport, PolicyWeights
+
+if TYPE_CHECKING:  # torch and the learner load in the learner's process only (RayLearner.__init__): the driver,
+    # which imports this module for LearnerGroup, stays torch-free
+    from distrl.runtime.learner_worker import LearnerWorker
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,8 @@ class LearnerGroupError(RuntimeError):
 def failed_in_collective(err: BaseException) -> bool:
     """Whether ``err`` came out of a torch.distributed call. gloo reports a closed peer or a timeout as a plain
     RuntimeError, so the innermost frame of the traceback decides."""
+    import torch.distributed as dist
+
     if isinstance(err, dist.DistError):
         return True
     tb = err.__traceback__
@@ -89,6 +91,8 @@ class RayLearner:
         world: int,
         counts: list[Any] | None = None,
     ) -> None:
+        import torch  # noqa: F401  (this process is a learner's: it loads torch here, at its start)
+
         self.cfg, self.spec, self.shards, self.store = cfg, spec, shards, store
         self.rank, self.world = rank, world
         self.counts = counts or []  # count-table actors (bonus.glob=count)
@@ -119,6 +123,13 @@ class RayLearner:
         """Build the worker; with several learners first join a new process group at ``rendezvous`` (rank 0
         hosts its store). Called again on a learner that survived a peer's death: it leaves its old group and
         builds a new worker (the driver then loads the checkpoint into every learner). Returns the version."""
+        import torch
+        import torch.distributed as dist
+
+        from distrl.learners.bonus import attach_counts
+        from distrl.replay.sampler import ReplaySampler
+        from distrl.runtime.learner_worker import LearnerWorker
+
         self._leave()
         self.generation = generation
         if self.world > 1:
@@ -162,6 +173,8 @@ class RayLearner:
                 raise RuntimeError("RayLearner.setup: rank 0 needs rendezvous_address() first")
             listen_fd = self._listener.detach()  # the store owns (and closes) the socket from here
             self._listener = None
+        import torch.distributed as dist
+
         return dist.TCPStore(
             host,
             port,
@@ -195,21 +208,30 @@ class RayLearner:
             self.worker.sampler.replace_client(shard, RayShardClient(handle, shard))
 
     def state_dict(self) -> dict[str, Any]:
-        """Model, optimizer and counters on the CPU: the driver writes the checkpoint file (on a cluster the
-        learner's node may not see the run directory)."""
+        """Model, optimizer and counters on the CPU."""
         return self._w().learner.state_dict()
+
+    def checkpoint_bytes(self, extra: dict[str, Any]) -> tuple[int, bytes]:
+        """This learner's version and its checkpoint file's bytes, with ``extra``: the driver writes the file (on a
+        cluster the learner's node may not see the run directory), without loading torch itself."""
+        from distrl.learners.learner import checkpoint_bytes
+
+        state = self._w().learner.state_dict()
+        return int(state["version"]), checkpoint_bytes({**state, "extra": extra})
 
     def load_state_dict(self, state: dict[str, Any], source: str) -> int:
         self._w().learner.load_state_dict(state, source=source)
         return self._w().version
 
-    def parameters_vector(self) -> torch.Tensor:
-        return self._w().parameters_vector()
+    def parameters_vector(self) -> np.ndarray:
+        return self._w().parameters_vector().numpy()
 
     def device(self) -> str:
         return str(self._w().learner.device)
 
     def _leave(self) -> None:
+        import torch.distributed as dist
+
         if self.worker is not None:
             self.worker.close()
             self.worker = None
@@ -339,12 +361,12 @@ class LearnerGroup:
         """Write rank 0's state (with ``extra``) to the run's learner checkpoint. When rank 0 has died, restart
         the group instead and return False."""
         try:
-            state = ray.get(self.handles[0].state_dict.remote())
+            version, data = ray.get(self.handles[0].checkpoint_bytes.remote(extra))
         except ray.exceptions.RayError as e:
             self._recover({0: e})
             return False
-        save_checkpoint_file({**state, "extra": extra}, self.paths.learner_checkpoint)
-        self.checkpoint_version = int(state["version"])
+        storage.atomic_write(self.paths.learner_checkpoint, lambda f: f.write(data))
+        self.checkpoint_version = int(version)
         return True
 
     # ---- faults -----------------------------------------------------------------------------------------------
@@ -409,6 +431,8 @@ class LearnerGroup:
     def _restore(self) -> int:
         """Form the group anew, load the last checkpoint into every learner and publish; returns its version."""
         self._form()
+        from distrl.learners.learner import load_checkpoint_file  # loads torch: only after a learner failed
+
         path = self.paths.learner_checkpoint
         version = self.load(load_checkpoint_file(path), str(path))
         self.publish()

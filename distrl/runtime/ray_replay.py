@@ -30,6 +30,7 @@ Usage::
 from __future__ import annotations
 
 import shutil
+import sys
 import time
 from collections.abc import Collection
 from pathlib import Path
@@ -80,6 +81,12 @@ class StoredShard(ReplayShard):
         local = super().save(storage.staging_dir(str(path)), fsync=fsync)
         storage.push(local, str(path))
         return local
+
+    def torch_loaded(self) -> bool:
+        """Whether this shard's process has loaded torch. It should not have: a shard stores and samples NumPy
+        leaves, and torch costs a process about 140 MB of PSS and a second of start-up CPU (BENCHMARKS.md,
+        "Processes that do not need torch do not load it")."""
+        return "torch" in sys.modules
 
     def checkpoint(self, path: str | Path) -> tuple[int, float]:
         """:meth:`save` to ``path`` (atomic), timed: returns (rows inserted up to this checkpoint, seconds). The
