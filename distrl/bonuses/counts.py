@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from distrl.storage import atomic_write
-from distrl.types import is_tensor
+from distrl.types import as_numpy
 
 if TYPE_CHECKING:  # a count-table actor loads torch only to checkpoint; the driver only for a counts run
     import torch
@@ -42,9 +42,7 @@ class CountSource(Protocol):
 
 
 def _as_keys(keys: Any, where: str) -> np.ndarray:
-    if is_tensor(keys):
-        keys = keys.detach().cpu().numpy()
-    arr = np.asarray(keys)
+    arr = as_numpy(keys)
     if arr.dtype != np.int64:
         if arr.size == 0:
             return np.zeros(0, dtype=np.int64)
@@ -91,7 +89,7 @@ class CountTable:
 
     def lookup(self, keys: Any) -> np.ndarray:
         """Counts ``[N]`` int64 of ``keys`` (0 for a key never incremented); the input's shape is kept."""
-        raw = keys.detach().cpu().numpy() if is_tensor(keys) else np.asarray(keys)
+        raw = as_numpy(keys)
         k = _as_keys(raw, "CountTable.lookup")
         out = np.zeros(k.size, dtype=np.int64)
         if self._keys.size and k.size:
@@ -115,10 +113,8 @@ class CountTable:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        keys = np.asarray(state["keys"].numpy() if is_tensor(state["keys"]) else state["keys"])
-        counts = np.asarray(
-            state["counts"].numpy() if is_tensor(state["counts"]) else state["counts"]
-        )
+        keys = as_numpy(state["keys"])
+        counts = as_numpy(state["counts"])
         if keys.shape != counts.shape or keys.ndim != 1:
             raise ValueError(f"CountTable.load_state_dict: keys {keys.shape} and counts {counts.shape} differ")
         if keys.size > 1 and not bool((np.diff(keys) > 0).all()):
@@ -145,7 +141,7 @@ class ShardedCounts:
         return int(k.size)
 
     def lookup(self, keys: Any) -> np.ndarray:
-        raw = keys.detach().cpu().numpy() if is_tensor(keys) else np.asarray(keys)
+        raw = as_numpy(keys)
         k = _as_keys(raw, "ShardedCounts.lookup")
         sid = shard_of(k, len(self.tables))
         out = np.zeros(k.size, dtype=np.int64)

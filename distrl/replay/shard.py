@@ -77,7 +77,7 @@ from distrl.replay.priorities import priority_mass
 from distrl.replay.ratelimit import RateLimiter, Status
 from distrl.replay.storage import Schema, SequenceStorage
 from distrl.replay.sumtree import SumTree
-from distrl.types import Trajectory, is_tensor
+from distrl.types import Trajectory, as_numpy
 
 if TYPE_CHECKING:  # a shard never loads torch itself (its Ray process stays torch-free); callers may pass tensors
     import torch
@@ -541,7 +541,7 @@ class ReplayShard:
         priority wins.
         """
         keys_np = np.asarray(
-            keys.detach().cpu().numpy() if is_tensor(keys) else keys, dtype=np.int64
+            as_numpy(keys), dtype=np.int64
         ).reshape(-1)
         p = np.abs(_as_f64("priorities", priorities, keys_np.shape[0]))
         if p.size and not np.isfinite(p.max()):  # max propagates NaN and inf: one reduction checks both
@@ -771,8 +771,7 @@ def _exact_int(x: Any) -> int:
 
 
 def _as_f64(name: str, x: Any, n: int) -> np.ndarray:
-    arr = x.detach().cpu().numpy() if is_tensor(x) else np.asarray(x)
-    arr = np.asarray(arr, dtype=np.float64).reshape(-1)
+    arr = np.asarray(as_numpy(x), dtype=np.float64).reshape(-1)
     if arr.shape[0] != n:
         raise ValueError(f"replay {name}: expected {n} values (one per row), got {arr.shape[0]}")
     return arr

@@ -207,10 +207,6 @@ class RayLearner:
         if self.worker is not None:
             self.worker.sampler.replace_client(shard, RayShardClient(handle, shard))
 
-    def state_dict(self) -> dict[str, Any]:
-        """Model, optimizer and counters on the CPU."""
-        return self._w().learner.state_dict()
-
     def checkpoint_bytes(self, extra: dict[str, Any]) -> tuple[int, bytes]:
         """This learner's version and its checkpoint file's bytes, with ``extra``: the driver writes the file (on a
         cluster the learner's node may not see the run directory), without loading torch itself."""
