@@ -214,7 +214,9 @@ class ActorConfig:
     """How a CPU actor runs its policy: 'numpy' (distrl.models.numpy_act: the same function, ~2x cheaper per
     call between env steps, for the nethack_small/mlp encoders, the Atari CNNs (their convolutions through
     PyTorch) and lstm/identity cores), 'torch' (Agent.act), 'auto' = numpy where it can run the model on this
-    device, else torch."""
+    device, else torch. With numpy or auto, a Ray env actor whose model has no CNN or HCAM part acts through
+    distrl.models.numpy_kernels and loads no torch (the learner checks those kernels against Agent.act when it
+    starts, and stops the run naming actor.inference=torch if they differ)."""
     precision: Literal["auto", "float32", "bfloat16"] = "auto"
     """Dtype of the encoder when an actor acts through torch (the NumPy path is always float32): 'bfloat16'
     casts the encoder's weights and inputs (core, heads and recorded logits stay float32; the learner always

@@ -43,6 +43,21 @@ def as_numpy(x: Any) -> np.ndarray:
     return x.detach().cpu().numpy() if is_tensor(x) else np.asarray(x)
 
 
+def as_tensors(leaves: Mapping[str, Any]) -> dict[str, Tensor]:
+    """A name -> array mapping (a published :class:`PolicyWeights` state_dict: NumPy arrays, possibly read-only
+    views of a Ray object) as CPU tensors; tensors pass through. Imports torch."""
+    import torch
+
+    return {k: v if isinstance(v, torch.Tensor) else torch.from_numpy(np.array(v, copy=True))
+            for k, v in leaves.items()}
+
+
+def as_arrays(leaves: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """A name -> tensor mapping as NumPy arrays that own their memory (CPU copies): what a learner publishes, so
+    a process that receives it needs no torch to read it."""
+    return {k: np.array(as_numpy(v), copy=True) for k, v in leaves.items()}
+
+
 CoreState = dict[str, "Tensor"]
 """Recurrent-core state: named tensors, each batch-first ``[B, ...]`` (state has no time axis)."""
 
@@ -251,14 +266,19 @@ class Trajectory:
         ``frame_stacks``: observation keys that are frame stacks (``EnvSpec.frame_stacks``); each is stored as
         its newest frame per step plus the older frames of step 0 (:func:`pack_frame_stacks`), a
         ``k``-fold saving for a stack of ``k``. :meth:`from_batch_major` rebuilds the stacks."""
-        leaves = {k: (v.transpose(0, 1) if self.is_time_leaf(k) else v) for k, v in self.flatten().items()}
+        leaves = {k: (_swap01(v) if self.is_time_leaf(k) else v) for k, v in self.flatten().items()}
         return pack_frame_stacks(leaves, frame_stacks) if frame_stacks else leaves
 
     @classmethod
     def from_batch_major(cls, leaves: Mapping[str, Tensor]) -> Trajectory:
         """Inverse of :meth:`batch_major`: the one boundary where replay's ``[B, T]`` becomes ``[T, B]``."""
         leaves = unpack_frame_stacks(leaves)
-        return cls.unflatten({k: (v.transpose(0, 1) if cls.is_time_leaf(k) else v) for k, v in leaves.items()})
+        return cls.unflatten({k: (_swap01(v) if cls.is_time_leaf(k) else v) for k, v in leaves.items()})
+
+
+def _swap01(x: Any) -> Any:
+    """``x`` with its first two axes swapped (a view): a tensor or a NumPy array."""
+    return np.swapaxes(x, 0, 1) if isinstance(x, np.ndarray) else x.transpose(0, 1)
 
 
 # ---- frame stacks in replay -------------------------------------------------------------------------------------
@@ -442,14 +462,17 @@ class EpisodeStats:
 class PolicyWeights:
     """What a learner publishes to env actors: the policy's weights and any actor-side extra's, one version.
 
-    ``policy`` is the agent's CPU ``state_dict``; ``extras[name]`` the weights of learner extra ``name`` that
-    actors use (for example an E3B embedding; learner-only extras such as RND are absent). One object, so an
-    actor never acts with a policy of one version and an embedding of another.
+    ``policy`` is the agent's ``state_dict`` as NumPy arrays (:func:`as_arrays`); ``extras[name]`` the weights
+    of learner extra ``name`` that actors use (for example an E3B embedding; learner-only extras such as RND are
+    absent), also NumPy. One object, so an actor never acts with a policy of one version and an embedding of
+    another. NumPy, not tensors, so that a process can receive and read them without loading torch (an env
+    actor acting through :mod:`distrl.models.numpy_kernels`); ``Agent.load_state_dict`` takes them as they are,
+    other torch modules through :func:`as_tensors`.
     """
 
     version: int
-    policy: dict[str, Tensor]
-    extras: dict[str, dict[str, Tensor]] = dataclasses.field(default_factory=dict)
+    policy: dict[str, np.ndarray]
+    extras: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -15,17 +15,17 @@ Usage::
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from distrl.bonuses.e3b import e3b_dim, e3b_model_config
-from distrl.bonuses.episodic import E3BEpisodicBonus, EpisodicCountBonus
 from distrl.bonuses.keys import required_obs_key
 from distrl.config import ConfigError, ExperimentConfig
 from distrl.envs.base import EnvSpec
-from distrl.models.encoders import build_encoder
-from distrl.models.numpy_act import NumpyEncoder
+
+if TYPE_CHECKING:  # the bonuses and models load torch: imported by the factories, so an actor without an
+    # episodic bonus does not load it
+    import torch
+
+    from distrl.bonuses.episodic import E3BEpisodicBonus, EpisodicCountBonus
 
 
 def check_state_key(kind: str, spec: EnvSpec, what: str) -> None:
@@ -41,6 +41,11 @@ def check_state_key(kind: str, spec: EnvSpec, what: str) -> None:
 def _e3b(cfg: ExperimentConfig, spec: EnvSpec, num_envs: int, device: torch.device) -> E3BEpisodicBonus:
     """E3B with the embedding in NumPy where a kernel exists (an actor on the CPU with ``actor.inference``
     not ``torch``), else in PyTorch."""
+    from distrl.bonuses.e3b import e3b_dim, e3b_model_config
+    from distrl.bonuses.episodic import E3BEpisodicBonus
+    from distrl.models.encoders import build_encoder
+    from distrl.models.numpy_act import NumpyEncoder
+
     embed = build_encoder(e3b_model_config(cfg), spec)
     fast = None
     if device.type == "cpu" and cfg.actor.inference != "torch" and NumpyEncoder.unsupported(embed) is None:
@@ -54,6 +59,8 @@ def _e3b(cfg: ExperimentConfig, spec: EnvSpec, num_envs: int, device: torch.devi
 
 
 def _count(cfg: ExperimentConfig, spec: EnvSpec, num_envs: int, device: torch.device) -> EpisodicCountBonus:
+    from distrl.bonuses.episodic import EpisodicCountBonus
+
     check_state_key(cfg.bonus.count_key, spec, "bonus.episodic=count")
     return EpisodicCountBonus(num_envs, cfg.bonus.count_key, cfg.bonus.count_form)
 
@@ -66,7 +73,7 @@ EPISODIC_BONUSES: dict[str, Callable[[ExperimentConfig, EnvSpec, int, torch.devi
 
 
 def build_episodic_bonus(
-    cfg: ExperimentConfig, spec: EnvSpec, num_envs: int, device: str | torch.device = "cpu"
+    cfg: ExperimentConfig, spec: EnvSpec, num_envs: int, device: Any = "cpu"
 ) -> Any | None:
     """The actor's episodic bonus hook for ``cfg.bonus.episodic`` (None for ``none``)."""
     name = cfg.bonus.episodic
@@ -74,4 +81,6 @@ def build_episodic_bonus(
         return None
     if name not in EPISODIC_BONUSES:
         raise ConfigError(f"bonus.episodic={name!r} is not one of {['none', *sorted(EPISODIC_BONUSES)]}")
+    import torch
+
     return EPISODIC_BONUSES[name](cfg, spec, num_envs, torch.device(device))

@@ -20,7 +20,10 @@ in a Ray actor. Per step (ALGORITHMS.md §6.1, without the bonus math):
    emits a ``[burn_in + length, B]`` Trajectory carrying the core state at its start, the policy version that
    acted at its first step, this actor's id and env-step counter.
 
-The policy is :func:`~distrl.models.acting.build_acting_policy`'s for ``cfg.model`` unless one is injected
+The policy is :class:`~distrl.models.numpy_kernels.KernelPolicy` when the actor is built with ``kernels=True``
+(the Ray runtime's, fed by a weight store) and the model is one the torch-free kernels cover; then the actor emits
+NumPy Trajectories and, without an episodic bonus, its process never loads torch. Otherwise it is
+:func:`~distrl.models.acting.build_acting_policy`'s for ``cfg.model`` unless one is injected
 (tests, benchmarks): anything with ``initial_state(batch, device)``, ``reset_state(state, mask)``,
 ``act(obs, state) -> ActOut`` and, for ``set_weights``, ``load_state_dict``. :class:`RandomPolicy` is such a
 policy. Which implementation of ``Agent.act`` runs (NumPy or PyTorch, ``actor.inference``), in which dtype
@@ -45,8 +48,6 @@ from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from distrl.actors.bonus import build_episodic_bonus, check_state_key
 from distrl.actors.sequence import SequenceWriter
@@ -55,9 +56,9 @@ from distrl.config import ExperimentConfig
 from distrl.envs.base import EnvSpec, StepResult
 from distrl.envs.registry import env_spec
 from distrl.envs.vector import make_vec_env
-from distrl.models.acting import build_acting_policy
+from distrl.models.numpy_kernels import KernelPolicy, kernel_policy_applies, sampling_seed
 from distrl.replay.priorities import DurationPrior
-from distrl.types import ActorReport, ActOut, CoreState, EpisodeStats, PolicyWeights, Trajectory
+from distrl.types import ActorReport, ActOut, CoreState, EpisodeStats, PolicyWeights, Trajectory, is_tensor
 from distrl.types import as_numpy as _np
 
 
@@ -125,7 +126,9 @@ class RandomPolicy:
 
 def _rows(x: Any, idx: np.ndarray) -> Any:
     """Rows ``idx`` of a state leaf, kept in its own kind (NumPy array or tensor on its device)."""
-    if isinstance(x, Tensor):
+    if is_tensor(x):
+        import torch
+
         return x.index_select(0, torch.from_numpy(idx).to(x.device))
     return x[idx]
 
@@ -159,6 +162,12 @@ class EnvActor:
     ``incarnation`` distinguishes restarts of the same ``actor_id`` (new env seeds); ``bonus`` is an
     :class:`EpisodicBonusHook` that replaces the one ``cfg.bonus`` configures; ``prereset`` overrides the
     VecEnv's spare-env default (see :func:`~distrl.envs.vector.make_vec_env`).
+
+    ``kernels=True`` (the Ray runtime's actors, which pull weights before their first step) acts through
+    :class:`~distrl.models.numpy_kernels.KernelPolicy` where :func:`~distrl.models.numpy_kernels.kernel_policy_applies`
+    and emits Trajectories with NumPy leaves: with no episodic bonus this process never loads torch. Such a
+    policy has no weights until :meth:`set_weights` (the learner's initialisation is published as version 0);
+    the learner checks the kernels against ``Agent.act`` when it starts.
     """
 
     def __init__(
@@ -170,15 +179,28 @@ class EnvActor:
         incarnation: int = 0,
         bonus: EpisodicBonusHook | None = None,
         prereset: bool | None = None,
+        kernels: bool = False,
     ) -> None:
         self.cfg = cfg
         self.actor_id = actor_id
         self.incarnation = incarnation
         self.spec: EnvSpec = env_spec(cfg.env)
-        self.device = torch.device(cfg.actor.device)
+        self.device: Any = cfg.actor.device
         limit_numpy_blas_threads(cfg.actor.threads)
         seed = actor_seed(cfg.env.seed, actor_id, incarnation)
-        self.policy: Any = policy if policy is not None else build_acting_policy(cfg, self.spec, self.device, seed)
+        self.kernels = policy is None and kernels and kernel_policy_applies(cfg, self.spec)
+        """Acting through KernelPolicy, with NumPy Trajectories (see the class doc)."""
+        if self.kernels:
+            self.policy: Any = KernelPolicy(cfg.model, self.spec, seed=sampling_seed(seed))
+        elif policy is not None:
+            self.policy = policy
+        else:
+            import torch
+
+            from distrl.models.acting import build_acting_policy
+
+            self.device = torch.device(cfg.actor.device)
+            self.policy = build_acting_policy(cfg, self.spec, self.device, seed)
         self.num_envs = cfg.env.num_envs
         self.bonus = bonus if bonus is not None else build_episodic_bonus(cfg, self.spec, self.num_envs, self.device)
         self._bonus_unique = getattr(self.bonus, "episode_unique", None)
@@ -192,9 +214,10 @@ class EnvActor:
         self.writer = SequenceWriter(
             self.spec, self.num_envs, burn_in=s.burn_in, length=s.length, period=s.period, actor_id=actor_id,
             episode_memory=getattr(getattr(self.policy, "core", None), "episode_memory", None),
+            arrays=self.kernels,
         )
         self.policy_version = -1
-        self.extra_weights: dict[str, dict[str, Tensor]] = {}
+        self.extra_weights: dict[str, dict[str, np.ndarray]] = {}
         """Actor-side learner extras' weights (name -> state_dict) of version ``policy_version``."""
         self.env_steps = 0
         """Env steps taken by this actor (B per batched step)."""

@@ -15,6 +15,9 @@ Core states are kept only for the steps where a future sequence starts (a multip
 with ``episode_memory`` (a core's :class:`~distrl.types.EpisodeMemorySpec`, e.g. HCAM's chunk memory) only the
 memory items written since the previous sequence start are kept (:mod:`distrl.replay.episode_memory`).
 
+Leaves are CPU tensors, or NumPy arrays with ``arrays=True`` (an env actor that acts through NumPy kernels and
+never loads torch; the Ray shard client sends NumPy leaves either way).
+
 Step t's record is ``obs[t]``, one value ``[B, ...]`` per step field (passed to :meth:`SequenceWriter.add` by
 field name; a field with a default may be left out), the policy version that chose the action and the actor's
 env-step counter; the call for step t also hands over ``obs[t + 1]`` and the core state for it.
@@ -37,12 +40,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from distrl.envs.base import EnvSpec
 from distrl.replay.episode_memory import MemoryCompactor
-from distrl.types import CoreState, EpisodeMemorySpec, StepField, Trajectory
+from distrl.types import CoreState, EpisodeMemorySpec, StepField, Trajectory, is_tensor
 from distrl.types import as_numpy as _np
 
 
@@ -59,6 +60,7 @@ class SequenceWriter:
         period: int,
         actor_id: int = 0,
         episode_memory: EpisodeMemorySpec | None = None,
+        arrays: bool = False,
     ) -> None:
         total = burn_in + length
         if length < 1 or burn_in < 0:
@@ -68,6 +70,10 @@ class SequenceWriter:
                 f"SequenceWriter: period ({period}) must be in [1, burn_in + length = {total}] "
                 "(a larger period would drop steps)"
             )
+        if arrays and episode_memory is not None:
+            raise ValueError("SequenceWriter: arrays=True does not store episode memory (its compactor reads tensors)")
+        self.arrays = arrays
+        """Emit Trajectories with NumPy leaves instead of CPU tensors (an env actor that never loads torch)."""
         self.spec = spec
         self.B = num_envs
         self.total = total
@@ -155,7 +161,7 @@ class SequenceWriter:
                 if default is None:
                     raise TypeError(f"SequenceWriter.add: missing required step field {name!r}")
                 ring[r] = default
-            elif isinstance(v, Tensor):
+            elif is_tensor(v):
                 ring[r] = v.detach().cpu().numpy()
             else:
                 ring[r] = v  # NumPy arrays (and array-likes) convert in the assignment
@@ -182,7 +188,9 @@ class SequenceWriter:
     def _keep_state(self, state: CoreState) -> CoreState:
         """The core state stored with a sequence: a CPU copy, with append-only memory reduced to what was
         written since the previous sequence start (``episode_memory``)."""
-        return _clone_state(state) if self._compactor is None else self._compactor.compact(state)
+        if self._compactor is not None:
+            return self._compactor.compact(state)
+        return _clone_arrays(state) if self.arrays else _clone_state(state)
 
     def _emit(self, start: int) -> Trajectory:
         s_t, state = self._states.popleft()
@@ -191,20 +199,38 @@ class SequenceWriter:
         r0 = start % self.R
         si = self._step_idx[r0]
         B = self.B
+        leaf: Any = _identity if self.arrays else _torch_from_numpy()
         return Trajectory(
-            obs={k: torch.from_numpy(a) for k, a in obs.items()},  # written in place: no gather
+            obs={k: leaf(a) for k, a in obs.items()},  # written in place: no gather
             # fancy indexing copies: the Trajectory owns its memory
-            **{name: torch.from_numpy(ring[si]) for name, ring in self._rings.items()},
+            **{name: leaf(ring[si]) for name, ring in self._rings.items()},
             core_state=state,
-            policy_version=torch.full((B,), int(self._version[r0]), dtype=torch.int64),
-            actor_id=torch.full((B,), self.actor_id, dtype=torch.int64),
-            env_step=torch.full((B,), int(self._env_step[r0]), dtype=torch.int64),
+            policy_version=leaf(np.full((B,), int(self._version[r0]), dtype=np.int64)),
+            actor_id=leaf(np.full((B,), self.actor_id, dtype=np.int64)),
+            env_step=leaf(np.full((B,), int(self._env_step[r0]), dtype=np.int64)),
         )
+
+
+def _identity(a: np.ndarray) -> np.ndarray:
+    return a
+
+
+def _torch_from_numpy() -> Any:
+    import torch
+
+    return torch.from_numpy
 
 
 def _clone_state(state: CoreState) -> CoreState:
     """CPU tensor copies of a core state whose leaves are tensors (any device) or NumPy arrays."""
+    import torch
+
     return {
-        k: v.detach().to("cpu", copy=True) if isinstance(v, Tensor) else torch.from_numpy(np.array(v, copy=True))
+        k: v.detach().to("cpu", copy=True) if is_tensor(v) else torch.from_numpy(np.array(v, copy=True))
         for k, v in state.items()
     }
+
+
+def _clone_arrays(state: CoreState) -> CoreState:
+    """NumPy copies of a core state (``arrays=True``)."""
+    return {k: np.array(_np(v), copy=True) for k, v in state.items()}

@@ -42,6 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from distrl.bonuses.keys import KINDS, state_keys
+from distrl.types import as_tensors
 
 
 class E3BBonus:
@@ -212,7 +213,7 @@ class E3BEpisodicBonus:
                 f"E3B episodic bonus: the published weights (version {version}) have no {self.EXTRA!r} extra "
                 f"(they have {sorted(extras)}); the learner must run the 'e3b' learner extra"
             )
-        self.embed.load_state_dict(extras[self.EXTRA])
+        self.embed.load_state_dict(as_tensors(extras[self.EXTRA]))
         if self.numpy_embed is not None:
             self.numpy_embed.sync()
         self.version = int(version)

@@ -51,7 +51,7 @@ from distrl.models.agent import Agent, build_agent, value_heads_in
 from distrl.replay.checkpoint import CheckpointError
 from distrl.replay.priorities import sequence_priority
 from distrl.storage import atomic_write
-from distrl.types import CoreState, PolicyWeights, ReplaySample, Trajectory
+from distrl.types import CoreState, PolicyWeights, ReplaySample, Trajectory, as_arrays
 
 CHECKPOINT_SCHEMA = 1  # checkpoints without an 'extras' entry (written before extras existed) load as none
 
@@ -257,13 +257,14 @@ class Learner:
 
     # ---- weights and checkpoints --------------------------------------------------------------------------------
     def weights(self) -> PolicyWeights:
-        """The policy's and the actor-side extras' weights, on the CPU, stamped with this learner's version."""
+        """The policy's and the actor-side extras' weights as NumPy copies, stamped with this learner's version
+        (NumPy, so an env actor that acts through NumPy kernels never needs torch to read them)."""
         extras = {}
         for name, e in self.extras.items():
             w = e.actor_weights()
             if w is not None:
-                extras[name] = {k: v.detach().to("cpu", copy=True) for k, v in w.items()}
-        policy = {k: v.detach().to("cpu", copy=True) for k, v in self.agent.state_dict().items()}
+                extras[name] = as_arrays(w)
+        policy = as_arrays(self.agent.state_dict())
         return PolicyWeights(version=self.version, policy=policy, extras=extras)
 
     def state_dict(self) -> dict[str, Any]:

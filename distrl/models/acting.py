@@ -40,7 +40,8 @@ from distrl.config import ExperimentConfig
 from distrl.models.agent import Agent, build_agent
 from distrl.models.encoders import EnvSpecLike
 from distrl.models.numpy_act import NumpyPolicy, has_torch_convs, numpy_unsupported
-from distrl.types import CoreState
+from distrl.models.numpy_kernels import KernelPolicy, NumpyActing, kernel_policy_applies, sampling_seed
+from distrl.types import CoreState, as_arrays
 from distrl.types import as_numpy as _np
 
 log = logging.getLogger(__name__)
@@ -68,9 +69,7 @@ def build_acting_policy(
         return _with_precision(agent, precision, spec, batch)
     why = numpy_unsupported(agent)
     if why is None:
-        # its own stream for action sampling, not the env seed's (the VecEnv draws from that one)
-        sampling = np.random.SeedSequence(entropy=int(seed), spawn_key=(0xAC7, 0x5A3)).generate_state(1)[0]
-        policy = NumpyPolicy(agent, seed=int(sampling))
+        policy = NumpyPolicy(agent, seed=sampling_seed(seed))
         mismatch = check_numpy_policy(policy, spec)
         if mismatch is None:
             if has_torch_convs(agent):  # the one part of the NumPy path that runs through PyTorch
@@ -109,22 +108,62 @@ def check_numpy_policy(policy: NumpyPolicy, spec: EnvSpecLike, *, batch: int = C
     actions where the top two scores are further apart than that. In float32 (the agent's encoder must be
     float32, as it is when the actor builds it). Uses its own random generators; the global ones are left
     alone."""
-    why = _compare(policy, spec, batch=batch, steps=steps, seed=seed, tol=tol, sample_seed=None)
+    why = _compare(policy, policy.agent, spec, batch=batch, steps=steps, seed=seed, tol=tol, sample_seed=None)
     if why is not None:
         return f"{why} (with the actor's weights)"
     twin_agent = copy.deepcopy(policy.agent)
     _redraw(twin_agent, seed)
     sample_seed = seed + 1
     twin = type(policy)(twin_agent, seed=sample_seed)
-    why = _compare(twin, spec, batch=batch, steps=steps, seed=seed, tol=tol, sample_seed=sample_seed)
+    why = _compare(twin, twin_agent, spec, batch=batch, steps=steps, seed=seed, tol=tol, sample_seed=sample_seed)
     if why is not None:
         return f"{why} (with redrawn weights)"
     return None
 
 
-def _compare(policy: NumpyPolicy, spec: EnvSpecLike, *, batch: int, steps: int, seed: int, tol: float,
-             sample_seed: int | None) -> str | None:
-    agent = policy.agent
+def check_kernel_policy(agent: Agent, spec: EnvSpecLike, *, batch: int = CHECK_BATCH, steps: int = CHECK_STEPS,
+                        seed: int = 0, tol: float = CHECK_TOL) -> str | None:
+    """Whether :class:`~distrl.models.numpy_kernels.KernelPolicy`, built from ``agent.cfg`` and loaded with
+    ``agent``'s weights as published (NumPy arrays), computes ``agent``'s ``act``: None, or what differs. The
+    same two passes as :func:`check_numpy_policy` (the agent's weights, greedy; every weight redrawn, sampling).
+    The learner runs it when it starts if its actors act through the kernels
+    (:func:`~distrl.models.numpy_kernels.kernel_policy_applies`): they have no Agent to compare with."""
+    policy = KernelPolicy(agent.cfg, spec, seed=seed)
+    policy.load_state_dict(as_arrays(agent.state_dict()))
+    why = _compare(policy, agent, spec, batch=batch, steps=steps, seed=seed, tol=tol, sample_seed=None)
+    if why is not None:
+        return f"{why} (with the learner's weights)"
+    twin_agent = copy.deepcopy(agent)
+    _redraw(twin_agent, seed)
+    sample_seed = seed + 1
+    twin = KernelPolicy(agent.cfg, spec, seed=sample_seed)
+    twin.load_state_dict(as_arrays(twin_agent.state_dict()))
+    why = _compare(twin, twin_agent, spec, batch=batch, steps=steps, seed=seed, tol=tol, sample_seed=sample_seed)
+    if why is not None:
+        return f"{why} (with redrawn weights)"
+    return None
+
+
+def check_actor_kernels(cfg: ExperimentConfig, spec: EnvSpecLike, agent: Agent) -> None:
+    """When run ``cfg``'s Ray env actors act through :class:`~distrl.models.numpy_kernels.KernelPolicy`
+    (:func:`~distrl.models.numpy_kernels.kernel_policy_applies`), check it against ``agent.act`` on a CPU copy of
+    ``agent`` (:func:`check_kernel_policy`) and raise ValueError naming the difference; a no-op otherwise. The
+    learner calls it when it starts, before it publishes weights."""
+    if not kernel_policy_applies(cfg, spec):
+        return
+    cpu = build_agent(cfg.model, spec)
+    cpu.load_state_dict(agent.state_dict())
+    cpu.eval()
+    why = check_kernel_policy(cpu, spec)
+    if why is not None:
+        raise ValueError(
+            f"the env actors act through NumPy kernels (actor.inference={cfg.actor.inference}), and on this machine "
+            f"they do not compute Agent.act: {why}; set actor.inference=torch"
+        )
+
+
+def _compare(policy: NumpyActing, agent: Agent, spec: EnvSpecLike, *, batch: int, steps: int, seed: int,
+             tol: float, sample_seed: int | None) -> str | None:
     rng = np.random.default_rng(seed)
     gumbel = None if sample_seed is None else np.random.default_rng(sample_seed)
     random_state = getattr(agent.core, "random_state", None)  # a core with integer state draws a valid one
@@ -283,6 +322,8 @@ __all__ = [
     "CHECK_TOL",
     "acting_dtype",
     "build_acting_policy",
+    "check_actor_kernels",
+    "check_kernel_policy",
     "check_numpy_policy",
     "native_bf16",
     "random_obs",

@@ -30,7 +30,7 @@ from distrl.config import ModelConfig
 from distrl.models.cores import build_core
 from distrl.models.encoders import EnvSpecLike, build_encoder
 from distrl.models.heads import PolicyValueHeads
-from distrl.types import ActOut, CoreState
+from distrl.types import ActOut, CoreState, as_tensors
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,8 @@ class Agent(nn.Module):
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
         """``nn.Module.load_state_dict``, with weights of another number of value heads refused by name first
-        (torch's own error would list the intrinsic head's keys as missing or unexpected)."""
+        (torch's own error would list the intrinsic head's keys as missing or unexpected). Leaves may be NumPy
+        arrays (published :class:`~distrl.types.PolicyWeights`) or tensors."""
         got = value_heads_in(state_dict)
         if strict and got != self.value_heads:
             raise ValueError(
@@ -100,7 +101,7 @@ class Agent(nn.Module):
                 "bonus.value_heads=2 and model.separate_intrinsic_value=true, a one-head model only into one "
                 "without"
             )
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        return super().load_state_dict(as_tensors(state_dict), strict=strict, assign=assign)
 
     # ---- state ---------------------------------------------------------------------------------------------
     def initial_state(self, batch: int, device: torch.device | str = "cpu") -> CoreState:

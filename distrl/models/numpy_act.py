@@ -7,7 +7,12 @@ with far less code per op) costs much less in that loop. ``tools/bench/actors.py
 actors (``--inference``); see BENCHMARKS.md for the figures.
 
 What: :class:`NumpyPolicy` wraps an Agent and computes its ``act`` (same weights, same function to float32
-rounding) for the parts listed in :func:`numpy_unsupported`'s allow-list, and nothing else:
+rounding) for the parts listed in :func:`numpy_unsupported`'s allow-list, and nothing else. The kernels that need
+no PyTorch (the nethack_small and mlp encoders, the lstm and identity cores, the heads, the matmul and work-array
+machinery) live in :mod:`distrl.models.numpy_kernels`, built from parameter arrays by name; this module builds
+them from the Agent's modules and adds those that need PyTorch or a module (the CNNs' convs, HCAM). There,
+:class:`~distrl.models.numpy_kernels.KernelPolicy` builds the same kernels from the config and published weights
+alone, for env actors that never load torch. Covered here:
 
 * model options (:class:`~distrl.config.ModelConfig` fields) ``encoder``, ``core``, ``hidden_size``,
   ``glyph_embedding_dim``, ``num_core_layers``, the ``hcam_*`` options, ``separate_intrinsic_value`` (``act``
@@ -56,7 +61,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -70,7 +74,20 @@ from distrl.models.encoders import ImpalaCNN, MLPEncoder, NatureCNN, NetHackSmal
 from distrl.models.hcam import HCAMCore, HCAMLayer, _ChunkAttention
 from distrl.models.heads import PolicyHead, PolicyValueHeads, ValueHead
 from distrl.models.numpy_hcam import HCAMKernel
-from distrl.types import ActOut, CoreState
+from distrl.models.numpy_kernels import (
+    MODEL_OPTIONS,
+    Encode,
+    IdentityKernel,
+    LSTMKernel,
+    NumpyActing,
+    Params,
+    Workspace,
+    affine_relu,
+    dense,
+    mlp_kernel,
+    nethack_small_kernel,
+)
+from distrl.types import CoreState
 from distrl.types import as_numpy as _as_array
 
 Array = np.ndarray
@@ -79,18 +96,6 @@ Array = np.ndarray
 # ---- what this module implements: an explicit allow-list ---------------------------------------------------
 # Anything not listed here is refused by name (numpy_unsupported), so a new model option or layer makes the
 # actor act through PyTorch until a NumPy kernel for it is written and listed, instead of being skipped.
-
-MODEL_OPTIONS: dict[str, str] = {
-    "encoder": "the encoder's class is checked against ENCODER_PARTS",
-    "core": "the core's class is checked against CORE_PARTS",
-    "hidden_size": "any width",
-    "glyph_embedding_dim": "any width",
-    "num_core_layers": "the LSTM and HCAM kernels run any number of layers",
-    **{f"hcam_{n}": "the HCAM kernel (distrl.models.numpy_hcam) reads it from the core"
-       for n in ("chunk", "chunks", "topk", "heads", "cross_episode")},
-    "separate_intrinsic_value": "Agent.act does not read the intrinsic value head",
-}
-"""The :class:`~distrl.config.ModelConfig` fields the NumPy path implements, with how."""
 
 TORCH_RUN = None
 """Marks a submodule that the NumPy path runs through a copy of the PyTorch module itself (the CNNs' convs)."""
@@ -215,148 +220,21 @@ def has_torch_convs(agent: Agent) -> bool:
     return type(agent.encoder) in _TORCH_CONV_ENCODERS
 
 
-def _dense(layer: torch.nn.Linear) -> tuple[Array, Array]:
-    """(weight transposed to [in, out], contiguous; bias [out]), copied out of ``layer``."""
-    return np.ascontiguousarray(layer.weight.detach().numpy().T), layer.bias.detach().numpy().copy()
-
-
-class _Matmul:
-    """``x @ w`` for a fixed weight ``w`` [in, out] into ``out`` (any view with unit inner stride), as one BLAS
-    call or as 2-8 blocks of output columns, whichever runs faster here for the batch size at hand.
-
-    Why: for a large product OpenBLAS copies both operands into packed buffers on every call (for an actor's
-    16-32 rows that is mostly the weights), while below a size threshold (M·N·K; kernel- and version-specific)
-    it runs small-matrix kernels that read them in place. Splitting the columns puts each block under that
-    threshold where it exists (BENCHMARKS.md has the figures for one OpenBLAS build), and the env that runs
-    next finds more of its data in cache. The block count is chosen the first time a batch size is seen, by
-    timing each candidate (fewest blocks unless more are at least 10% faster), and kept in ``plans`` (shared
-    across weight loads: it depends on shapes only). Below 8 rows, or with no candidate, one call."""
-
-    def __init__(self, w: Array, plans: dict[tuple[int, int, int], int]) -> None:
-        self.w = w
-        self.plans = plans
-        n_out = w.shape[1]
-        self.candidates = [c for c in (1, 2, 4, 8) if n_out % c == 0 and n_out // c >= 16]
-        self._blocks: dict[int, list[tuple[slice, Array]]] = {}
-
-    def blocks(self, c: int) -> list[tuple[slice, Array]]:
-        if c not in self._blocks:
-            width = self.w.shape[1] // c
-            cols = [slice(i * width, (i + 1) * width) for i in range(c)]
-            self._blocks[c] = [(s, np.ascontiguousarray(self.w[:, s])) for s in cols]
-        return self._blocks[c]
-
-    def __call__(self, x: Array, out: Array) -> Array:
-        n = x.shape[0]
-        key = (self.w.shape[0], self.w.shape[1], n)
-        c = self.plans.get(key)
-        if c is None:
-            c = self.plans[key] = self._choose(x, out)
-        if c == 1:
-            return np.matmul(x, self.w, out=out)
-        for cols, w in self.blocks(c):
-            np.matmul(x, w, out=out[:, cols])
-        return out
-
-    def _choose(self, x: Array, out: Array) -> int:
-        if x.shape[0] < 8 or len(self.candidates) == 1:
-            return 1
-        best: dict[int, float] = {}
-        for c in self.candidates:
-            blocks = [(slice(None), self.w)] if c == 1 else self.blocks(c)
-            times = []
-            for _ in range(7):
-                t0 = time.perf_counter()
-                for cols, w in blocks:
-                    np.matmul(x, w, out=out[:, cols])
-                times.append(time.perf_counter() - t0)
-            best[c] = min(times[2:])
-        choice = 1
-        for c in self.candidates[1:]:
-            if best[c] < 0.9 * best[choice]:
-                choice = c
-        in_use = {choice} | {v for (k, m, _), v in self.plans.items() if (k, m) == self.w.shape}
-        for c in list(self._blocks):  # keep only the blocks some batch size's plan uses
-            if c not in in_use:
-                del self._blocks[c]
-        return choice
-
-
-def _affine_relu(x: Array, w: _Matmul, b: Array, out: Array) -> Array:
-    """``out = relu(x @ w + b)``, in ``out``."""
-    w(x, out)
-    out += b
-    return np.maximum(out, 0.0, out=out)
-
-
-class _Workspace:
-    """Intermediate arrays by batch size, reused between calls (nothing in them escapes a call). Every NumPy
-    op costs microseconds of dispatch with the caches full of the env (the module doc), so the kernels write
-    into slices of these instead of concatenating."""
-
-    def __init__(self, plans: dict[tuple[int, int, int], int], conv_dtype: torch.dtype = torch.float32) -> None:
-        self._arrays: dict[tuple[str, int], Array] = {}
-        self.plans = plans  # _Matmul block counts by (in, out, batch), kept across weight loads
-        self.conv_dtype = conv_dtype  # what the PyTorch conv stacks (CNN encoders) compute in
-
-    def matmul(self, w: Array) -> _Matmul:
-        return _Matmul(w, self.plans)
-
-    def get(self, name: str, n: int, width: int) -> Array:
-        a = self._arrays.get((name, n))
-        if a is None:
-            a = self._arrays[(name, n)] = np.empty((n, width), dtype=np.float32)
-        return a
+def _params(module: nn.Module) -> Params:
+    """``module``'s parameters and buffers as a :class:`~distrl.models.numpy_kernels.Params` view (NumPy, no copy)."""
+    return Params({k: v.detach().numpy() for k, v in module.state_dict().items()})
 
 
 # ---- encoders: encode(obs, n, out) writes the [n, out_dim] features into ``out`` ---------------------------
-Encode = Callable[[Mapping[str, Array], int, Array], None]
+def _nethack_small(enc: NetHackSmallEncoder, ws: Workspace) -> Encode:
+    return nethack_small_kernel(_params(enc), ws)
 
 
-def _nethack_small(enc: NetHackSmallEncoder, ws: _Workspace) -> Encode:
-    table = enc.glyph_embed.weight.detach().numpy().copy()
-    crop_w, crop_b = _dense(enc.crop_fc)
-    fc_w, fc_b = _dense(enc.fc)
-    bl = _dense(enc.blstats_fc) if "blstats" in enc.keys else None
-    width, n_crop = fc_w.shape[0], crop_w.shape[1]  # crop features (+ blstats features)
-    hidden_b = crop_b if bl is None else np.concatenate([crop_b, bl[1]])
-    crop_mm, fc_mm = ws.matmul(crop_w), ws.matmul(fc_w)
-    bl_mm = None if bl is None else ws.matmul(bl[0])
-
-    def encode(obs: Mapping[str, Array], n: int, out: Array) -> None:
-        hidden = ws.get("nethack_small", n, width)  # [crop features | blstats features]
-        x = table.take(obs["glyphs_crop"].reshape(n, -1), axis=0).reshape(n, -1)  # [N, c*c*E]
-        crop_mm(x, hidden[:, :n_crop])
-        if bl_mm is not None:
-            s = np.abs(obs["blstats"], dtype=np.float32)  # symlog: sign(s) * log(1 + |s|)
-            np.log1p(s, out=s)
-            np.copysign(s, obs["blstats"], out=s)
-            bl_mm(s, hidden[:, n_crop:])
-        hidden += hidden_b
-        np.maximum(hidden, 0.0, out=hidden)
-        _affine_relu(hidden, fc_mm, fc_b, out)
-
-    return encode
+def _mlp(enc: MLPEncoder, ws: Workspace) -> Encode:
+    return mlp_kernel(_params(enc), ws, tuple(enc.keys))
 
 
-def _mlp(enc: MLPEncoder, ws: _Workspace) -> Encode:
-    (w1, b1), (w2, b2) = _dense(enc.mlp[0]), _dense(enc.mlp[2])
-    mm1, mm2 = ws.matmul(w1), ws.matmul(w2)
-    keys = enc.keys
-
-    def encode(obs: Mapping[str, Array], n: int, out: Array) -> None:
-        parts = []
-        for k in keys:
-            v = obs[k].reshape(n, -1)
-            parts.append(v.astype(np.float32) * np.float32(1.0 / 255.0) if v.dtype == np.uint8
-                          else v.astype(np.float32))
-        x = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
-        _affine_relu(_affine_relu(x, mm1, b1, ws.get("mlp", n, w1.shape[1])), mm2, b2, out)
-
-    return encode
-
-
-def _pixel_cnn(enc: NatureCNN | ImpalaCNN, ws: _Workspace) -> Encode:
+def _pixel_cnn(enc: NatureCNN | ImpalaCNN, ws: Workspace) -> Encode:
     """Atari CNNs: the conv stack through PyTorch (oneDNN convolutions; NumPy has none), the rest in NumPy.
 
     The conv stack is a copy of the encoder's with the first conv's weights divided by 255 at load, so the
@@ -375,7 +253,7 @@ def _pixel_cnn(enc: NatureCNN | ImpalaCNN, ws: _Workspace) -> Encode:
         with torch.no_grad():
             first.weight.mul_(1.0 / 255.0)
     cnn.to(dtype)
-    fc_w, fc_b = _dense(enc.fc)
+    fc_w, fc_b = dense(_params(enc), "fc")
     fc_mm = ws.matmul(fc_w)
     inputs: dict[int, torch.Tensor] = {}
 
@@ -389,13 +267,13 @@ def _pixel_cnn(enc: NatureCNN | ImpalaCNN, ws: _Workspace) -> Encode:
             h = cnn(x)
             if dtype != torch.float32:
                 h = h.float()
-        _affine_relu(h.numpy(), fc_mm, fc_b, out)
+        affine_relu(h.numpy(), fc_mm, fc_b, out)
 
     return encode
 
 
 _TORCH_CONV_ENCODERS = (NatureCNN, SmallCNN, ImpalaCNN)
-_ENCODERS: dict[type, Callable[[Any, _Workspace], Encode]] = {
+_ENCODERS: dict[type, Callable[[Any, Workspace], Encode]] = {
     NetHackSmallEncoder: _nethack_small,
     MLPEncoder: _mlp,
     **{cls: _pixel_cnn for cls in _TORCH_CONV_ENCODERS},
@@ -403,80 +281,26 @@ _ENCODERS: dict[type, Callable[[Any, _Workspace], Encode]] = {
 
 
 # ---- cores: input(n) is where the encoder writes; step(n, state) -> (features [n, H], next state) -------------
-class _LSTM:
-    """``nn.LSTM`` one step. Per layer one matmul over ``[x, h]`` (the two weight matrices stacked) and one
-    tanh over all four gates: the gate columns are reordered (i, f, o, g) and the sigmoid gates' rows halved
-    at load, since sigmoid(z) = (tanh(z / 2) + 1) / 2."""
-
-    def __init__(self, core: LSTMCore, in_dim: int, ws: _Workspace) -> None:
-        H, L = self.H, self.L = core.hidden_size, core.num_layers
-        self.in_dims = [in_dim] + [H] * (L - 1)
-        self.ws = ws
-        order = np.r_[0: 2 * H, 3 * H: 4 * H, 2 * H: 3 * H]  # PyTorch's (i, f, g, o) -> (i, f, o, g)
-        scale = np.r_[np.full(3 * H, 0.5, np.float32), np.ones(H, np.float32)]
-        self.layers = []
-        for i in range(L):
-            w_ih, w_hh, b_ih, b_hh = (
-                getattr(core.lstm, f"{p}_l{i}").detach().numpy()
-                for p in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-            )
-            w = np.concatenate([w_ih, w_hh], axis=1)[order] * scale[:, None]  # [4H, in + H]
-            self.layers.append((ws.matmul(np.ascontiguousarray(w.T)), (b_ih + b_hh)[order] * scale))
-
-    def input(self, n: int) -> Array:
-        return self.ws.get("lstm0", n, self.in_dims[0] + self.H)[:, : self.in_dims[0]]
-
-    def step(self, n: int, state: CoreState) -> tuple[Array, CoreState]:
-        H, L = self.H, self.L
-        h0, c0 = state["h"], state["c"]  # [n, L, H]
-        hs, cs = [], []
-        h = None
-        for i, (w, b) in enumerate(self.layers):
-            d = self.in_dims[i]
-            xh = self.ws.get(f"lstm{i}", n, d + H)
-            if h is not None:
-                xh[:, :d] = h
-            xh[:, d:] = h0[:, i]
-            g = w(xh, np.empty((n, 4 * H), dtype=np.float32))  # [n, 4H]: i, f, o halved, then g
-            g += b
-            np.tanh(g, out=g)
-            sig = g[:, : 3 * H]
-            sig *= 0.5
-            sig += 0.5
-            c = sig[:, H: 2 * H] * c0[:, i]
-            c += sig[:, :H] * g[:, 3 * H:]
-            h = np.tanh(c)
-            h *= sig[:, 2 * H:]
-            hs.append(h)
-            cs.append(c)
-        assert h is not None
-        if L == 1:  # views, no copies
-            return h, {"h": h.reshape(n, 1, H), "c": cs[0].reshape(n, 1, H)}
-        return h, {"h": np.stack(hs, axis=1), "c": np.stack(cs, axis=1)}
+def _lstm(core: LSTMCore, in_dim: int, ws: Workspace) -> LSTMKernel:
+    return LSTMKernel(_params(core), in_dim, ws)
 
 
-class _Identity:
-    def __init__(self, core: IdentityCore, in_dim: int, ws: _Workspace) -> None:
-        self.in_dim, self.ws = in_dim, ws
-
-    def input(self, n: int) -> Array:
-        return self.ws.get("identity", n, self.in_dim)
-
-    def step(self, n: int, state: CoreState) -> tuple[Array, CoreState]:
-        return self.ws.get("identity", n, self.in_dim), state
+def _identity(core: IdentityCore, in_dim: int, ws: Workspace) -> IdentityKernel:
+    return IdentityKernel(_params(core), in_dim, ws)
 
 
 _CORES: dict[type, Any] = {
-    LSTMCore: _LSTM,
-    IdentityCore: _Identity,
+    LSTMCore: _lstm,
+    IdentityCore: _identity,
     HCAMCore: HCAMKernel,  # distrl/models/numpy_hcam.py; also has initial_state, reset and arrays
 }
 assert set(_ENCODERS) == set(ENCODER_PARTS) and set(_CORES) == set(CORE_PARTS), "kernels and allow-list differ"
 
 
-class NumpyPolicy:
+class NumpyPolicy(NumpyActing):
     """:class:`~distrl.models.agent.Agent` ``act`` in NumPy (see the module doc). Implements the env actor's
-    ``Policy``: ``initial_state``, ``reset_state``, ``act``, ``load_state_dict``, ``state_dict``."""
+    ``Policy``: ``initial_state``, ``reset_state``, ``act`` (:class:`~distrl.models.numpy_kernels.NumpyActing`),
+    ``load_state_dict``, ``state_dict``."""
 
     def __init__(self, agent: Agent, seed: int = 0, conv_dtype: torch.dtype = torch.float32) -> None:
         why = numpy_unsupported(agent)
@@ -496,20 +320,10 @@ class NumpyPolicy:
     def sync(self) -> None:
         """Copy the agent's parameters into this policy's NumPy layout (after changing them in place)."""
         a = self.agent
-        ws = _Workspace(self._plans, self.conv_dtype)
+        ws = Workspace(self._plans, self.conv_dtype)
         self._encode = _ENCODERS[type(a.encoder)](a.encoder, ws)
         self._core = _CORES[type(a.core)](a.core, a.encoder.out_dim, ws)
-        h = a.heads
-        # policy logits and value from one matmul: columns [0, A) and A
-        (pw, pb), (vw, vb) = _dense(h.policy.fc), _dense(h.value.fc)
-        hw, hb = np.concatenate([pw, vw], axis=1), np.concatenate([pb, vb])
-        affine = getattr(self._core, "output_affine", None)  # a core's last scale and shift, folded in here
-        if affine is not None:
-            g, b = (np.asarray(v, np.float64) for v in affine)
-            hw64 = hw.astype(np.float64)
-            hw, hb = (g[:, None] * hw64).astype(np.float32), (b @ hw64 + hb).astype(np.float32)
-        self._hw, self._hb = np.ascontiguousarray(hw), hb
-        self._heads = ws.matmul(self._hw)
+        self._set_heads(_params(a.heads), ws)
 
     @property
     def core(self) -> nn.Module:
@@ -522,53 +336,11 @@ class NumpyPolicy:
         self.conv_dtype = dtype
         self.sync()
 
-    # ---- Policy ------------------------------------------------------------------------------------------
+    # ---- Policy (initial_state, reset_state, act: NumpyActing) ---------------------------------------------
     def initial_state(self, batch: int, device: Any = "cpu") -> CoreState:
         if hasattr(self._core, "initial_state"):
             return self._core.initial_state(batch)
         return {k: v.numpy() for k, v in self.agent.initial_state(batch).items()}
-
-    def reset_state(self, state: CoreState, mask: Any) -> CoreState:
-        """Rows under ``mask`` [B] bool go back to the initial (zero) state. Pure: returns new arrays."""
-        if not state:
-            return state
-        if hasattr(self._core, "reset"):
-            return self._core.reset(state, mask)
-        keep = ~_as_array(mask).astype(bool)
-        return {k: v * keep.reshape(-1, *([1] * (v.ndim - 1))).astype(v.dtype) for k, v in state.items()}
-
-    def act(self, obs: Mapping[str, Any], state: CoreState, greedy: bool = False) -> ActOut:
-        """``Agent.act`` for B slots: obs leaves ``[B, ...]`` (NumPy or CPU tensors). Returns NumPy arrays:
-        ``action [B] int64, logits [B, A] float32, value [B] float32`` and the next state."""
-        flat = {}
-        n = -1
-        for k in self._keys:
-            if k not in obs:
-                raise KeyError(f"observation key {k!r} missing; the agent needs {list(self._keys)}, "
-                               f"got {sorted(obs)}")
-            v = _as_array(obs[k])
-            shape = tuple(self._specs[k].shape)
-            if v.shape[1:] != shape or (n >= 0 and v.shape[0] != n):
-                raise ValueError(f"observation {k!r} has shape {v.shape}; expected [B, {', '.join(map(str, shape))}]"
-                                 f" with one B for all keys")
-            n = v.shape[0]
-            flat[k] = v
-        if set(state) != set(self._state_keys):
-            raise KeyError(f"core state keys {sorted(state)} do not match the core's {self._state_keys}")
-        st = self._core.arrays(state) if hasattr(self._core, "arrays") else {k: _as_array(v) for k, v in state.items()}
-        for k, v in st.items():
-            if v.shape[0] != n:
-                raise ValueError(f"core state {k!r} has batch {v.shape[0]}, observations have {n}")
-        self._encode(flat, n, self._core.input(n))
-        y, new_state = self._core.step(n, st)
-        out = self._heads(y, np.empty((n, self._hw.shape[1]), dtype=np.float32))
-        out += self._hb
-        logits, value = out[:, : self.num_actions], out[:, self.num_actions]
-        if greedy:
-            action = logits.argmax(axis=1)
-        else:  # Gumbel-max: argmax(logits + G), G ~ Gumbel(0, 1) i.i.d., is a softmax sample
-            action = (self._rng.gumbel(size=logits.shape) + logits).argmax(axis=1)
-        return ActOut(action=action.astype(np.int64, copy=False), logits=logits, value=value, state=new_state)
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         self.agent.load_state_dict(state_dict)
@@ -612,7 +384,7 @@ class NumpyEncoder:
 
     def sync(self) -> None:
         """Copy the encoder's parameters into the NumPy layout."""
-        self._encode = _ENCODERS[type(self.encoder)](self.encoder, _Workspace(self._plans))
+        self._encode = _ENCODERS[type(self.encoder)](self.encoder, Workspace(self._plans))
 
     def __call__(self, obs: Mapping[str, Any]) -> Array:
         flat = {k: _as_array(obs[k]) for k in self.keys}

@@ -72,7 +72,7 @@ class _Matmul(Protocol):
 
 
 class Workspace(Protocol):
-    """What the kernel needs from :class:`distrl.models.numpy_act._Workspace`."""
+    """What the kernel needs from :class:`distrl.models.numpy_kernels.Workspace`."""
 
     def matmul(self, w: Array) -> _Matmul: ...
 

@@ -54,8 +54,8 @@ from distrl.runtime.ray_replay import RayShardClient
 from distrl.runtime.resources import env_actor_cpus
 from distrl.types import ActorReport, ActorStats, EpisodeStats
 
-if TYPE_CHECKING:  # torch, the models and the env actor load in the actor's process (RayEnvActor.__init__): the
-    # driver, which imports this module to start the actors, stays torch-free
+if TYPE_CHECKING:  # the env actor (and torch, where its policy needs it) load in the actor's process
+    # (RayEnvActor.__init__): the driver, which imports this module to start the actors, stays torch-free
     from distrl.actors.env_actor import Policy
 
 PolicyFactory = Callable[[EnvSpec], "Policy"]
@@ -78,16 +78,26 @@ class RayEnvActor:
     ) -> None:
         if not shards:
             raise ValueError("RayEnvActor: needs at least one replay shard handle")
-        import torch
+        import sys
 
         from distrl.actors.env_actor import EnvActor
+        from distrl.models.numpy_kernels import kernel_policy_applies
 
-        torch.set_num_threads(max(1, cfg.actor.threads))
         self.cfg = cfg
         self.actor_id = actor_id
         self.incarnation = incarnation
+        # With weights from a store (pulled before the first step) the actor may act through NumPy kernels and
+        # then loads torch only for an episodic bonus (EnvActor's kernels); otherwise torch's thread pool is
+        # capped before the policy is built (it times its encoder).
+        kernels = weight_store is not None and policy_factory is None
+        if not (kernels and kernel_policy_applies(cfg, env_spec(cfg.env))):
+            import torch
+
+            torch.set_num_threads(max(1, cfg.actor.threads))
         policy = None if policy_factory is None else policy_factory(env_spec(cfg.env))
-        self.actor = EnvActor(cfg, actor_id, policy, incarnation=incarnation)
+        self.actor = EnvActor(cfg, actor_id, policy, incarnation=incarnation, kernels=kernels)
+        if "torch" in sys.modules:  # loaded by an episodic bonus, or above
+            sys.modules["torch"].set_num_threads(max(1, cfg.actor.threads))
         self.shard_id = actor_id % len(shards)
         self.inserter = BoundedInserter(
             RayShardClient(shards[self.shard_id], self.shard_id, env_spec(cfg.env).frame_stacks),
@@ -247,6 +257,13 @@ class RayEnvActor:
 
     def ping(self) -> int:
         return self.actor_id
+
+    def torch_loaded(self) -> bool:
+        """Whether this actor's process has loaded torch: not when it acts through NumPy kernels with no episodic
+        bonus (``EnvActor.kernels``; about 140 MB of PSS saved, BENCHMARKS.md)."""
+        import sys
+
+        return "torch" in sys.modules
 
     def stuck_for(self) -> float:
         """Seconds run() has been inside its current step (0 between steps): the runtime's heartbeat check

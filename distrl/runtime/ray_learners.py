@@ -158,6 +158,10 @@ class RayLearner:
             store.publish.remote(weights.version, [ray.put(weights)], generation)
 
         self.worker = LearnerWorker(self.cfg, self.spec, sampler, publish=publish, rank=self.rank)
+        if self.rank == 0:  # before anything is published: the env actors act on it
+            from distrl.models.acting import check_actor_kernels
+
+            check_actor_kernels(self.cfg, self.spec, self.worker.learner.agent)
         if self.counts:
             attach_counts(self.worker.learner.extras, RayCounts(self.counts))
         return self.worker.version

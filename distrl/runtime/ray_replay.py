@@ -126,7 +126,7 @@ class RayShardClient:
         return RayPending(self.handle.stats.remote())
 
     def insert_async(self, traj: Trajectory, priorities: Any = None, prior: Any = None) -> RayPending[InsertResult]:
-        leaves = {k: v.detach().cpu().numpy() for k, v in traj.batch_major(self.frame_stacks).items()}
+        leaves = {k: as_numpy(v) for k, v in traj.batch_major(self.frame_stacks).items()}
         return RayPending(self.handle.insert_leaves.remote(leaves, _np(priorities), prior=_np(prior)), self.shard_id)
 
     def save(self, path: str | Path, timeout: float = 600.0) -> Path:

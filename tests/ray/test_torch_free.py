@@ -1,6 +1,6 @@
-"""The processes that do not need torch never load it: a run's driver and its replay shards (each would cost
-about 140 MB of PSS and a second of start-up CPU; BENCHMARKS.md, "Processes that do not need torch do not load
-it")."""
+"""The processes that do not need torch never load it: a run's driver, its replay shards and the env actors that
+act through NumPy kernels (each would cost about 140 MB of PSS and a second of start-up CPU; BENCHMARKS.md,
+"Processes that do not need torch do not load it")."""
 
 from __future__ import annotations
 
@@ -73,3 +73,33 @@ def test_a_shard_actor_stores_samples_and_saves_without_torch(ray_cluster, tmp_p
         assert ray_cluster.get(handle.torch_loaded.remote()) is False
     finally:
         ray_cluster.kill(handle)
+
+
+def test_an_env_actor_on_numpy_kernels_runs_without_torch(ray_cluster):
+    """A Ray env actor fed by a weight store, with a model the NumPy kernels cover (fake:memory's mlp + lstm) and
+    no episodic bonus, pulls the weights (published as NumPy), steps, inserts sequences into a shard, and never
+    loads torch; with actor.inference=torch the same actor does."""
+    from distrl.config import load_config
+    from distrl.envs.registry import env_spec
+    from distrl.models import build_agent
+    from distrl.runtime.ray_env_actor import start_env_actor
+    from distrl.runtime.weights import RayWeightStore
+    from distrl.types import PolicyWeights, as_arrays
+
+    for inference, loaded in (("auto", False), ("torch", True)):
+        cfg = load_config(REPO / "configs/fake_memory.yaml", ["env.num_envs=4", f"actor.inference={inference}"])
+        shard = make_ray_shard(cfg.replay, 0, num_cpus=0.25, seed=0)
+        store = ray_cluster.remote(num_cpus=0)(RayWeightStore).remote()
+        agent = build_agent(cfg.model, env_spec(cfg.env))
+        weights = PolicyWeights(0, as_arrays(agent.state_dict()))
+        ray_cluster.get(store.publish.remote(0, [ray_cluster.put(weights)]))
+        actor = start_env_actor(cfg, 0, [shard], store, num_cpus=0.25, max_sequences=3)
+        try:
+            report = ray_cluster.get(actor.run_ref, timeout=120)
+            assert report.sequences == 3 and report.policy_version == 0
+            assert ray_cluster.get(actor.handle.torch_loaded.remote()) is loaded, inference
+            assert ray_cluster.get(shard.stats.remote()).size == 3 * 4
+        finally:
+            ray_cluster.kill(actor.handle)
+            ray_cluster.kill(shard)
+            ray_cluster.kill(store)

@@ -104,8 +104,11 @@ def test_an_extra_is_trained_checkpointed_restored_and_published(reward_model, t
     w = learner.weights()
     assert w.version == learner.version == 41
     assert set(w.extras) == {reward_model}
-    torch.testing.assert_close(w.extras[reward_model]["weight"], extra.head.weight.detach())
+    # published as NumPy copies (an env actor reads them without torch), not views of the trained parameters
+    assert isinstance(w.extras[reward_model]["weight"], np.ndarray)
+    np.testing.assert_array_equal(w.extras[reward_model]["weight"], extra.head.weight.detach().numpy())
     assert set(w.policy) == set(learner.agent.state_dict())
+    assert all(isinstance(v, np.ndarray) and v.flags.owndata for v in w.policy.values())
 
     path = learner.save_checkpoint(tmp_path / "learner.pt")
     restored = Learner(cfg, SPEC, device="cpu")

@@ -346,14 +346,14 @@ def test_actor_caps_numpy_blas_threads():
 
 @pytest.mark.parametrize("rows", [1, 8, 16, 32])
 def test_matmul_in_column_blocks_equals_one_product(rows):
-    """_Matmul picks a block count by timing; whichever it picks (and every candidate), the product is x @ w."""
-    from distrl.models.numpy_act import _Matmul
+    """Matmul picks a block count by timing; whichever it picks (and every candidate), the product is x @ w."""
+    from distrl.models.numpy_kernels import Matmul
 
     rng = np.random.default_rng(0)
     w = rng.standard_normal((96, 64), dtype=np.float32)
     x = rng.standard_normal((rows, 96), dtype=np.float32)
     plans: dict = {}
-    mm = _Matmul(w, plans)
+    mm = Matmul(w, plans)
     assert mm.candidates == [1, 2, 4]  # blocks of at least 16 columns
     wide = np.full((rows, 70), np.nan, dtype=np.float32)
     out = mm(x, wide[:, 3:67])  # a strided view, as the kernels pass

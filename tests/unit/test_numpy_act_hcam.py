@@ -20,8 +20,9 @@ from distrl.models import build_agent
 from distrl.models.acting import build_acting_policy, check_numpy_policy
 from distrl.models.cores import build_core
 from distrl.models.hcam import HCAMCore
-from distrl.models.numpy_act import NumpyPolicy, _Workspace, numpy_unsupported
+from distrl.models.numpy_act import NumpyPolicy, numpy_unsupported
 from distrl.models.numpy_hcam import HCAMKernel
+from distrl.models.numpy_kernels import Workspace
 from distrl.replay.shard import ReplayShard
 from distrl.types import Trajectory
 
@@ -214,7 +215,7 @@ def test_kernel_with_an_input_projection():
     core = build_core(_cfg(hcam_topk=3), 7)
     assert isinstance(core, HCAMCore) and isinstance(core.inp, torch.nn.Linear)
     _randomise(core, 4)
-    kernel = HCAMKernel(core, 7, _Workspace({}))
+    kernel = HCAMKernel(core, 7, Workspace({}))
     g, b = kernel.output_affine
     rng = np.random.default_rng(0)
     st = core.random_state(4, rng)

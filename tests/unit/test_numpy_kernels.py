@@ -1,0 +1,213 @@
+"""KernelPolicy: Agent.act in NumPy from the config and published (NumPy) weights alone, the policy of an env
+actor that never loads torch; and the EnvActor that acts through it."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from distrl.actors import EnvActor
+from distrl.config import EnvConfig, ExperimentConfig, ModelConfig, SequenceConfig
+from distrl.envs.base import ArraySpec, EnvSpec
+from distrl.models import build_agent
+from distrl.models.acting import _redraw, check_actor_kernels, check_kernel_policy
+from distrl.models.encoders import AUTO_ENCODER
+from distrl.models.numpy_kernels import (
+    AUTO_KERNEL_ENCODER,
+    KERNEL_ENCODERS,
+    KernelPolicy,
+    kernel_policy_applies,
+    kernel_unsupported,
+)
+from distrl.types import PolicyWeights, as_arrays
+
+
+def _a(shape: tuple[int, ...], dtype) -> ArraySpec:
+    return ArraySpec(shape, np.dtype(dtype))
+
+
+MINIHACK = EnvSpec(
+    "MiniHack-Room-5x5-v0",
+    {"glyphs_crop": _a((9, 9), np.int16), "blstats": _a((27,), np.int64), "message": _a((256,), np.uint8)},
+    8, "minihack",
+)
+CROP_ONLY = EnvSpec("MiniHack-Room-5x5-v0", {"glyphs_crop": _a((5, 5), np.int16)}, 8, "minihack")
+MIXED = EnvSpec(
+    "fake:spec", {"img": _a((3, 4, 4), np.uint8), "vec": _a((5,), np.float32), "t": _a((), np.int64)}, 4, "fake",
+)
+CASES = {
+    "nethack_small+lstm": (MINIHACK, ModelConfig(encoder="nethack_small", hidden_size=32, glyph_embedding_dim=4)),
+    "nethack_small+lstm2": (
+        MINIHACK, ModelConfig(encoder="nethack_small", hidden_size=32, glyph_embedding_dim=4, num_core_layers=2)
+    ),
+    "nethack_small_crop_only+identity": (CROP_ONLY, ModelConfig(encoder="nethack_small", hidden_size=16,
+                                                                 core="identity")),
+    "auto(mlp)+lstm": (MIXED, ModelConfig(hidden_size=24)),
+    "mlp+identity": (MIXED, ModelConfig(encoder="mlp", hidden_size=24, core="identity")),
+    "two_value_heads": (MINIHACK, ModelConfig(encoder="nethack_small", hidden_size=16, glyph_embedding_dim=4,
+                                              separate_intrinsic_value=True)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_kernel_policy_computes_agent_act(case):
+    """The learner's start-up check passes on every covered model (greedy with the agent's weights, sampled
+    with every weight redrawn), and a direct comparison on random weights agrees to float32 rounding."""
+    spec, mcfg = CASES[case]
+    torch.manual_seed(0)
+    agent = build_agent(mcfg, spec)
+    assert check_kernel_policy(agent, spec) is None
+    _redraw(agent, 3)
+    policy = KernelPolicy(mcfg, spec, seed=0)
+    policy.load_state_dict(PolicyWeights(0, as_arrays(agent.state_dict())).policy)
+    rng = np.random.default_rng(0)
+    obs = {k: (rng.integers(0, 300, (6, *s.shape)) if np.issubdtype(s.dtype, np.integer)
+               else rng.normal(size=(6, *s.shape))).astype(s.dtype) for k, s in spec.obs.items()}
+    state = {k: v + 0.3 for k, v in policy.initial_state(6).items()}
+    ref = agent.act(obs, {k: torch.from_numpy(v) for k, v in state.items()}, greedy=True)
+    out = policy.act(obs, state, greedy=True)
+    np.testing.assert_allclose(out.logits, ref.logits.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out.value, ref.value.numpy(), rtol=1e-5, atol=1e-5)
+    assert sorted(out.state) == sorted(ref.state)
+    for k in ref.state:
+        np.testing.assert_allclose(out.state[k], ref.state[k].numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_the_check_catches_a_kernel_that_differs(monkeypatch):
+    """A kernel that reads one weight wrong (the LSTM's forget-gate bias) fails the learner's check, which then
+    stops the run with a message naming actor.inference=torch."""
+    spec, mcfg = CASES["nethack_small+lstm"]
+    agent = build_agent(mcfg, spec)
+    load = KernelPolicy.load_state_dict
+
+    def wrong(self, sd):
+        sd = dict(sd)
+        sd["core.lstm.bias_hh_l0"] = sd["core.lstm.bias_hh_l0"] + np.float32(0.05)
+        load(self, sd)
+
+    monkeypatch.setattr(KernelPolicy, "load_state_dict", wrong)
+    why = check_kernel_policy(agent, spec)
+    assert why is not None and "state['c']" in why
+    cfg = ExperimentConfig(model=mcfg)
+    with pytest.raises(ValueError, match=r"actor\.inference=torch"):
+        check_actor_kernels(cfg, spec, agent)
+
+
+def test_weights_with_a_parameter_no_kernel_reads_are_refused_by_name():
+    spec, mcfg = CASES["nethack_small+lstm"]
+    weights = as_arrays(build_agent(mcfg, spec).state_dict())
+    policy = KernelPolicy(mcfg, spec)
+    with pytest.raises(ValueError, match=r"encoder\.extra\.weight"):
+        policy.load_state_dict({**weights, "encoder.extra.weight": np.zeros((2, 2), np.float32)})
+    missing = {k: v for k, v in weights.items() if k != "encoder.crop_fc.bias"}
+    with pytest.raises(KeyError, match=r"encoder\.crop_fc\.bias"):
+        policy.load_state_dict(missing)
+    wide = as_arrays(build_agent(dataclasses.replace(mcfg, num_core_layers=2), spec).state_dict())
+    with pytest.raises(ValueError, match="2 layer"):
+        policy.load_state_dict(wide)
+    with pytest.raises(RuntimeError, match="no weights loaded"):
+        policy.act({k: np.zeros((1, *s.shape), s.dtype) for k, s in spec.obs.items()}, policy.initial_state(1))
+
+
+def test_uncovered_models_are_named_from_the_config():
+    assert kernel_unsupported(ModelConfig(encoder="nethack_small"), MINIHACK) is None
+    assert "encoder 'auto'" in kernel_unsupported(ModelConfig(), MINIHACK)  # auto: nethack for MiniHack
+    assert "core 'hcam'" in kernel_unsupported(ModelConfig(encoder="mlp", core="hcam"), MIXED)
+    assert "glyphs_crop" in kernel_unsupported(
+        ModelConfig(encoder="nethack_small"), EnvSpec("x", {"blstats": _a((27,), np.int64)}, 8, "minihack"))
+    with pytest.raises(ValueError, match="encoder 'nature_cnn'"):
+        KernelPolicy(ModelConfig(encoder="nature_cnn"), MIXED)
+    # model.encoder=auto resolves as the torch encoders' table does, where it picks a covered encoder
+    assert AUTO_KERNEL_ENCODER == {f: e for f, e in AUTO_ENCODER.items() if e in KERNEL_ENCODERS}
+    cfg = ExperimentConfig(model=ModelConfig(encoder="nethack_small"))
+    assert kernel_policy_applies(cfg, MINIHACK)
+    for actor in ({"inference": "torch"}, {"device": "cuda"}):
+        assert not kernel_policy_applies(dataclasses.replace(cfg, actor=dataclasses.replace(cfg.actor, **actor)),
+                                         MINIHACK)
+
+
+def _cfg() -> ExperimentConfig:
+    return ExperimentConfig(
+        env=EnvConfig(name="fake:memory", num_envs=4, fake_episode_len=3),
+        model=ModelConfig(encoder="mlp", hidden_size=16),
+        sequence=SequenceConfig(length=5, period=5),
+    )
+
+
+def test_an_actor_on_kernels_emits_numpy_sequences_the_learner_replays_exactly():
+    """``EnvActor(kernels=True)``: NumPy leaves throughout, and the behaviour logits and start states it stores
+    are what the agent's unroll recomputes from the stored sequence (resets, weights loaded mid-run)."""
+    cfg = _cfg()
+    actor = EnvActor(cfg, 0, kernels=True)
+    assert actor.kernels and isinstance(actor.policy, KernelPolicy)
+    first = build_agent(cfg.model, actor.spec)
+    actor.set_weights(PolicyWeights(0, as_arrays(first.state_dict())))
+    list(actor.run(2))
+    other = build_agent(cfg.model, actor.spec)
+    _redraw(other, 7)
+    actor.set_weights(PolicyWeights(3, as_arrays(other.state_dict())))
+    trajs = list(actor.run(3))
+    assert any(bool(t.terminated.any()) for t in trajs)
+    for t in trajs:
+        leaves = t.flatten()
+        assert all(isinstance(v, np.ndarray) for v in leaves.values()), {k: type(v) for k, v in leaves.items()}
+        assert int(t.policy_version[0]) == 3
+        tt = t.map(torch.from_numpy)
+        with torch.no_grad():
+            out = other.unroll({k: v[:-1] for k, v in tt.obs.items()}, tt.reset_mask()[:-1], tt.core_state)
+        torch.testing.assert_close(out.logits, tt.behaviour_logits, rtol=1e-4, atol=1e-5)
+    actor.close()
+
+
+def test_an_actor_on_kernels_does_not_load_torch():
+    """In a process where importing torch fails, an EnvActor with ``kernels=True`` steps a real MiniHack env with
+    the nethack_small model, on weights published as NumPy, and emits sequences the Ray shard client packs."""
+    code = """
+import sys
+import numpy as np
+weights = dict(np.load(sys.argv[1]))
+sys.modules["torch"] = None
+from distrl.actors import EnvActor
+from distrl.config import load_config
+from distrl.runtime.ray_replay import RayShardClient
+from distrl.types import PolicyWeights
+cfg = load_config("configs/quickstart.yaml", ["env.num_envs=4", "sequence.length=8", "sequence.period=8"])
+actor = EnvActor(cfg, 0, kernels=True)
+actor.set_weights(PolicyWeights(0, weights))
+trajs = list(actor.run(2))
+leaves = trajs[0].batch_major()
+assert all(isinstance(v, np.ndarray) for v in leaves.values())
+assert leaves["action"].shape == (4, 8)
+actor.close()
+print("ok", type(actor.policy).__name__, "torch" in sys.modules and sys.modules["torch"] is not None)
+"""
+    cfg = _load_quickstart()
+    from distrl.envs.registry import env_spec
+
+    agent = build_agent(cfg.model, env_spec(cfg.env))
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        path = f"{d}/w.npz"
+        np.savez(path, **as_arrays(agent.state_dict()))
+        out = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, timeout=300,
+                             cwd=_repo())
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "ok KernelPolicy False"
+
+
+def _repo() -> str:
+    from pathlib import Path
+
+    return str(Path(__file__).resolve().parents[2])
+
+
+def _load_quickstart() -> ExperimentConfig:
+    from distrl.config import load_config
+
+    return load_config(f"{_repo()}/configs/quickstart.yaml", ["env.num_envs=4"])
