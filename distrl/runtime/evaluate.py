@@ -34,13 +34,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from distrl.config import ExperimentConfig, apply_overrides, config_from_dict
 from distrl.envs.base import EnvSpec
 from distrl.envs.registry import env_spec, make_env
-from distrl.learners.learner import load_checkpoint_file
-from distrl.models.agent import build_agent
+from distrl.models.numpy_kernels import KernelPolicy, kernel_policy_applies
 from distrl.types import EvalResult, PolicyWeights
 
 MAX_CYCLE = 4
@@ -112,18 +110,34 @@ class Evaluator:
     """Runs evaluation episodes with given weights (see the module doc). One process; no Ray.
 
     ``seed``: base seed of the episodes (default :func:`eval_seed`). ``cfg.eval`` gives the per-episode step
-    cap (``max_steps``) and the stuck window (``stuck_steps``)."""
+    cap (``max_steps``) and the stuck window (``stuck_steps``).
 
-    def __init__(self, cfg: ExperimentConfig, spec: EnvSpec | None = None, seed: int | None = None) -> None:
+    ``kernels=True`` (the Ray runtime's evaluator) plays through
+    :class:`~distrl.models.numpy_kernels.KernelPolicy` where the env actors do
+    (:func:`~distrl.models.numpy_kernels.kernel_policy_applies`), sampling with its own NumPy generator: the
+    process then never loads torch. Otherwise it plays ``Agent.act`` (:attr:`agent`)."""
+
+    def __init__(self, cfg: ExperimentConfig, spec: EnvSpec | None = None, seed: int | None = None, *,
+                 kernels: bool = False) -> None:
         self.cfg = cfg
         self.spec = spec if spec is not None else env_spec(cfg.env)
         self.seed = eval_seed(cfg) if seed is None else int(seed)
-        # Building a model draws its initial weights from torch's global generator: fork it, so an evaluator
-        # created in the middle of a local run leaves the run's random stream as it was.
-        with torch.random.fork_rng(devices=[]):
-            self.agent = build_agent(cfg.model, self.spec)
-        self.agent.eval()
-        self._gen = torch.Generator().manual_seed(self.seed)
+        self.kernels = kernels and kernel_policy_applies(cfg, self.spec)
+        self.agent: Any = None
+        self.policy: KernelPolicy | None = None
+        if self.kernels:
+            self.policy = KernelPolicy(cfg.model, self.spec, seed=self.seed)
+        else:
+            import torch
+
+            from distrl.models.agent import build_agent
+
+            # Building a model draws its initial weights from torch's global generator: fork it, so an evaluator
+            # created in the middle of a local run leaves the run's random stream as it was.
+            with torch.random.fork_rng(devices=[]):
+                self.agent = build_agent(cfg.model, self.spec)
+            self.agent.eval()
+            self._gen = torch.Generator().manual_seed(self.seed)
         self._envs: dict[bool, Any] = {}  # render flag -> env (built on first use)
 
     def _env(self, render: bool) -> Any:
@@ -133,14 +147,26 @@ class Evaluator:
             )
         return self._envs[render]
 
-    def _action(self, logits: torch.Tensor, greedy: bool) -> int:
-        """logits: [1, A]. Sampled with the evaluator's own generator (the global one is the training's)."""
-        if greedy:
-            return int(logits[0].argmax())
-        probs = torch.softmax(logits[0].float(), dim=-1)
-        return int(torch.multinomial(probs, 1, generator=self._gen))
+    def _initial_state(self) -> Any:
+        return self.policy.initial_state(1) if self.policy is not None else self.agent.initial_state(1)
 
-    @torch.no_grad()
+    def _act(self, obs: dict[str, Any], core: Any, greedy: bool) -> tuple[int, Any]:
+        """(action, next core state) for one observation. Sampled with the evaluator's own generator (the
+        global one is the training's)."""
+        if self.policy is not None:
+            out = self.policy.act({k: np.asarray(v)[None] for k, v in obs.items()}, core, greedy=greedy)
+            return int(out.action[0]), out.state
+        import torch
+
+        with torch.no_grad():
+            out = self.agent.act({k: torch.as_tensor(np.asarray(v))[None] for k, v in obs.items()}, core,
+                                 greedy=True)
+            logits = out.logits  # [1, A]
+            if greedy:
+                return int(logits[0].argmax()), out.state
+            probs = torch.softmax(logits[0].float(), dim=-1)
+            return int(torch.multinomial(probs, 1, generator=self._gen)), out.state
+
     def run(
         self,
         weights: PolicyWeights,
@@ -151,7 +177,7 @@ class Evaluator:
         """Play ``episodes`` episodes with ``weights``; record the first one to ``video_path`` when given."""
         if episodes < 1:
             raise ValueError(f"Evaluator.run: episodes must be >= 1, got {episodes}")
-        self.agent.load_state_dict(weights.policy)
+        (self.policy if self.policy is not None else self.agent).load_state_dict(weights.policy)
         ec = self.cfg.eval
         detector = RepeatDetector(ec.stuck_steps if greedy else 0)
         returns: list[float] = []
@@ -167,14 +193,11 @@ class Evaluator:
             if record:
                 frames.append(np.asarray(env.render()))
                 captions.append("reset")
-            core = self.agent.initial_state(1)
+            core = self._initial_state()
             detector.reset()
             total, n, info, success, was_stuck = 0.0, 0, {}, None, False
             while n < ec.max_steps:
-                out = self.agent.act({k: torch.as_tensor(np.asarray(v))[None] for k, v in obs.items()}, core,
-                                     greedy=True)
-                core = out.state
-                action = self._action(out.logits, greedy)
+                action, core = self._act(obs, core, greedy)
                 key = (obs_key(obs), action) if greedy else None
                 obs, r, term, trunc, info = env.step(action)
                 total += float(r)
@@ -188,7 +211,7 @@ class Evaluator:
                         break
                     # Atari life loss with terminal_on_life_loss: a learning-only end, the game goes on.
                     obs, _ = env.reset()
-                    core = self.agent.initial_state(1)
+                    core = self._initial_state()
                     detector.reset()
                     continue
                 if greedy and detector.step(key):
@@ -253,6 +276,8 @@ def describe(result: EvalResult, stuck_steps: int = 0) -> str:
 def load_policy(checkpoint: str | Path, overrides: list[str] | None = None) -> tuple[ExperimentConfig,
                                                                                    PolicyWeights]:
     """A learner checkpoint's stored config (with ``a.b=value`` overrides on top) and its policy weights."""
+    from distrl.learners.learner import load_checkpoint_file
+
     state = load_checkpoint_file(checkpoint)
     stored = state.get("config")
     if not isinstance(stored, dict):

@@ -69,12 +69,14 @@ class RayEvaluator:
     """Hosts an Evaluator next to a handle of the run's weight store (see the module doc)."""
 
     def __init__(self, cfg: ExperimentConfig, spec: EnvSpec, weight_store: Any) -> None:
-        import torch  # here, in the evaluator's process: the driver imports this module and stays torch-free
+        import sys
 
-        from distrl.runtime.evaluate import Evaluator
+        from distrl.runtime.evaluate import Evaluator  # here, in the evaluator's process: the driver stays torch-free
 
-        torch.set_num_threads(1)
-        self.evaluator = Evaluator(cfg, spec)
+        # Through NumPy kernels where the env actors act through them (no torch in this process), else Agent.act.
+        self.evaluator = Evaluator(cfg, spec, kernels=True)
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(1)
         self.store = weight_store
 
     def run(self, episodes: int, greedy: bool, video: bool) -> EvalOutcome | None:
@@ -101,6 +103,12 @@ class RayEvaluator:
 
     def ping(self) -> bool:
         return True
+
+    def torch_loaded(self) -> bool:
+        """Whether this process has loaded torch (not when the evaluator plays through NumPy kernels)."""
+        import sys
+
+        return "torch" in sys.modules
 
     def close(self) -> None:
         self.evaluator.close()

@@ -211,3 +211,53 @@ def _load_quickstart() -> ExperimentConfig:
     from distrl.config import load_config
 
     return load_config(f"{_repo()}/configs/quickstart.yaml", ["env.num_envs=4"])
+
+
+def test_an_evaluator_on_kernels_plays_what_the_agent_plays():
+    """``Evaluator(kernels=True)`` (the Ray runtime's) plays greedy episodes exactly as the torch evaluator does
+    with the same weights, and samples with its own generator (same seed, same result)."""
+    from distrl.runtime.evaluate import Evaluator
+
+    cfg = _cfg()
+    torch.manual_seed(0)
+    agent = build_agent(cfg.model, EnvActor(cfg, 0, kernels=True).spec)
+    _redraw(agent, 5)
+    weights = PolicyWeights(4, as_arrays(agent.state_dict()))
+    fast, slow = Evaluator(cfg, seed=11, kernels=True), Evaluator(cfg, seed=11)
+    assert fast.kernels and fast.agent is None and not slow.kernels
+    a, b = fast.run(weights, 6, greedy=True), slow.run(weights, 6, greedy=True)
+    assert (a.return_mean, a.length_mean, a.success_rate) == (b.return_mean, b.length_mean, b.success_rate)
+    assert a.learner_version == 4
+    again = Evaluator(cfg, seed=11, kernels=True)
+    assert fast.run(weights, 6) == again.run(weights, 6)
+
+
+def test_an_evaluator_on_kernels_does_not_load_torch():
+    """In a process where importing torch fails, the kernel evaluator plays MiniHack with the quickstart's model."""
+    code = """
+import sys
+import numpy as np
+weights = dict(np.load(sys.argv[1]))
+sys.modules["torch"] = None
+from distrl.config import load_config
+from distrl.runtime.evaluate import Evaluator
+from distrl.types import PolicyWeights
+cfg = load_config("configs/quickstart.yaml")
+ev = Evaluator(cfg, kernels=True)
+r = ev.run(PolicyWeights(2, weights), 2)
+ev.close()
+print("ok", r.episodes, r.learner_version)
+"""
+    cfg = _load_quickstart()
+    from distrl.envs.registry import env_spec
+
+    agent = build_agent(cfg.model, env_spec(cfg.env))
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        path = f"{d}/w.npz"
+        np.savez(path, **as_arrays(agent.state_dict()))
+        out = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, timeout=300,
+                             cwd=_repo())
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "ok 2 2"
