@@ -10,10 +10,12 @@ import sys
 import numpy as np
 import pytest
 import torch
+from test_numpy_act import CASES as NUMPY_CASES
+from test_numpy_act import MINIHACK, MIXED, _a  # the same spec shapes as the NumpyPolicy tests
 
 from distrl.actors import EnvActor
 from distrl.config import EnvConfig, ExperimentConfig, ModelConfig, SequenceConfig
-from distrl.envs.base import ArraySpec, EnvSpec
+from distrl.envs.base import EnvSpec
 from distrl.models import build_agent
 from distrl.models.acting import _redraw, check_actor_kernels, check_kernel_policy
 from distrl.models.encoders import AUTO_ENCODER
@@ -26,29 +28,9 @@ from distrl.models.numpy_kernels import (
 )
 from distrl.types import PolicyWeights, as_arrays
 
-
-def _a(shape: tuple[int, ...], dtype) -> ArraySpec:
-    return ArraySpec(shape, np.dtype(dtype))
-
-
-MINIHACK = EnvSpec(
-    "MiniHack-Room-5x5-v0",
-    {"glyphs_crop": _a((9, 9), np.int16), "blstats": _a((27,), np.int64), "message": _a((256,), np.uint8)},
-    8, "minihack",
-)
-CROP_ONLY = EnvSpec("MiniHack-Room-5x5-v0", {"glyphs_crop": _a((5, 5), np.int16)}, 8, "minihack")
-MIXED = EnvSpec(
-    "fake:spec", {"img": _a((3, 4, 4), np.uint8), "vec": _a((5,), np.float32), "t": _a((), np.int64)}, 4, "fake",
-)
-CASES = {
-    "nethack_small+lstm": (MINIHACK, ModelConfig(encoder="nethack_small", hidden_size=32, glyph_embedding_dim=4)),
-    "nethack_small+lstm2": (
-        MINIHACK, ModelConfig(encoder="nethack_small", hidden_size=32, glyph_embedding_dim=4, num_core_layers=2)
-    ),
-    "nethack_small_crop_only+identity": (CROP_ONLY, ModelConfig(encoder="nethack_small", hidden_size=16,
-                                                                 core="identity")),
+CASES = {  # NumpyPolicy's cases without a CNN, plus model.encoder=auto and a second value head
+    **{k: v for k, v in NUMPY_CASES.items() if "cnn" not in k},
     "auto(mlp)+lstm": (MIXED, ModelConfig(hidden_size=24)),
-    "mlp+identity": (MIXED, ModelConfig(encoder="mlp", hidden_size=24, core="identity")),
     "two_value_heads": (MINIHACK, ModelConfig(encoder="nethack_small", hidden_size=16, glyph_embedding_dim=4,
                                               separate_intrinsic_value=True)),
 }
@@ -186,31 +168,8 @@ assert leaves["action"].shape == (4, 8)
 actor.close()
 print("ok", type(actor.policy).__name__, "torch" in sys.modules and sys.modules["torch"] is not None)
 """
-    cfg = _load_quickstart()
-    from distrl.envs.registry import env_spec
-
-    agent = build_agent(cfg.model, env_spec(cfg.env))
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as d:
-        path = f"{d}/w.npz"
-        np.savez(path, **as_arrays(agent.state_dict()))
-        out = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, timeout=300,
-                             cwd=_repo())
-    assert out.returncode == 0, out.stderr[-3000:]
+    out = _run_without_torch(code)
     assert out.stdout.strip().splitlines()[-1] == "ok KernelPolicy False"
-
-
-def _repo() -> str:
-    from pathlib import Path
-
-    return str(Path(__file__).resolve().parents[2])
-
-
-def _load_quickstart() -> ExperimentConfig:
-    from distrl.config import load_config
-
-    return load_config(f"{_repo()}/configs/quickstart.yaml", ["env.num_envs=4"])
 
 
 def test_an_evaluator_on_kernels_plays_what_the_agent_plays():
@@ -248,16 +207,30 @@ r = ev.run(PolicyWeights(2, weights), 2)
 ev.close()
 print("ok", r.episodes, r.learner_version)
 """
-    cfg = _load_quickstart()
-    from distrl.envs.registry import env_spec
+    out = _run_without_torch(code)
+    assert out.stdout.strip().splitlines()[-1] == "ok 2 2"
 
-    agent = build_agent(cfg.model, env_spec(cfg.env))
+
+def _run_without_torch(code: str) -> subprocess.CompletedProcess:
+    """Run ``code`` in a subprocess (repo root as cwd) with the quickstart agent's initial weights saved as NumPy
+    at ``sys.argv[1]``; the code blocks torch itself after loading them. Asserts it exited 0."""
     import tempfile
 
+    from distrl.config import load_config
+    from distrl.envs.registry import env_spec
+
+    cfg = load_config(f"{_repo()}/configs/quickstart.yaml")
+    agent = build_agent(cfg.model, env_spec(cfg.env))
     with tempfile.TemporaryDirectory() as d:
         path = f"{d}/w.npz"
         np.savez(path, **as_arrays(agent.state_dict()))
         out = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, timeout=300,
                              cwd=_repo())
     assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.strip().splitlines()[-1] == "ok 2 2"
+    return out
+
+
+def _repo() -> str:
+    from pathlib import Path
+
+    return str(Path(__file__).resolve().parents[2])
