@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -108,17 +109,8 @@ def check_numpy_policy(policy: NumpyPolicy, spec: EnvSpecLike, *, batch: int = C
     actions where the top two scores are further apart than that. In float32 (the agent's encoder must be
     float32, as it is when the actor builds it). Uses its own random generators; the global ones are left
     alone."""
-    why = _compare(policy, policy.agent, spec, batch=batch, steps=steps, seed=seed, tol=tol, sample_seed=None)
-    if why is not None:
-        return f"{why} (with the actor's weights)"
-    twin_agent = copy.deepcopy(policy.agent)
-    _redraw(twin_agent, seed)
-    sample_seed = seed + 1
-    twin = type(policy)(twin_agent, seed=sample_seed)
-    why = _compare(twin, twin_agent, spec, batch=batch, steps=steps, seed=seed, tol=tol, sample_seed=sample_seed)
-    if why is not None:
-        return f"{why} (with redrawn weights)"
-    return None
+    return _two_passes(policy, policy.agent, lambda a, s: type(policy)(a, seed=s), spec, "the actor's weights",
+                       batch=batch, steps=steps, seed=seed, tol=tol)
 
 
 def check_kernel_policy(agent: Agent, spec: EnvSpecLike, *, batch: int = CHECK_BATCH, steps: int = CHECK_STEPS,
@@ -128,17 +120,28 @@ def check_kernel_policy(agent: Agent, spec: EnvSpecLike, *, batch: int = CHECK_B
     same two passes as :func:`check_numpy_policy` (the agent's weights, greedy; every weight redrawn, sampling).
     The learner runs it when it starts if its actors act through the kernels
     (:func:`~distrl.models.numpy_kernels.kernel_policy_applies`): they have no Agent to compare with."""
-    policy = KernelPolicy(agent.cfg, spec, seed=seed)
-    policy.load_state_dict(as_arrays(agent.state_dict()))
+
+    def kernels(a: Agent, s: int) -> KernelPolicy:
+        policy = KernelPolicy(a.cfg, spec, seed=s)
+        policy.load_state_dict(as_arrays(a.state_dict()))
+        return policy
+
+    return _two_passes(kernels(agent, seed), agent, kernels, spec, "the learner's weights",
+                       batch=batch, steps=steps, seed=seed, tol=tol)
+
+
+def _two_passes(policy: NumpyActing, agent: Agent, make: Callable[[Agent, int], NumpyActing], spec: EnvSpecLike,
+                weights: str, *, batch: int, steps: int, seed: int, tol: float) -> str | None:
+    """The checks' two passes: ``policy`` against ``agent``, greedy; then ``make(twin, seed + 1)`` against a copy
+    of ``agent`` with every weight redrawn, sampling under the same Gumbel noise (``weights`` names the first)."""
     why = _compare(policy, agent, spec, batch=batch, steps=steps, seed=seed, tol=tol, sample_seed=None)
     if why is not None:
-        return f"{why} (with the learner's weights)"
+        return f"{why} (with {weights})"
     twin_agent = copy.deepcopy(agent)
     _redraw(twin_agent, seed)
     sample_seed = seed + 1
-    twin = KernelPolicy(agent.cfg, spec, seed=sample_seed)
-    twin.load_state_dict(as_arrays(twin_agent.state_dict()))
-    why = _compare(twin, twin_agent, spec, batch=batch, steps=steps, seed=seed, tol=tol, sample_seed=sample_seed)
+    why = _compare(make(twin_agent, sample_seed), twin_agent, spec, batch=batch, steps=steps, seed=seed, tol=tol,
+                   sample_seed=sample_seed)
     if why is not None:
         return f"{why} (with redrawn weights)"
     return None
@@ -151,9 +154,7 @@ def check_actor_kernels(cfg: ExperimentConfig, spec: EnvSpecLike, agent: Agent) 
     learner calls it when it starts, before it publishes weights."""
     if not kernel_policy_applies(cfg, spec):
         return
-    cpu = build_agent(cfg.model, spec)
-    cpu.load_state_dict(agent.state_dict())
-    cpu.eval()
+    cpu = copy.deepcopy(agent).cpu().eval()  # a copy, not a new agent: building one would draw from torch's RNG
     why = check_kernel_policy(cpu, spec)
     if why is not None:
         raise ValueError(

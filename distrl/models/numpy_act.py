@@ -87,7 +87,6 @@ from distrl.models.numpy_kernels import (
     mlp_kernel,
     nethack_small_kernel,
 )
-from distrl.types import CoreState
 from distrl.types import as_numpy as _as_array
 
 Array = np.ndarray
@@ -337,11 +336,6 @@ class NumpyPolicy(NumpyActing):
         self.sync()
 
     # ---- Policy (initial_state, reset_state, act: NumpyActing) ---------------------------------------------
-    def initial_state(self, batch: int, device: Any = "cpu") -> CoreState:
-        if hasattr(self._core, "initial_state"):
-            return self._core.initial_state(batch)
-        return {k: v.numpy() for k, v in self.agent.initial_state(batch).items()}
-
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         self.agent.load_state_dict(state_dict)
         self.sync()

@@ -29,6 +29,7 @@ Usage::
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -411,8 +412,6 @@ def kernel_encoder(cfg: ModelConfig, family: str) -> str:
 
 def kernel_unsupported(cfg: ModelConfig, spec: Any) -> str | None:
     """Why :class:`KernelPolicy` cannot run ``cfg`` on env ``spec`` (None when it can), from the config alone."""
-    import dataclasses
-
     problems = []
     unknown = [f.name for f in dataclasses.fields(cfg) if f.name not in MODEL_OPTIONS]
     if unknown:

@@ -80,6 +80,15 @@ def test_the_check_catches_a_kernel_that_differs(monkeypatch):
         check_actor_kernels(cfg, spec, agent)
 
 
+def test_the_learners_check_leaves_the_global_random_stream_alone():
+    """check_actor_kernels runs in the learner before training: it must not draw from torch's global generator."""
+    spec, mcfg = CASES["nethack_small+lstm"]
+    agent = build_agent(mcfg, spec)
+    before = torch.random.get_rng_state()
+    check_actor_kernels(ExperimentConfig(model=mcfg), spec, agent)
+    assert torch.equal(torch.random.get_rng_state(), before)
+
+
 def test_weights_with_a_parameter_no_kernel_reads_are_refused_by_name():
     spec, mcfg = CASES["nethack_small+lstm"]
     weights = as_arrays(build_agent(mcfg, spec).state_dict())
