@@ -214,11 +214,14 @@ class ActorConfig:
     """How a CPU actor runs its policy: 'numpy' (distrl.models.numpy_act: the same function, ~2x cheaper per
     call between env steps, for the nethack_small/mlp encoders, the Atari CNNs (their convolutions through
     PyTorch) and lstm/identity cores), 'torch' (Agent.act), 'auto' = numpy where it can run the model on this
-    device, else torch. With numpy or auto, a Ray env actor whose model has no CNN or HCAM part acts through
-    distrl.models.numpy_kernels and loads no torch (the learner checks those kernels against Agent.act when it
-    starts, and stops the run naming actor.inference=torch if they differ)."""
+    device, else torch. With numpy or auto, a Ray env actor (and the Ray evaluator) whose model has no HCAM or
+    Impala CNN part acts through distrl.models.numpy_kernels and loads no torch (the learner checks those kernels
+    against Agent.act when it starts, and stops the run naming actor.inference=torch if they differ); for the
+    nature_cnn/small_cnn encoders that is float32 NumPy convolutions, unless actor.precision=bfloat16."""
     precision: Literal["auto", "float32", "bfloat16"] = "auto"
-    """Dtype of the encoder when an actor acts through torch (the NumPy path is always float32): 'bfloat16'
+    """Dtype of the encoder when an actor acts through torch (the NumPy path is float32 but for the CNNs' convs,
+    which it runs through PyTorch; a Ray actor on the torch-free kernels is float32 throughout, and 'bfloat16'
+    keeps a CNN model's Ray actors on the PyTorch convs instead): 'bfloat16'
     casts the encoder's weights and inputs (core, heads and recorded logits stay float32; the learner always
     trains in float32), 'auto' = bfloat16 where the CPU has native bfloat16 dot products (AVX512-BF16 or
     AMX) and the actor, timing one encoder call in each dtype at its batch size when it starts, measures it

@@ -289,45 +289,46 @@ def _swap01(x: Any) -> Any:
 STACK_PREFIX = "obs_stack/"
 
 
-def pack_frame_stacks(leaves: Mapping[str, Tensor], keys: Collection[str]) -> dict[str, Tensor]:
+def pack_frame_stacks(leaves: Mapping[str, Any], keys: Collection[str]) -> dict[str, Any]:
     """Batch-major leaves with each ``obs/<key>`` ``[B, T + 1, k, ...]`` replaced by its newest frames
-    ``[B, T + 1, ...]`` and ``obs_stack/<key>`` ``[B, k - 1, ...]`` (step 0's older frames). Raises ValueError
+    ``[B, T + 1, ...]`` and ``obs_stack/<key>`` ``[B, k - 1, ...]`` (step 0's older frames), of the leaf's type
+    (CPU tensors or NumPy arrays; the work is NumPy's, so an actor without torch packs too). Raises ValueError
     naming the key, row and step where the stacks do not follow the frame-stack rule, since replay would then
     rebuild observations the actor never saw."""
-    import torch
-
     out = dict(leaves)
-    done = torch.as_tensor(leaves["terminated"]) | torch.as_tensor(leaves["truncated"])  # [B, T]
+    done = as_numpy(leaves["terminated"]) | as_numpy(leaves["truncated"])  # [B, T]
     for key in keys:
         name = f"obs/{key}"
         if name not in leaves:
             raise KeyError(f"frame stack {key!r}: no observation leaf {name!r} (have {sorted(leaves)})")
-        x = torch.as_tensor(leaves[name])
-        if x.dim() < 3 or x.shape[2] < 2:
+        x = as_numpy(leaves[name])
+        if x.ndim < 3 or x.shape[2] < 2:
             raise ValueError(f"frame stack {key!r}: expected [B, T + 1, k >= 2, ...], got {tuple(x.shape)}")
         _check_frame_stack(key, x, done)
         # contiguous: the leaves are about to be copied out (to a Ray object or the storage ring) in one piece
-        out[name] = x[:, :, -1].contiguous()
-        out[STACK_PREFIX + key] = x[:, 0, :-1].contiguous()
+        newest, head = np.ascontiguousarray(x[:, :, -1]), np.ascontiguousarray(x[:, 0, :-1])
+        if is_tensor(leaves[name]):
+            import torch
+
+            newest, head = torch.from_numpy(newest), torch.from_numpy(head)
+        out[name], out[STACK_PREFIX + key] = newest, head
     return out
 
 
-def _check_frame_stack(key: str, x: Tensor, done: Tensor) -> None:
+def _check_frame_stack(key: str, x: np.ndarray, done: np.ndarray) -> None:
     """Step t + 1 shifts step t's stack by one frame, or, after an episode end, repeats its newest frame."""
-    import torch
-
     if x.shape[1] < 2:
         return
     w = _words(x)  # [B, T + 1, k, words]: compared 8 bytes at a time where the frame size allows
-    shifted = (w[:, 1:, :-1] == w[:, :-1, 1:]).flatten(2).all(dim=2)  # [B, T]
-    bad = ~shifted & ~done
-    rows, steps = torch.nonzero(done, as_tuple=True)
-    if rows.numel():
+    B, T = done.shape
+    bad = ~(w[:, 1:, :-1] == w[:, :-1, 1:]).reshape(B, T, -1).all(axis=2) & ~done  # [B, T]
+    rows, steps = np.nonzero(done)
+    if rows.size:
         first = w[rows, steps + 1]  # [n, k, words]: first stacks of new episodes
-        repeated = (first == first[:, -1:]).flatten(1).all(dim=1)
+        repeated = (first == first[:, -1:]).reshape(rows.size, -1).all(axis=1)
         bad[rows[~repeated], steps[~repeated]] = True
-    if bool(bad.any()):
-        b, t = (int(i) for i in torch.nonzero(bad)[0])
+    if bad.any():
+        b, t = (int(i) for i in np.argwhere(bad)[0])
         raise ValueError(
             f"observation {key!r} is declared a frame stack (EnvSpec.frame_stacks), but at row {b}, step {t + 1} "
             "it neither shifts the previous step's stack by one frame nor, after an episode end, repeats its "
@@ -335,18 +336,14 @@ def _check_frame_stack(key: str, x: Tensor, done: Tensor) -> None:
         )
 
 
-def _words(x: Tensor) -> Tensor:
+def _words(x: np.ndarray) -> np.ndarray:
     """``[B, T, k, ...]`` with each frame flattened, as int64 words when its bytes allow (an 84 x 84 uint8
     frame is 882 words): the same equality, an eighth of the elements to compare."""
-    import torch
-
-    tm = x.transpose(0, 1)  # batch_major's leaves are views of time-major tensors: work on those, no copy
-    if not tm.is_contiguous():
-        tm = tm.contiguous()
-    frame = tm.flatten(3) if tm.dim() > 3 else tm.unsqueeze(-1)  # [T + 1, B, k, n]
-    if (frame.shape[-1] * frame.element_size()) % 8 == 0 and frame.element_size() < 8:
-        frame = frame.view(torch.int64)
-    return frame.transpose(0, 1)
+    tm = np.ascontiguousarray(np.swapaxes(x, 0, 1))  # batch_major's leaves are views of time-major arrays: no copy
+    frame = tm.reshape(*tm.shape[:3], -1)  # [T + 1, B, k, n]
+    if (frame.shape[-1] * frame.itemsize) % 8 == 0 and frame.itemsize < 8:
+        frame = frame.view(np.int64)
+    return np.swapaxes(frame, 0, 1)
 
 
 def unpack_frame_stacks(leaves: Mapping[str, Tensor]) -> dict[str, Tensor]:

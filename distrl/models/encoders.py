@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from distrl.config import ModelConfig
+from distrl.models.images import image_chw, pick_image_key
 
 # NLE's glyph count (nle.nethack.MAX_GLYPH for NLE 0.9 - 1.x). Used when nle is not importable so that a
 # learner host without the minihack extra builds the same parameter shapes as the actors.
@@ -102,24 +103,6 @@ def _conv_out(module: nn.Module, in_shape: Sequence[int]) -> int:
 def symlog(x: Tensor) -> Tensor:
     """sign(x) * log(1 + |x|): squashes counters of any size (score, gold, turn) into a trainable range."""
     return torch.sign(x) * torch.log1p(torch.abs(x))
-
-
-def _is_image(shape: Sequence[int]) -> bool:
-    return len(shape) in (2, 3)
-
-
-def _image_chw(shape: Sequence[int], key: str) -> tuple[bool, tuple[int, int, int]]:
-    """(channels_last, (C, H, W)) for an image spec. distrl's env adapters are channel-first ([C, H, W]: Atari
-    "frames" [stack, 84, 84], MiniWorld/Habitat "rgb" [3, S, S]); a spec whose last dim looks like channels
-    (≤ 4) while its first does not is read as [H, W, C]; [H, W] gets C = 1."""
-    if len(shape) == 2:
-        return False, (1, int(shape[0]), int(shape[1]))
-    if len(shape) != 3:
-        raise ValueError(f"observation {key!r}: an image must be [H, W], [H, W, C] or [C, H, W], got {shape}")
-    a, b, c = (int(s) for s in shape)
-    if c <= 4 and a > 4:
-        return True, (c, a, b)
-    return False, (a, b, c)
 
 
 def _orthogonal_init(module: nn.Module, gain: float = math.sqrt(2)) -> None:
@@ -348,19 +331,6 @@ class NetHackSmallEncoder(Encoder):
 # ------------------------------------------------------------------------------------------------------------
 
 
-def _pick_image_key(spec: EnvSpecLike, preferred: Sequence[str]) -> str:
-    for k in preferred:
-        if k in spec.obs:
-            return k
-    images = [k for k, s in spec.obs.items() if _is_image(s.shape)]
-    if len(images) != 1:
-        raise ValueError(
-            f"cannot pick the image observation of env {spec.name!r}: expected key {list(preferred)} or "
-            f"exactly one 2-D/3-D observation, got {({k: tuple(s.shape) for k, s in spec.obs.items()})}"
-        )
-    return images[0]
-
-
 class NatureCNN(Encoder):
     """DQN Nature CNN (Mnih et al. 2015): conv 32×8 s4, 64×4 s2, 64×3 s1, then Linear → hidden_size.
 
@@ -373,10 +343,10 @@ class NatureCNN(Encoder):
     """
 
     def __init__(self, cfg: ModelConfig, spec: EnvSpecLike) -> None:
-        key = _pick_image_key(spec, ("frames",))
+        key = pick_image_key(spec, ("frames",))
         super().__init__(spec, [key])
         self.key = key
-        self.channels_last, chw = _image_chw(spec.obs[key].shape, key)
+        self.channels_last, chw = image_chw(spec.obs[key].shape, key)
         self.cnn = self.conv_stack(chw[0])
         self.out_dim = cfg.hidden_size
         self.fc = nn.Linear(_conv_out(self.cnn, chw), self.out_dim)
@@ -459,10 +429,10 @@ class ImpalaCNN(Encoder):
     """
 
     def __init__(self, cfg: ModelConfig, spec: EnvSpecLike, channels: Sequence[int] = (16, 32, 32)) -> None:
-        key = _pick_image_key(spec, ("frames",))
+        key = pick_image_key(spec, ("frames",))
         super().__init__(spec, [key])
         self.key = key
-        self.channels_last, chw = _image_chw(spec.obs[key].shape, key)
+        self.channels_last, chw = image_chw(spec.obs[key].shape, key)
         layers: list[nn.Module] = []
         c_in = chw[0]
         for c in channels:
@@ -512,7 +482,7 @@ class RGBDEncoder(Encoder):
         img_keys = ["rgb"] + (["depth"] if "depth" in spec.obs else [])
         super().__init__(spec, img_keys + vec_keys)
         self.img_keys, self.vec_keys = tuple(img_keys), tuple(vec_keys)
-        self.layouts = {k: _image_chw(spec.obs[k].shape, k) for k in img_keys}
+        self.layouts = {k: image_chw(spec.obs[k].shape, k) for k in img_keys}
         sizes = {chw[1:] for _, chw in self.layouts.values()}
         if len(sizes) != 1:
             raise ValueError(f"RGBDEncoder: rgb and depth must have the same H×W, got {self.layouts}")

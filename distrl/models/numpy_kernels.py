@@ -6,12 +6,13 @@ not need torch do not load it"). An env actor whose model is covered here (:func
 through NumPy anyway (:mod:`distrl.models.numpy_act`), and with its weights published as NumPy arrays
 (:class:`~distrl.types.PolicyWeights`) nothing else in it needs torch.
 
-What: the kernels of the ``nethack_small`` and ``mlp`` encoders, the ``lstm`` (any number of layers) and
+What: the kernels of the ``nethack_small``, ``mlp``, ``nature_cnn`` and ``small_cnn`` encoders (the CNNs' convs
+as one matmul each over space-to-depth blocks, :class:`ConvKernel`), the ``lstm`` (any number of layers) and
 ``identity`` cores and the policy/value heads, each built from a :class:`Params` view of the parameters (NumPy
 arrays by state_dict name); matmuls through :class:`Matmul` into reused work arrays (:class:`Workspace`).
 :class:`~distrl.models.numpy_act.NumpyPolicy` builds the same kernels from an Agent's modules, so the two paths
-compute one function; the parts that need PyTorch (the CNNs' convolutions) or an agent's modules (HCAM) live
-there.
+compute one function, except the CNNs: there it runs the convs through PyTorch (in bfloat16 where
+``actor.precision`` picks it; float32 NumPy convs cost about what PyTorch's float32 ones do), and it adds HCAM.
 
 What is checked, and where: :class:`KernelPolicy` refuses a model option, encoder or core outside the allow-list
 (:func:`kernel_unsupported`, from the config alone), and weights that hold a parameter its kernels do not read
@@ -37,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from distrl.config import ExperimentConfig, ModelConfig
+from distrl.models.images import image_chw, pick_image_key
 from distrl.types import ActOut, CoreState
 from distrl.types import as_numpy as _as_array
 
@@ -54,12 +56,12 @@ MODEL_OPTIONS: dict[str, str] = {
 }
 """The :class:`~distrl.config.ModelConfig` fields the NumPy paths implement, with how."""
 
-KERNEL_ENCODERS = ("nethack_small", "mlp")
+KERNEL_ENCODERS = ("nethack_small", "mlp", "nature_cnn", "small_cnn")
 """Encoders :class:`KernelPolicy` runs (``model.encoder``; ``auto`` resolves to ``mlp`` for the fake and memory
-envs, see :data:`AUTO_KERNEL_ENCODER`)."""
+envs and to ``nature_cnn`` for Atari, see :data:`AUTO_KERNEL_ENCODER`)."""
 KERNEL_CORES = ("lstm", "identity")
 """Cores :class:`KernelPolicy` runs (``model.core``)."""
-AUTO_KERNEL_ENCODER = {"fake": "mlp", "memory": "mlp"}
+AUTO_KERNEL_ENCODER = {"fake": "mlp", "memory": "mlp", "atari": "nature_cnn"}
 """``model.encoder=auto`` by env family, where it picks a covered encoder (``distrl.models.encoders.AUTO_ENCODER``
 holds the full table; a test keeps the two in agreement)."""
 INTRINSIC_PREFIX = "heads.value_int."
@@ -191,10 +193,10 @@ class Workspace:
     def matmul(self, w: Array) -> Matmul:
         return Matmul(w, self.plans)
 
-    def get(self, name: str, n: int, width: int) -> Array:
+    def get(self, name: str, n: int, width: int, dtype: Any = np.float32) -> Array:
         a = self._arrays.get((name, n))
         if a is None:
-            a = self._arrays[(name, n)] = np.empty((n, width), dtype=np.float32)
+            a = self._arrays[(name, n)] = np.empty((n, width), dtype=dtype)
         return a
 
 
@@ -249,6 +251,124 @@ def mlp_kernel(p: Params, ws: Workspace, keys: tuple[str, ...]) -> Encode:
                          else v.astype(np.float32))
         x = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
         affine_relu(affine_relu(x, mm1, b1, ws.get("mlp", n, w1.shape[1])), mm2, b2, out)
+
+    return encode
+
+
+CNN_STRIDES: dict[str, tuple[int, ...]] = {"nature_cnn": (4, 2, 1), "small_cnn": (4, 2)}
+"""The conv strides (layers ``cnn.0``, ``cnn.2``, ...) of the CNN encoders the kernels run; kernel sizes and
+channels come from the weights."""
+
+
+class ConvKernel:
+    """One ``Conv2d`` (square kernel k, stride s dividing k, no padding) + ReLU into NHWC float32, as one matmul
+    and (k/s)² shifted adds, with no im2col copy of overlapping patches.
+
+    How: the input is cut into s × s blocks (space-to-depth: ``[N, H/s, W/s, s·s·C]``, one copy that also casts
+    to float32). A stride-s conv with a k × k kernel is then a stride-1 conv with a (k/s) × (k/s) kernel over the
+    blocks; one matmul against the weights of all (k/s)² kernel offsets side by side gives ``[N, Hb, Wb, (k/s)²,
+    C_out]``, and output (i, j) sums offset (a, b) taken at block (i + a, j + b). The matmul computes ``Hb·Wb``
+    rather than ``Ho·Wo`` positions (1.1× for Atari's first conv, 1.23× the second, 1.65× a 3 × 3 stride-1 conv)
+    against im2col's copy of every patch.
+
+    ``nchw``: the input is ``[N, C, H, W]`` (the env's pixels; a block's features are then ordered (c, sy, sx),
+    so the copy reads runs of s pixels, moved as one s-byte word for uint8), else ``[N, H, W, C]`` (features
+    (sy, sx, c))."""
+
+    def __init__(self, w: Array, b: Array, stride: int, in_hw: tuple[int, int], ws: Workspace, name: str,
+                 nchw: bool = False) -> None:
+        cout, cin, k, k2 = w.shape
+        s = int(stride)
+        if k != k2 or k % s:
+            raise ValueError(f"{name}: the NumPy conv kernel runs square kernels whose size the stride divides, "
+                             f"got {k}x{k2} with stride {s}")
+        kb = k // s
+        ho, wo = (in_hw[0] - k) // s + 1, (in_hw[1] - k) // s + 1
+        if ho < 1 or wo < 1:
+            raise ValueError(f"{name}: a {k}x{k} kernel does not fit a {in_hw[0]}x{in_hw[1]} input")
+        self.out_hw = (ho, wo)
+        self.grid = (ho + kb - 1, wo + kb - 1)  # blocks read: (grid - 1) * s + k <= input size
+        self.s, self.kb, self.cin, self.cout, self.nchw = s, kb, cin, cout, nchw
+        # wm[(sy, sx, c) or (c, sy, sx), (a, b, o)] = w[o, c, a*s + sy, b*s + sx]
+        w6 = w.reshape(cout, cin, kb, s, kb, s)  # (o, c, a, sy, b, sx)
+        wm = w6.transpose((1, 3, 5, 2, 4, 0) if nchw else (3, 5, 1, 2, 4, 0)).reshape(s * s * cin, kb * kb * cout)
+        self.mm = ws.matmul(np.ascontiguousarray(wm, dtype=np.float32))
+        self.b = np.asarray(b, np.float32).copy()
+        self.ws, self.name = ws, name
+
+    def __call__(self, x: Array, n: int, out: Array) -> Array:
+        """``x`` ``[n, H, W, C_in]`` (``[n, C_in, H, W]`` with ``nchw``; any dtype and strides) → ``out``
+        ``[n, Ho, Wo, C_out]`` float32 (written)."""
+        s, kb, (hb, wb), c = self.s, self.kb, self.grid, self.cin
+        if not self.nchw and s == 1 and x.dtype == np.float32 and x.flags.c_contiguous and x.shape[1:3] == (hb, wb):
+            rows = x.reshape(n * hb * wb, c)
+        else:
+            rows = self.ws.get(self.name + "/blocks", n * hb * wb, s * s * c)
+            self._blocks(x, n, rows)
+        y = self.mm(rows, self.ws.get(self.name + "/offsets", n * hb * wb, kb * kb * self.cout))
+        y6 = y.reshape(n, hb, wb, kb, kb, self.cout)
+        ho, wo = self.out_hw
+        np.add(y6[:, :ho, :wo, 0, 0], self.b, out=out)
+        for a in range(kb):
+            for b in range(kb):
+                if a or b:
+                    out += y6[:, a: a + ho, b: b + wo, a, b]
+        return np.maximum(out, 0.0, out=out)
+
+    def _blocks(self, x: Array, n: int, rows: Array) -> None:
+        s, (hb, wb), c = self.s, self.grid, self.cin
+        if not self.nchw:
+            src = x[:, : hb * s, : wb * s].reshape(n, hb, s, wb, s, c).transpose(0, 1, 3, 2, 4, 5)
+            np.copyto(rows.reshape(n, hb, wb, s, s, c), src, casting="unsafe")
+            return
+        xs = x[:, :, : hb * s, : wb * s]
+        if x.dtype == np.uint8 and s in (2, 4, 8) and xs.strides[-1] == 1:
+            # s pixels side by side as one s-byte word: a quarter (s = 4) of the elements to move, then one
+            # contiguous cast
+            word = np.dtype(f"u{s}")
+            tmp = self.ws.get(self.name + "/bytes", n * hb * wb, c * s * s, np.uint8)
+            src = xs.view(word).reshape(n, c, hb, s, wb).transpose(0, 2, 4, 1, 3)  # (n, hb, wb, c, sy)
+            np.copyto(tmp.view(word).reshape(n, hb, wb, c, s), src)
+            np.copyto(rows, tmp, casting="unsafe")
+            return
+        src = xs.reshape(n, c, hb, s, wb, s).transpose(0, 2, 4, 1, 3, 5)  # (n, hb, wb, c, sy, sx)
+        np.copyto(rows.reshape(n, hb, wb, c, s, s), src, casting="unsafe")
+
+
+def cnn_kernel(p: Params, ws: Workspace, strides: tuple[int, ...], key: str, chw: tuple[int, int, int],
+               channels_last: bool, pixels: bool) -> Encode:
+    """The Atari CNN encoders (:class:`~distrl.models.encoders.NatureCNN`, ``SmallCNN``): conv + ReLU layers
+    ``cnn.0, cnn.2, ...`` with ``strides`` (:class:`ConvKernel`), flattened, Linear ``fc`` + ReLU. Reads
+    ``obs[key]`` laid out as the spec says (``chw``, ``channels_last``); uint8 ``pixels`` go in unscaled, the
+    1/255 folded into the first conv's weights (conv(x / 255, W) = conv(x, W / 255)). The conv output is NHWC,
+    so the ``fc`` weight's rows are reordered from PyTorch's NCHW flattening once, at load."""
+    c, h, w = chw
+    hw, cin = (h, w), c
+    layers = []
+    for i, s in enumerate(strides):
+        wt, b = p[f"cnn.{2 * i}.weight"], p[f"cnn.{2 * i}.bias"]
+        if wt.ndim != 4 or wt.shape[1] != cin:
+            raise ValueError(f"cnn.{2 * i}.weight has shape {wt.shape}; expected [out, {cin}, k, k]")
+        if i == 0 and pixels:
+            wt = wt * np.float32(1.0 / 255.0)
+        conv = ConvKernel(wt, b, s, hw, ws, f"conv{i}", nchw=i == 0 and not channels_last)
+        layers.append(conv)
+        hw, cin = conv.out_hw, conv.cout
+    fc_w, fc_b = dense(p, "fc")
+    ho, wo = hw
+    if fc_w.shape[0] != cin * ho * wo:
+        raise ValueError(f"fc.weight reads {fc_w.shape[0]} features; the conv stack gives {cin}x{ho}x{wo}")
+    fc_w = np.ascontiguousarray(fc_w.reshape(cin, ho, wo, -1).transpose(1, 2, 0, 3).reshape(ho * wo * cin, -1))
+    fc_mm = ws.matmul(fc_w)
+
+    def encode(obs: Mapping[str, Array], n: int, out: Array) -> None:
+        x = obs[key].reshape(n, h, w, c) if channels_last else obs[key].reshape(n, c, h, w)
+        for i, conv in enumerate(layers):
+            (oh, ow), oc = conv.out_hw, conv.cout
+            y = ws.get(f"conv{i}/out", n * oh * ow, oc).reshape(n, oh, ow, oc)
+            conv(x, n, y)
+            x = y
+        affine_relu(x.reshape(n, -1), fc_mm, fc_b, out)
 
     return encode
 
@@ -421,6 +541,11 @@ def kernel_unsupported(cfg: ModelConfig, spec: Any) -> str | None:
         problems.append(f"encoder {enc!r} (runs {', '.join(KERNEL_ENCODERS)})")
     elif enc == "nethack_small" and "glyphs_crop" not in spec.obs:
         problems.append(f"nethack_small needs the glyphs_crop observation (env has {sorted(spec.obs)})")
+    elif enc in CNN_STRIDES:
+        try:
+            image_chw(spec.obs[pick_image_key(spec, ("frames",))].shape, enc)
+        except ValueError as e:
+            problems.append(str(e))
     if cfg.core not in KERNEL_CORES:
         problems.append(f"core {cfg.core!r} (runs {', '.join(KERNEL_CORES)})")
     return "; ".join(problems) or None
@@ -435,9 +560,12 @@ def sampling_seed(actor_seed: int) -> int:
 def kernel_policy_applies(cfg: ExperimentConfig, spec: Any) -> bool:
     """Whether a Ray env actor of run ``cfg`` acts through :class:`KernelPolicy` (and so loads no torch for its
     policy): a CPU actor (``actor.device=cpu``) with ``actor.inference`` ``auto`` or ``numpy`` whose model the
-    kernels run (:func:`kernel_unsupported`). The learner uses the same test to decide whether to check the
-    kernels against ``Agent.act`` when it starts (:func:`distrl.models.acting.check_kernel_policy`)."""
+    kernels run (:func:`kernel_unsupported`), and for a CNN encoder no ``actor.precision=bfloat16`` (the kernels
+    compute in float32; bfloat16 convs run through PyTorch). The learner uses the same test to decide whether to
+    check the kernels against ``Agent.act`` when it starts (:func:`distrl.models.acting.check_kernel_policy`)."""
     a = cfg.actor
+    if a.precision == "bfloat16" and kernel_encoder(cfg.model, spec.family) in CNN_STRIDES:
+        return False  # asked for bfloat16 convs: those run through PyTorch (numpy_act)
     return a.device == "cpu" and a.inference in ("auto", "numpy") and kernel_unsupported(cfg.model, spec) is None
 
 
@@ -479,6 +607,12 @@ class KernelPolicy(NumpyActing):
         if self.encoder_name == "nethack_small":
             keys = nethack_small_keys(enc)
             encode = nethack_small_kernel(enc, ws)
+        elif self.encoder_name in CNN_STRIDES:
+            key = pick_image_key(self.spec, ("frames",))
+            channels_last, chw = image_chw(self.spec.obs[key].shape, key)
+            keys = (key,)
+            encode = cnn_kernel(enc, ws, CNN_STRIDES[self.encoder_name], key, chw, channels_last,
+                                np.dtype(self.spec.obs[key].dtype) == np.uint8)
         else:
             keys = tuple(sorted(self.spec.obs))
             encode = mlp_kernel(enc, ws, keys)
@@ -507,9 +641,11 @@ class KernelPolicy(NumpyActing):
 
 __all__ = [
     "AUTO_KERNEL_ENCODER",
+    "CNN_STRIDES",
     "KERNEL_CORES",
     "KERNEL_ENCODERS",
     "MODEL_OPTIONS",
+    "ConvKernel",
     "IdentityKernel",
     "KernelPolicy",
     "LSTMKernel",
@@ -518,6 +654,7 @@ __all__ = [
     "Params",
     "Workspace",
     "affine_relu",
+    "cnn_kernel",
     "dense",
     "heads_kernel",
     "kernel_encoder",

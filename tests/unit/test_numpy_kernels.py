@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 import torch
+from test_numpy_act import ATARI, MINIHACK, MIXED, _a  # the same spec shapes as the NumpyPolicy tests
 from test_numpy_act import CASES as NUMPY_CASES
-from test_numpy_act import MINIHACK, MIXED, _a  # the same spec shapes as the NumpyPolicy tests
 
 from distrl.actors import EnvActor
 from distrl.config import EnvConfig, ExperimentConfig, ModelConfig, SequenceConfig
@@ -28,8 +28,9 @@ from distrl.models.numpy_kernels import (
 )
 from distrl.types import PolicyWeights, as_arrays
 
-CASES = {  # NumpyPolicy's cases without a CNN, plus model.encoder=auto and a second value head
-    **{k: v for k, v in NUMPY_CASES.items() if "cnn" not in k},
+CASES = {  # NumpyPolicy's cases but the Impala CNN, plus model.encoder=auto and a second value head
+    **{k: v for k, v in NUMPY_CASES.items() if "impala" not in k},
+    "auto(nature_cnn)+lstm": (ATARI, ModelConfig(hidden_size=16)),
     "auto(mlp)+lstm": (MIXED, ModelConfig(hidden_size=24)),
     "two_value_heads": (MINIHACK, ModelConfig(encoder="nethack_small", hidden_size=16, glyph_embedding_dim=4,
                                               separate_intrinsic_value=True)),
@@ -111,15 +112,52 @@ def test_uncovered_models_are_named_from_the_config():
     assert "core 'hcam'" in kernel_unsupported(ModelConfig(encoder="mlp", core="hcam"), MIXED)
     assert "glyphs_crop" in kernel_unsupported(
         ModelConfig(encoder="nethack_small"), EnvSpec("x", {"blstats": _a((27,), np.int64)}, 8, "minihack"))
-    with pytest.raises(ValueError, match="encoder 'nature_cnn'"):
-        KernelPolicy(ModelConfig(encoder="nature_cnn"), MIXED)
+    with pytest.raises(ValueError, match="encoder 'impala_cnn'"):
+        KernelPolicy(ModelConfig(encoder="impala_cnn"), ATARI)
+    assert "exactly one 2-D/3-D observation" in kernel_unsupported(
+        ModelConfig(encoder="small_cnn"), EnvSpec("x", {"blstats": _a((27,), np.int64)}, 8, "minihack"))
+    policy = KernelPolicy(ModelConfig(encoder="nature_cnn", hidden_size=8), MIXED)  # a 4x4 image: no 8x8 conv
+    with pytest.raises(ValueError, match=r"conv0: a 8x8 kernel does not fit a 4x4 input"):
+        policy.load_state_dict(as_arrays(build_agent(ModelConfig(encoder="mlp", hidden_size=8), MIXED).state_dict())
+                               | {"encoder.cnn.0.weight": np.zeros((2, 3, 8, 8), np.float32),
+                                  "encoder.cnn.0.bias": np.zeros(2, np.float32)})
     # model.encoder=auto resolves as the torch encoders' table does, where it picks a covered encoder
     assert AUTO_KERNEL_ENCODER == {f: e for f, e in AUTO_ENCODER.items() if e in KERNEL_ENCODERS}
     cfg = ExperimentConfig(model=ModelConfig(encoder="nethack_small"))
     assert kernel_policy_applies(cfg, MINIHACK)
+    pong = ExperimentConfig(model=ModelConfig())  # auto: nature_cnn; float32 NumPy convs unless bfloat16 is asked
+    assert kernel_policy_applies(pong, ATARI)
+    assert not kernel_policy_applies(dataclasses.replace(pong, actor=dataclasses.replace(
+        pong.actor, precision="bfloat16")), ATARI)
     for actor in ({"inference": "torch"}, {"device": "cuda"}):
         assert not kernel_policy_applies(dataclasses.replace(cfg, actor=dataclasses.replace(cfg.actor, **actor)),
                                          MINIHACK)
+
+
+@pytest.mark.parametrize("layout,dtype,k,stride,cin", [
+    ("nchw", np.uint8, 8, 4, 4),  # Atari's first conv: s pixels moved as one word
+    ("nchw", np.uint8, 6, 3, 2),  # no word of 3 bytes: the element-wise copy
+    ("nchw", np.float32, 4, 2, 3),
+    ("nhwc", np.float32, 4, 2, 5),
+    ("nhwc", np.float32, 3, 1, 6),  # stride 1: the input is the blocks, no copy
+    ("nhwc", np.uint8, 2, 2, 3),
+])
+def test_conv_kernel_equals_torch_conv2d(layout, dtype, k, stride, cin):
+    from distrl.models.numpy_kernels import ConvKernel, Workspace
+
+    rng = np.random.default_rng(k * 10 + stride)
+    n, h, w, cout = 3, 19, 23, 7
+    x = (rng.integers(0, 256, (n, cin, h, w)) if dtype == np.uint8 else rng.normal(size=(n, cin, h, w))).astype(dtype)
+    weight, bias = rng.normal(size=(cout, cin, k, k)).astype(np.float32) * 0.1, rng.normal(size=cout).astype(np.float32)
+    ref = torch.relu(torch.nn.functional.conv2d(torch.from_numpy(x.astype(np.float32)), torch.from_numpy(weight),
+                                                torch.from_numpy(bias), stride=stride)).numpy().transpose(0, 2, 3, 1)
+    conv = ConvKernel(weight, bias, stride, (h, w), Workspace({}), "c", nchw=layout == "nchw")
+    out = np.empty((n, *conv.out_hw, cout), np.float32)
+    conv(x if layout == "nchw" else np.ascontiguousarray(x.transpose(0, 2, 3, 1)), n, out)
+    assert out.shape == ref.shape
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(ref).max())))
+    with pytest.raises(ValueError, match="size the stride divides"):
+        ConvKernel(np.zeros((2, 2, 3, 3), np.float32), np.zeros(2, np.float32), 2, (9, 9), Workspace({}), "bad")
 
 
 def _cfg() -> ExperimentConfig:
@@ -181,6 +219,33 @@ print("ok", type(actor.policy).__name__, "torch" in sys.modules and sys.modules[
     assert out.stdout.strip().splitlines()[-1] == "ok KernelPolicy False"
 
 
+def test_an_atari_actor_on_kernels_does_not_load_torch():
+    """The same for Pong with the small CNN: real ALE frames through the NumPy convs, and the frame stacks packed
+    for replay (one frame per step, checked against the stacking rule) without torch."""
+    code = """
+import sys
+import numpy as np
+weights = dict(np.load(sys.argv[1]))
+sys.modules["torch"] = None
+from distrl.actors import EnvActor
+from distrl.config import load_config
+from distrl.envs.registry import env_spec
+from distrl.types import STACK_PREFIX, PolicyWeights
+cfg = load_config("configs/pong_small.yaml", sys.argv[2:])
+actor = EnvActor(cfg, 0, kernels=True)
+actor.set_weights(PolicyWeights(0, weights))
+traj = next(iter(actor.run(1)))
+leaves = traj.batch_major(env_spec(cfg.env).frame_stacks)
+assert all(isinstance(v, np.ndarray) for v in leaves.values())
+assert leaves["obs/frames"].shape == (2, 9, 84, 84) and leaves[STACK_PREFIX + "frames"].shape == (2, 3, 84, 84)
+actor.close()
+print("ok", type(actor.policy).__name__, "torch" in sys.modules and sys.modules["torch"] is not None)
+"""
+    out = _run_without_torch(code, "configs/pong_small.yaml",
+                             ["env.num_envs=2", "env.vectorization=inline", "sequence.length=8", "sequence.period=8"])
+    assert out.stdout.strip().splitlines()[-1] == "ok KernelPolicy False"
+
+
 def test_an_evaluator_on_kernels_plays_what_the_agent_plays():
     """``Evaluator(kernels=True)`` (the Ray runtime's) plays greedy episodes exactly as the torch evaluator does
     with the same weights, and samples with its own generator (same seed, same result)."""
@@ -220,21 +285,23 @@ print("ok", r.episodes, r.learner_version)
     assert out.stdout.strip().splitlines()[-1] == "ok 2 2"
 
 
-def _run_without_torch(code: str) -> subprocess.CompletedProcess:
-    """Run ``code`` in a subprocess (repo root as cwd) with the quickstart agent's initial weights saved as NumPy
-    at ``sys.argv[1]``; the code blocks torch itself after loading them. Asserts it exited 0."""
+def _run_without_torch(code: str, config: str = "configs/quickstart.yaml",
+                       overrides: list[str] | None = None) -> subprocess.CompletedProcess:
+    """Run ``code`` in a subprocess (repo root as cwd) with the initial weights of ``config``'s agent saved as
+    NumPy at ``sys.argv[1]`` and ``overrides`` after it; the code blocks torch itself after loading them.
+    Asserts it exited 0."""
     import tempfile
 
     from distrl.config import load_config
     from distrl.envs.registry import env_spec
 
-    cfg = load_config(f"{_repo()}/configs/quickstart.yaml")
+    cfg = load_config(f"{_repo()}/{config}", overrides or [])
     agent = build_agent(cfg.model, env_spec(cfg.env))
     with tempfile.TemporaryDirectory() as d:
         path = f"{d}/w.npz"
         np.savez(path, **as_arrays(agent.state_dict()))
-        out = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, timeout=300,
-                             cwd=_repo())
+        out = subprocess.run([sys.executable, "-c", code, path, *(overrides or [])], capture_output=True,
+                             text=True, timeout=300, cwd=_repo())
     assert out.returncode == 0, out.stderr[-3000:]
     return out
 
