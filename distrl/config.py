@@ -192,6 +192,11 @@ class LearnerConfig:
     warning)."""
     threads: int = 1
     """torch intra-op threads on a CPU learner."""
+    precision: Literal["float32", "bfloat16"] = "float32"
+    """What the encoder's forward and backward compute in on the learner: 'bfloat16' runs the encoder under
+    autocast over float32 weights (mixed precision: weights, gradients, optimizer state, core, heads and losses
+    stay float32; actors are not affected). For a CNN encoder on a CPU with native bfloat16 (AVX512-BF16 or
+    AMX) or a GPU: Pong's Nature CNN forward + backward took half the time on an AMD EPYC (BENCHMARKS.md)."""
     num_cpus: float = 1.0
     """Ray runtime: CPUs each learner actor reserves (it also gets a GPU when the cluster has one per learner)."""
     extras: tuple[str, ...] = ()

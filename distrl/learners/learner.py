@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import io
+import logging
 import operator
 import time
 import zlib
@@ -47,6 +48,7 @@ from distrl.envs.base import EnvSpec
 from distrl.learners.extras import LearnerBatch, LearnerExtra, build_extras
 from distrl.learners.vtrace import HeadLoss, ValueStream, learning_rewards, step_discounts, step_weights, vtrace_loss
 from distrl.losses.pg import entropy, kl_categorical, trust_region_mask
+from distrl.models.acting import native_bf16
 from distrl.models.agent import Agent, build_agent, value_heads_in
 from distrl.replay.checkpoint import CheckpointError
 from distrl.replay.priorities import sequence_priority
@@ -54,6 +56,8 @@ from distrl.storage import atomic_write
 from distrl.types import CoreState, PolicyWeights, ReplaySample, Trajectory, as_arrays
 
 CHECKPOINT_SCHEMA = 1  # checkpoints without an 'extras' entry (written before extras existed) load as none
+
+log = logging.getLogger(__name__)
 
 
 class LearnerCheckpointError(CheckpointError, ValueError):
@@ -90,6 +94,13 @@ class Learner:
         if self.device.type == "cpu":
             torch.set_num_threads(max(1, cfg.learner.threads))
         self.agent: Agent = build_agent(cfg.model, spec).to(self.device)
+        self.agent.unroll_dtype = getattr(torch, cfg.learner.precision)  # learner.precision: the encoder's dtype
+        if cfg.learner.precision == "bfloat16" and not (
+            native_bf16(self.device) if self.device.type == "cpu"
+            else self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        ):
+            log.warning("learner.precision=bfloat16 on %s, which has no native bfloat16 matrix products: they are "
+                        "emulated, usually slower than float32; set learner.precision=float32", self.device)
         self.extras: dict[str, LearnerExtra] = {
             name: e.to(self.device) for name, e in build_extras(cfg, spec, self.agent).items()
         }

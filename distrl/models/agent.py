@@ -68,6 +68,10 @@ class Agent(nn.Module):
         self.acting_dtype = torch.float32
         self.acting_dtype_timings_us: dict[str, float] | None = None
         """Encoder µs per act in each dtype, when ``actor.precision=auto`` measured them (else None)."""
+        self.unroll_dtype = torch.float32
+        """What the encoder computes in inside :meth:`unroll`, the learner's forward (``learner.precision``):
+        bfloat16 runs it under autocast over the float32 weights (mixed precision: float32 weights, gradients
+        and optimizer state; core, heads and losses float32). :meth:`act` is not affected."""
 
     def set_acting_dtype(self, dtype: torch.dtype) -> None:
         """Run the encoder in ``dtype`` (bfloat16 for cheaper acting; float32 = back to normal).
@@ -127,14 +131,16 @@ class Agent(nn.Module):
             out[k] = v.to(dev)
         return out
 
-    def encode(self, obs: Mapping[str, Any]) -> Tensor:
+    def encode(self, obs: Mapping[str, Any], dtype: torch.dtype | None = None) -> Tensor:
         """The encoder step as :meth:`act` and :meth:`unroll` run it: obs leaves ``[*lead, ...]`` (torch or
-        NumPy) moved to the agent's device, the encoder in the acting dtype (under autocast when it is not
-        float32), features ``[*lead, F]`` float32. No autograd handling: wrap in ``torch.no_grad()`` to act."""
-        if self.acting_dtype == torch.float32:
+        NumPy) moved to the agent's device, the encoder in ``dtype`` (default: the acting dtype; under autocast
+        when it is not float32), features ``[*lead, F]`` float32. No autograd handling: wrap in
+        ``torch.no_grad()`` to act."""
+        dtype = self.acting_dtype if dtype is None or dtype == torch.float32 else dtype
+        if dtype == torch.float32:
             return self.encoder(self._to_device(obs))
         dev = self.device
-        with torch.autocast(device_type=dev.type, dtype=self.acting_dtype):
+        with torch.autocast(device_type=dev.type, dtype=dtype):
             x = self.encoder(self._to_device(obs))
         return x.float()
 
@@ -149,7 +155,7 @@ class Agent(nn.Module):
             :class:`AgentOut` with ``logits [T, B, A]``, ``value [T, B]``, ``value_int [T, B] | None`` and the
             state after step T-1.
         """
-        x = self.encode(obs)  # [T, B, F]
+        x = self.encode(obs, self.unroll_dtype)  # [T, B, F]
         if x.dim() != 3:
             raise ValueError(
                 f"unroll expects observations [T, B, ...]; the encoder produced {tuple(x.shape)}"

@@ -49,6 +49,23 @@ def test_step_updates_parameters_and_returns_priorities():
     assert all(changed), "every parameter should receive a gradient"
 
 
+def test_bfloat16_learner_keeps_float32_weights_and_optimizer_state():
+    """learner.precision=bfloat16: the encoder computes in bfloat16 inside the update only; weights, gradients
+    and Adam's moments stay float32, and the published weights are float32."""
+    learner = Learner(_cfg("learner.precision=bfloat16"), SPEC, device="cpu")
+    assert learner.agent.unroll_dtype == torch.bfloat16
+    before = [p.detach().clone() for p in learner.agent.parameters()]
+    out = learner.step(_sample(_traj(learner)))
+    assert all(np.isfinite(v) for v in out.metrics.values())
+    assert all(not torch.equal(a, b) for a, b in zip(before, learner.agent.parameters()))
+    assert all(p.dtype == torch.float32 for p in learner.agent.parameters())
+    assert all(v.dtype == torch.float32 for s in learner.optimizer.state.values() for k, v in s.items()
+               if k != "step")
+    assert all(v.dtype == np.float32 for v in learner.weights().policy.values())
+    with pytest.raises(ConfigError, match="precision"):
+        _cfg("learner.precision=float16")
+
+
 def test_fresh_steps_are_counted_as_consumed_and_replayed_ones_are_not():
     learner = Learner(_cfg(), SPEC, device="cpu")
     out = learner.step(_sample(_traj(learner), fresh=True))

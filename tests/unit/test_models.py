@@ -541,3 +541,33 @@ def test_bfloat16_acting_stays_close_to_float32_and_takes_float32_weights(name, 
     # unroll takes the same path as act
     out = bf.unroll({k: v[None] for k, v in obs.items()}, torch.zeros(1, 5, dtype=torch.bool), s0)
     torch.testing.assert_close(out.logits[0], b.logits, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name,encoder", [("atari", "nature_cnn"), ("minihack", "nethack_small"), ("fake", "auto")])
+def test_bfloat16_unroll_trains_float32_weights_and_leaves_act_alone(name, encoder):
+    """learner.precision=bfloat16 (``Agent.unroll_dtype``): the encoder's forward in unroll runs under autocast
+    over the float32 weights, close to float32; gradients reach every parameter in float32; act is untouched."""
+    import dataclasses
+
+    spec = SPECS[name]
+    cfg = dataclasses.replace(SMALL, encoder=encoder)
+    ref = build_agent(cfg, spec)
+    bf = build_agent(cfg, spec)
+    bf.load_state_dict(ref.state_dict())
+    bf.unroll_dtype = torch.bfloat16
+    gen = torch.Generator().manual_seed(0)
+    obs = random_obs(spec, (4, 3), gen)
+    reset = torch.zeros(4, 3, dtype=torch.bool)
+    s0 = {k: 0.5 * torch.randn(v.shape, generator=gen) for k, v in ref.initial_state(3).items()}
+    a, b = ref.unroll(obs, reset, s0), bf.unroll(obs, reset, s0)
+    assert b.logits.dtype == b.value.dtype == torch.float32
+    assert not torch.equal(a.logits, b.logits)  # it did run in bfloat16
+    for x, y in [(a.logits.detach(), b.logits.detach()), (a.value.detach(), b.value.detach())]:
+        torch.testing.assert_close(y, x, rtol=0.0, atol=0.03 * float(x.abs().max()) + 1e-6)
+    (b.logits.sum() + b.value.sum()).backward()
+    assert all(p.dtype == torch.float32 for p in bf.parameters())
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for n, p in bf.named_parameters()
+               if not n.startswith("heads.value_int"))
+    step_obs = {k: v[0] for k, v in obs.items()}
+    torch.testing.assert_close(bf.act(step_obs, s0, greedy=True).logits, ref.act(step_obs, s0, greedy=True).logits,
+                               rtol=0.0, atol=0.0)
