@@ -204,9 +204,11 @@ class LSTMCore(CoreBase):
             xw = F.linear(inp, w_ih, bias)  # [T, B, 4H]: all input projections in one matmul
             h, c = state["h"][:, layer], state["c"][:, layer]
             ys = []
-            for t in range(x.shape[0]):
-                h, c = h * keep[t], c * keep[t]
-                i, f, g, o = (xw[t] + F.linear(h, w_hh)).chunk(4, dim=1)
+            # unbind, not xw[t]: the backward of T selects writes T zero-filled [T, B, 4H] gradients, of one
+            # unbind a single stack.
+            for xw_t, keep_t in zip(xw.unbind(0), keep.unbind(0), strict=True):
+                h, c = h * keep_t, c * keep_t
+                i, f, g, o = (xw_t + F.linear(h, w_hh)).chunk(4, dim=1)
                 c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
                 h = torch.sigmoid(o) * torch.tanh(c)
                 ys.append(h)

@@ -399,8 +399,12 @@ def image_nchw(x: Tensor, channels_last: bool, chw: tuple[int, int, int]) -> Ten
 def _image_input(
     x: Tensor, channels_last: bool, chw: tuple[int, int, int], dtype: torch.dtype = torch.float32
 ) -> Tensor:
-    """[N, *spec.shape] raw → [N, C, H, W] of ``dtype`` (in [0, 1] for integer pixels)."""
+    """[N, *spec.shape] raw → [N, C, H, W] of ``dtype`` (in [0, 1] for integer pixels). Under autocast (the
+    learner's bfloat16 encoder) pixels go straight to the autocast dtype: the convs would cast a float32 copy
+    to it anyway, and a [T*B, 4, 84, 84] float32 copy is the learner's largest memory pass."""
     x = image_nchw(x, channels_last, chw)
+    if dtype == torch.float32 and torch.is_autocast_enabled(x.device.type):
+        dtype = torch.get_autocast_dtype(x.device.type)
     if x.dtype.is_floating_point:
         return x.to(dtype)
     # In place on the fresh float copy: ``x.float() * s`` allocates a second frame-sized buffer, and on CPU

@@ -287,6 +287,25 @@ def test_lstm_paths_agree_with_per_step_reference(layers):
     torch.testing.assert_close(y_loop, y_fused, rtol=1e-5, atol=1e-6)
 
 
+def test_lstm_step_loop_gradients_equal_the_fused_call():
+    """The step loop (taken when a batch resets at many times) back-propagates what the fused nn.LSTM call does."""
+    core = _lstm(layers=2)
+    t_len, b = 7, 3
+    x = torch.randn(t_len, b, 8)
+    s0 = {k: torch.randn_like(v) for k, v in core.initial_state(b).items()}
+    reset = torch.zeros(t_len, b, dtype=torch.bool)
+    grads = []
+    for max_segments in (4, 0):
+        core.MAX_SEGMENTS = max_segments
+        core.zero_grad()
+        xi = x.clone().requires_grad_(True)
+        y, s = core(xi, reset, s0)
+        (y.square().sum() + s["c"].sum()).backward()
+        grads.append([xi.grad, *(p.grad.clone() for p in core.parameters())])
+    for g_fused, g_loop in zip(*grads, strict=True):
+        torch.testing.assert_close(g_loop, g_fused, rtol=1e-4, atol=1e-5)
+
+
 def test_identity_core():
     core = IdentityCore(SMALL, 12)
     assert core.initial_state(3) == {} and core.reset({}, torch.ones(3, dtype=torch.bool)) == {}
@@ -541,6 +560,25 @@ def test_bfloat16_acting_stays_close_to_float32_and_takes_float32_weights(name, 
     # unroll takes the same path as act
     out = bf.unroll({k: v[None] for k, v in obs.items()}, torch.zeros(1, 5, dtype=torch.bool), s0)
     torch.testing.assert_close(out.logits[0], b.logits, rtol=1e-5, atol=1e-6)
+
+
+def test_image_pixels_go_straight_to_the_autocast_dtype():
+    """Under autocast uint8 pixels become the autocast dtype in one pass (no float32 frame copy for the convs
+    to cast again); outside it, the encoder's own dtype; both scaled to [0, 1]."""
+    from distrl.models.encoders import _image_input
+
+    x = torch.randint(0, 256, (6, 4, 84, 84), dtype=torch.uint8)
+    ref = x.double() / 255.0
+    plain = _image_input(x, False, (4, 84, 84))
+    assert plain.dtype == torch.float32
+    torch.testing.assert_close(plain.double(), ref, rtol=0.0, atol=1e-7)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = _image_input(x, False, (4, 84, 84))
+    assert auto.dtype == torch.bfloat16
+    torch.testing.assert_close(auto.double(), ref, rtol=2.0 ** -7, atol=0.0)
+    floats = torch.rand(2, 3, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert _image_input(floats, False, (3, 8, 8)).dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize("name,encoder", [("atari", "nature_cnn"), ("minihack", "nethack_small"), ("fake", "auto")])
