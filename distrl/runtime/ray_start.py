@@ -9,9 +9,12 @@ mostly waits on its processes, so the driver's imports of torch, the models and 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import inspect
 import os
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import ray
@@ -35,7 +38,8 @@ the last 1,000 dead actors (every restarted actor leaves one). Without them the 
 def init_local_ray(**kwargs: Any) -> None:
     """``ray.init`` a fresh single-machine cluster whose every process (GCS, raylet, workers, dashboard and
     runtime-env agents) listens on 127.0.0.1 only, with the GCS's tables capped (:data:`LOCAL_RAY_SYSTEM_CONFIG`,
-    unless ``_system_config`` is given).
+    unless ``_system_config`` is given), and without the two head processes such a cluster has no use for
+    (:func:`_without_idle_head_processes`).
 
     ``_node_ip_address="127.0.0.1"`` alone does not do it: Ray replaces a loopback node address by the host's
     routable one (so other nodes could join) and its servers then listen on all interfaces. With clusters
@@ -50,13 +54,47 @@ def init_local_ray(**kwargs: Any) -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False
     kwargs.setdefault("_system_config", dict(LOCAL_RAY_SYSTEM_CONFIG))
     try:
-        ray.init(_node_ip_address="127.0.0.1", **kwargs)
+        with _without_idle_head_processes(drop_log_monitor=not kwargs.get("log_to_driver", True)):
+            ray.init(_node_ip_address="127.0.0.1", **kwargs)
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = saved_flag
         if saved_env is None:
             os.environ.pop(_LOOPBACK_ENV, None)
         else:
             os.environ[_LOOPBACK_ENV] = saved_env
+
+
+@contextlib.contextmanager
+def _without_idle_head_processes(drop_log_monitor: bool) -> Iterator[None]:
+    """While ``ray.init`` starts a head node here, leave out the autoscaler's monitor (a fixed single-machine
+    cluster never scales) and, with ``drop_log_monitor`` (``log_to_driver=False``: no driver reads workers' output,
+    which stays in the session's log files), the log monitor: two Python processes of about 50 MB each, 8% of
+    a 2-core Room-5x5 run's peak PSS (BENCHMARKS.md, "Ray's idle head processes").
+
+    ``ray.init`` takes no option for either, so for the length of the call Ray's ``RayParams`` is replaced by a
+    subclass that sets its ``no_monitor`` and ``include_log_monitor`` fields. Where a Ray release no longer has
+    them the node starts with both processes, as before; ``tests/ray/test_ray_start.py`` fails then.
+    """
+    from ray._private import parameter
+
+    base = parameter.RayParams
+    fields = ("no_monitor", "include_log_monitor")
+    if not all(f in inspect.signature(base.__init__).parameters for f in fields):
+        yield
+        return
+
+    class TrimmedParams(base):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kw: Any) -> None:
+            kw["no_monitor"] = True
+            if drop_log_monitor:
+                kw["include_log_monitor"] = False
+            super().__init__(*args, **kw)
+
+    parameter.RayParams = TrimmedParams
+    try:
+        yield
+    finally:
+        parameter.RayParams = base
 
 
 def start_ray(cfg: ExperimentConfig) -> bool:

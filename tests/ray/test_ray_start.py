@@ -51,3 +51,58 @@ def test_a_config_error_after_rays_start_stops_that_ray_and_leaves_no_run(tmp_pa
     assert "RC 2 RAY_UP False" in out.stdout, (out.stdout, out.stderr[-3000:])
     assert "unknown extra 'nope'" in out.stderr
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def _head_processes() -> list[str]:
+    import psutil  # ray ships it (ray/thirdparty_files, on sys.path once ray is imported)
+
+    out = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            out.append(" ".join(p.cmdline()))
+        except psutil.Error:
+            pass
+    return out
+
+
+def test_a_local_cluster_runs_without_the_autoscaler_monitor_and_log_monitor(ray_cluster):
+    """This session's cluster, started as `distrl train` starts one (init_local_ray, log_to_driver=False): its
+    GCS and raylet run, the autoscaler's monitor and the log monitor do not, and actors still work."""
+    procs = _head_processes()
+    assert any("gcs_server" in c for c in procs) and any("raylet" in c for c in procs), procs
+    assert not any("autoscaler/_private/monitor.py" in c for c in procs), procs
+    assert not any("log_monitor.py" in c for c in procs), procs
+
+    @ray_cluster.remote(num_cpus=0)
+    def square(x: int) -> int:
+        return x * x
+
+    assert ray_cluster.get(square.remote(7)) == 49
+
+
+def test_with_log_to_driver_the_log_monitor_stays_and_streams_worker_output():
+    """log_to_driver=True keeps the log monitor, and a task's print reaches the driver; the monitor still goes."""
+    script = textwrap.dedent("""
+        import ray
+        from distrl.runtime.ray_start import init_local_ray
+        init_local_ray(num_cpus=1, include_dashboard=False, log_to_driver=True)
+
+        @ray.remote(num_cpus=0)
+        def hello():
+            print("HELLO-FROM-WORKER", flush=True)
+            return 1
+
+        ray.get(hello.remote())
+        import psutil, time
+        time.sleep(2.0)  # the log monitor polls the worker's log file
+        procs = [" ".join(p.cmdline()) for p in psutil.Process().children(recursive=True)]
+        print("LOGMON", any("log_monitor.py" in c for c in procs),
+              "MONITOR", any("autoscaler/_private/monitor.py" in c for c in procs), flush=True)
+        ray.shutdown()
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=REPO,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "LOGMON True MONITOR False" in out.stdout, (out.stdout, out.stderr[-3000:])
+    assert "HELLO-FROM-WORKER" in out.stdout + out.stderr
