@@ -1,7 +1,8 @@
 """Frames a person can watch: a bitmap-text painter for env ``render()`` methods, and a video writer.
 
 Every env adapter has ``render() -> np.ndarray``: an RGB frame ``[H, W, 3]`` uint8 of the current state
-(registry docstring). :func:`write_video` turns a list of such frames, one per step, into a file:
+(registry docstring). :class:`VideoWriter` writes such frames, one per step, to a file as they come (mp4 frames
+are encoded at once, so an episode's frames are never all in memory); :func:`write_video` does it for a list:
 
 * **mp4** (H.264, ``yuv420p``, plays in browsers and wandb) when PyAV is importable (``pip install
   'distrl[video]'``, installed by ``tools/install.sh``);
@@ -146,39 +147,119 @@ def text_line(text: str, width: int, *, color: tuple[int, int, int] = (255, 255,
     return out
 
 
-def _check_frames(frames: Sequence[np.ndarray]) -> list[np.ndarray]:
-    if len(frames) == 0:
-        raise ValueError("write_video: no frames to write")
-    out = []
-    shape = None
-    for i, f in enumerate(frames):
-        a = np.asarray(f)
-        if a.ndim != 3 or a.shape[2] != 3:
-            raise ValueError(f"write_video: frame of step {i} must be RGB [H, W, 3], got shape {a.shape}")
-        if a.dtype != np.uint8:
-            raise ValueError(f"write_video: frame of step {i} must be uint8, got {a.dtype}")
-        if shape is None:
-            shape = a.shape
-        elif a.shape != shape:
-            raise ValueError(
-                f"write_video: frame of step {i} has shape {a.shape}, but step 0 has {shape}; "
-                "all frames of one video must have the same size"
-            )
-        out.append(a)
-    return out
+def _check_frame(frame: Any, step: int, shape: tuple[int, ...] | None) -> np.ndarray:
+    """``frame`` as an RGB uint8 ``[H, W, 3]`` array of ``shape`` (the first frame's), or ValueError naming the
+    step."""
+    a = np.asarray(frame)
+    if a.ndim != 3 or a.shape[2] != 3:
+        raise ValueError(f"write_video: frame of step {step} must be RGB [H, W, 3], got shape {a.shape}")
+    if a.dtype != np.uint8:
+        raise ValueError(f"write_video: frame of step {step} must be uint8, got {a.dtype}")
+    if shape is not None and a.shape != shape:
+        raise ValueError(
+            f"write_video: frame of step {step} has shape {a.shape}, but step 0 has {shape}; "
+            "all frames of one video must have the same size"
+        )
+    return a
+
+
+def _caption(frame: np.ndarray, text: str) -> np.ndarray:
+    strip = np.zeros((CELL_HW[0] + 2, frame.shape[1], 3), dtype=np.uint8)
+    strip[1 : 1 + CELL_HW[0]] = text_line(" " + text, frame.shape[1], color=(200, 200, 200))
+    return np.concatenate([frame, strip], axis=0)
 
 
 def caption_frames(frames: Sequence[np.ndarray], captions: Sequence[str] | None = None) -> list[np.ndarray]:
     """Each frame with a 13-pixel strip underneath: its step index, then ``captions[i]`` when given."""
     if captions is not None and len(captions) != len(frames):
         raise ValueError(f"write_video: {len(captions)} captions for {len(frames)} frames")
-    out = []
-    for i, f in enumerate(frames):
-        text = f"{i}" if captions is None else f"{i} {captions[i]}"
-        strip = np.zeros((CELL_HW[0] + 2, f.shape[1], 3), dtype=np.uint8)
-        strip[1 : 1 + CELL_HW[0]] = text_line(" " + text, f.shape[1], color=(200, 200, 200))
-        out.append(np.concatenate([f, strip], axis=0))
-    return out
+    return [_caption(f, f"{i}" if captions is None else f"{i} {captions[i]}") for i, f in enumerate(frames)]
+
+
+class VideoWriter:
+    """A video written as its frames come: :meth:`add` one frame per step, then :meth:`close`.
+
+    mp4 frames are encoded as they are added, so a long episode (a Pong game is thousands of 210 × 160 frames,
+    100 kB each) is never held in memory; the GIF fallback (no PyAV) keeps its captioned frames until
+    :meth:`close`, as Pillow's writer needs them all. Formats, suffix, captions and errors as :func:`write_video`.
+
+    Usage::
+
+        with VideoWriter("runs/r/videos/eval_20.mp4") as vw:   # -> .gif without PyAV
+            vw.add(env.render(), "reset")
+            ...
+        path = vw.path
+    """
+
+    def __init__(self, path: str | Path, fps: int = 15, *, format: str | None = None) -> None:
+        if fps < 1:
+            raise ValueError(f"write_video: fps must be >= 1, got {fps}")
+        if format is None:
+            format = "mp4" if _have_av() else "gif"
+        if format not in VIDEO_FORMATS:
+            raise ValueError(f"write_video: format must be one of {VIDEO_FORMATS} or None, got {format!r}")
+        if format == "mp4" and not _have_av():
+            raise ImportError(f"writing mp4 video needs PyAV: {_AV_HINT}; or pass format='gif'")
+        self.format, self.fps = format, fps
+        self.path = Path(path).with_suffix("." + format)
+        self.frames = 0
+        self._shape: tuple[int, ...] | None = None
+        self._gif: list[Any] = []
+        self._mp4: _Mp4 | None = None
+        self._closed = False
+
+    def add(self, frame: Any, caption: str | None = None) -> None:
+        """Append one frame (RGB uint8 ``[H, W, 3]``, the size of the first), captioned with its step index and
+        ``caption``."""
+        if self._closed:
+            raise ValueError(f"write_video: {self.path} is closed")
+        a = _check_frame(frame, self.frames, self._shape)
+        captioned = _caption(a, f"{self.frames}" if caption is None else f"{self.frames} {caption}")
+        if self._shape is None:
+            self._shape = a.shape
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.format == "mp4":
+                self._mp4 = _Mp4(self.path, self.fps, captioned.shape[:2])
+        if self._mp4 is not None:
+            self._mp4.write(captioned)
+        else:
+            self._gif.append(_import_pil()[0].fromarray(captioned))
+        self.frames += 1
+
+    def close(self) -> Path:
+        """Finish the file and return its path. ValueError if no frame was added (nothing is written then)."""
+        if self._closed:
+            return self.path
+        self._closed = True
+        if self.frames == 0:
+            raise ValueError("write_video: no frames to write")
+        if self._mp4 is not None:
+            self._mp4.close()
+        else:
+            _write_gif(self._gif, self.path, self.fps)
+            self._gif = []
+        return self.path
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def abort(self) -> None:
+        """Stop without a video: release and delete a partly written file (after an error while recording)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._gif = []
+        if self._mp4 is not None:
+            try:
+                self._mp4.close()
+            finally:
+                self.path.unlink(missing_ok=True)
 
 
 def write_video(
@@ -199,25 +280,15 @@ def write_video(
     Raises ValueError for no frames, a frame that is not RGB uint8, or frames of different sizes (naming the
     step), and ImportError naming the package to install when the writer's library is missing.
     """
-    if fps < 1:
-        raise ValueError(f"write_video: fps must be >= 1, got {fps}")
-    if format is None:
-        format = "mp4" if _have_av() else "gif"
-    if format not in VIDEO_FORMATS:
-        raise ValueError(f"write_video: format must be one of {VIDEO_FORMATS} or None, got {format!r}")
-    checked = caption_frames(_check_frames(frames), captions)
-    out = Path(path).with_suffix("." + format)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if format == "mp4":
-        _write_mp4(checked, out, fps)
-    else:
-        _write_gif(checked, out, fps)
-    return out
+    if captions is not None and len(captions) != len(frames):
+        raise ValueError(f"write_video: {len(captions)} captions for {len(frames)} frames")
+    with VideoWriter(path, fps, format=format) as vw:
+        for i, f in enumerate(frames):
+            vw.add(f, None if captions is None else captions[i])
+    return vw.path
 
 
-def _write_gif(frames: list[np.ndarray], path: Path, fps: int) -> None:
-    Image, _, _ = _import_pil()
-    images = [Image.fromarray(f) for f in frames]
+def _write_gif(images: list[Any], path: Path, fps: int) -> None:
     images[0].save(
         path,
         save_all=True,
@@ -228,24 +299,34 @@ def _write_gif(frames: list[np.ndarray], path: Path, fps: int) -> None:
     )
 
 
-def _write_mp4(frames: list[np.ndarray], path: Path, fps: int) -> None:
-    try:
+class _Mp4:
+    """An open H.264 (``libx264``, else ``mpeg4``) yuv420p stream of frames of one size."""
+
+    def __init__(self, path: Path, fps: int, hw: tuple[int, int]) -> None:
         import av
-    except ImportError as e:
-        raise ImportError(f"writing mp4 video needs PyAV: {_AV_HINT}; or pass format='gif'") from e
-    h, w = frames[0].shape[:2]
-    ph, pw = h + h % 2, w + w % 2  # yuv420p needs even sizes: pad one black row / column
-    with av.open(str(path), mode="w") as container:
+
+        self._av = av
+        h, w = hw
+        ph, pw = h + h % 2, w + w % 2  # yuv420p needs even sizes: pad one black row / column
+        self._container = av.open(str(path), mode="w")
         codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-        stream = container.add_stream(codec, rate=fps)
-        stream.width, stream.height = pw, ph
-        stream.pix_fmt = "yuv420p"
+        self._stream = self._container.add_stream(codec, rate=fps)
+        self._stream.width, self._stream.height = pw, ph
+        self._stream.pix_fmt = "yuv420p"
         if codec == "libx264":
-            stream.options = {"crf": "20", "preset": "veryfast"}
-        buf = np.zeros((ph, pw, 3), dtype=np.uint8)
-        for f in frames:
-            buf[:h, :w] = f
-            for packet in stream.encode(av.VideoFrame.from_ndarray(buf, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+            self._stream.options = {"crf": "20", "preset": "veryfast"}
+        self._buf = np.zeros((ph, pw, 3), dtype=np.uint8)
+        self._hw = hw
+
+    def write(self, frame: np.ndarray) -> None:
+        h, w = self._hw
+        self._buf[:h, :w] = frame
+        for packet in self._stream.encode(self._av.VideoFrame.from_ndarray(self._buf, format="rgb24")):
+            self._container.mux(packet)
+
+    def close(self) -> None:
+        try:
+            for packet in self._stream.encode():
+                self._container.mux(packet)
+        finally:
+            self._container.close()

@@ -14,7 +14,8 @@ stored config.
   :data:`MAX_CYCLE` pairs, has repeated for ``eval.stuck_steps`` steps, the episode ends there and counts in
   ``EvalResult.stuck_episodes``, instead of running on until the time limit.
 * **Video**: with ``video_path``, the first episode is recorded from ``env.render()`` (one frame per step,
-  the first after reset) and written with :func:`distrl.envs.video.write_video` (mp4, or GIF without PyAV).
+  the first after reset) through a :class:`distrl.envs.video.VideoWriter`, frame by frame as it is played (mp4,
+  or GIF without PyAV).
 * Atari with ``env.terminal_on_life_loss``: a life loss ends only the learning episode; evaluation plays on to
   the game's end and reports the full-game score.
 
@@ -184,53 +185,54 @@ class Evaluator:
         lengths: list[int] = []
         successes: list[float | None] = []
         stuck = 0
-        frames: list[np.ndarray] = []
-        captions: list[str] = []
-        for ep in range(episodes):
-            record = video_path is not None and ep == 0
-            env = self._env(record)
-            obs, _ = env.reset(seed=self.seed + ep)
-            if record:
-                frames.append(np.asarray(env.render()))
-                captions.append("reset")
-            core = self._initial_state()
-            detector.reset()
-            total, n, info, success, was_stuck = 0.0, 0, {}, None, False
-            while n < ec.max_steps:
-                action, core = self._act(obs, core, greedy)
-                key = (obs_key(obs), action) if greedy else None
-                obs, r, term, trunc, info = env.step(action)
-                total += float(r)
-                n += 1
+        writer = None
+        if video_path is not None:
+            from distrl.envs.video import VideoWriter
+
+            writer = VideoWriter(video_path)  # frames are written as they come (a Pong game is thousands)
+        try:
+            for ep in range(episodes):
+                record = writer is not None and ep == 0
+                env = self._env(record)
+                obs, _ = env.reset(seed=self.seed + ep)
                 if record:
-                    frames.append(np.asarray(env.render()))
-                    captions.append(f"a={action} r={float(r):+.2f}")
-                if term or trunc:
-                    if info.get("report", True):
-                        success = info.get("success")
-                        break
-                    # Atari life loss with terminal_on_life_loss: a learning-only end, the game goes on.
-                    obs, _ = env.reset()
-                    core = self._initial_state()
-                    detector.reset()
-                    continue
-                if greedy and detector.step(key):
-                    was_stuck = True
+                    writer.add(env.render(), "reset")
+                core = self._initial_state()
+                detector.reset()
+                total, n, info, success, was_stuck = 0.0, 0, {}, None, False
+                while n < ec.max_steps:
+                    action, core = self._act(obs, core, greedy)
+                    key = (obs_key(obs), action) if greedy else None
+                    obs, r, term, trunc, info = env.step(action)
+                    total += float(r)
+                    n += 1
+                    stuck_now = greedy and not (term or trunc) and detector.step(key)
                     if record:
-                        captions[-1] += " STUCK"
-                    break
-            stuck += was_stuck
-            returns.append(float(info.get("episode_return", total)))  # Atari: the full game's score
-            lengths.append(n)
-            successes.append(None if success is None else float(success))
+                        writer.add(env.render(), f"a={action} r={float(r):+.2f}" + (" STUCK" if stuck_now else ""))
+                    if term or trunc:
+                        if info.get("report", True):
+                            success = info.get("success")
+                            break
+                        # Atari life loss with terminal_on_life_loss: a learning-only end, the game goes on.
+                        obs, _ = env.reset()
+                        core = self._initial_state()
+                        detector.reset()
+                        continue
+                    if stuck_now:
+                        was_stuck = True
+                        break
+                stuck += was_stuck
+                returns.append(float(info.get("episode_return", total)))  # Atari: the full game's score
+                lengths.append(n)
+                successes.append(None if success is None else float(success))
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
         # Episodes cut short (stuck, or at eval.max_steps) report nothing: they failed, in envs that report success.
         reports = any(s is not None for s in successes) or self.spec.family in SUCCESS_FAMILIES
         success_rate = float(np.mean([s or 0.0 for s in successes])) if reports else None
-        video = None
-        if video_path is not None and frames:
-            from distrl.envs.video import write_video
-
-            video = str(write_video(frames, Path(video_path), captions=captions))
+        video = None if writer is None else str(writer.close())
         return EvalResult(
             env=self.cfg.env.name,
             episodes=episodes,

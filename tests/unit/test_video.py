@@ -100,6 +100,48 @@ def test_bad_frames_are_errors_naming_the_step(tmp_path):
         write_video(_frames(2), tmp_path / "a.gif", format="gif", captions=["x"])
 
 
+@pytest.mark.parametrize("fmt", ["gif", "mp4"])
+def test_video_writer_streams_what_write_video_writes(tmp_path, fmt):
+    """Frames added one at a time make the same video as the list; an mp4 writer keeps no frame after add."""
+    if fmt == "mp4":
+        pytest.importorskip("av")
+    frames = _frames(9, still=False)
+    captions = [f"r={i}" for i in range(9)]
+    ref = read_back(write_video(frames, tmp_path / "list.mp4", format=fmt, captions=captions))
+    vw = video.VideoWriter(tmp_path / "stream.mp4", format=fmt)
+    for f, c in zip(frames, captions, strict=True):
+        vw.add(f, c)
+        if fmt == "mp4":
+            assert vw._gif == []  # encoded at once, not kept
+    path = vw.close()
+    assert path == tmp_path / f"stream.{fmt}" and vw.frames == 9
+    back = read_back(path)
+    assert len(back) == len(ref) == 9
+    for a, b in zip(ref, back, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("fmt", ["gif", "mp4"])
+def test_video_writer_leaves_no_file_after_an_error(tmp_path, fmt):
+    if fmt == "mp4":
+        pytest.importorskip("av")
+    with pytest.raises(RuntimeError, match="env broke"):
+        with video.VideoWriter(tmp_path / "ep.mp4", format=fmt) as vw:
+            vw.add(_frames(1)[0])
+            vw.add(_frames(1)[0])
+            raise RuntimeError("env broke")
+    assert not list(tmp_path.iterdir())
+    vw = video.VideoWriter(tmp_path / "bad.mp4", format=fmt)
+    vw.add(_frames(1)[0])
+    with pytest.raises(ValueError, match=r"step 1 has shape"):
+        vw.add(np.zeros((22, 79, 3), np.uint8))
+    vw.abort()
+    assert not list(tmp_path.iterdir())
+    with pytest.raises(ValueError, match="no frames"):
+        video.VideoWriter(tmp_path / "empty.mp4", format=fmt).close()
+    assert not list(tmp_path.iterdir())
+
+
 def test_captions_are_drawn_under_the_frame(tmp_path):
     frames = _frames(2)
     plain = video.caption_frames(frames)
