@@ -40,6 +40,31 @@ def test_process_tree_samples_pss_of_this_process() -> None:
     assert abs(sum(roles.values()) - peak * 1024) < 1.0  # the roles add up to the peak (MiB vs GiB)
 
 
+def test_process_roles_name_module_runs_and_multiprocessing_children() -> None:
+    """A multiprocessing child is not counted as its parent program (an env actor's subprocess envs once showed
+    up as distrl's driver, both being ``python``), and ``python -m distrl train`` is the driver."""
+    import multiprocessing as mp
+    import subprocess
+    import time
+
+    ctx = mp.get_context("spawn")
+    child = ctx.Process(target=time.sleep, args=(30,))
+    child.start()
+    mod = subprocess.Popen([sys.executable, "-m", "timeit", "-n", "1", "-r", "1", "import time; time.sleep(30)"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20.0  # until both have exec'd (before that they show pytest's command line)
+        want = {child.pid: "multiprocessing worker", mod.pid: "-m timeit -n"}
+        while time.monotonic() < deadline and any(train_rate._role(p) != r for p, r in want.items()):
+            time.sleep(0.05)
+        assert {p: train_rate._role(p) for p in want} == want
+    finally:
+        child.terminate()
+        child.join()
+        mod.terminate()
+        mod.wait()
+
+
 def test_sf_ratio_line_divides_by_sample_factory() -> None:
     results = {
         "sample_factory": [{"consumed_steps_per_s": 1000.0, "peak_pss_gib": 1.0, "time_to_target_s": 10.0},

@@ -211,8 +211,10 @@ def _pss_bytes(pid: int) -> int:
 
 def _role(pid: int) -> str:
     """What a process is, from its command line: a Ray actor's class (Ray titles its workers
-    ``ray::<Class>.<method>``; ``IDLE`` for a pooled worker), else the script or program name (``raylet``,
-    ``gcs_server``, ``dashboard.py``, ``python`` for a system's own launcher)."""
+    ``ray::<Class>.<method>``; ``IDLE`` for a pooled worker), ``multiprocessing worker`` /
+    ``multiprocessing forkserver`` for a process that multiprocessing started (an env actor's subprocess envs,
+    Sample Factory's rollout workers), ``-m <module> <command>`` for a module run (``-m distrl train``: distrl's
+    driver), else the script or program name (``raylet``, ``gcs_server``, ``dashboard.py``)."""
     try:
         cmd = [a for a in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0") if a]
     except OSError:
@@ -221,6 +223,15 @@ def _role(pid: int) -> str:
         return "?"
     if cmd[0].startswith("ray::"):
         return cmd[0].split()[0][5:].split(".")[0] or "ray_worker"
+    if "-c" in cmd[1:-1]:
+        code = cmd[cmd.index("-c", 1) + 1]
+        if "multiprocessing.forkserver" in code:
+            return "multiprocessing forkserver"
+        if "multiprocessing" in code:
+            return "multiprocessing worker"
+    if "-m" in cmd[1:-1]:
+        i = cmd.index("-m", 1)
+        return " ".join(cmd[i : i + 3])
     scripts = [Path(a).name for a in cmd[1:] if a.endswith(".py")]
     return scripts[0] if scripts else Path(cmd[0]).name
 
