@@ -164,16 +164,10 @@ def _check_frame(frame: Any, step: int, shape: tuple[int, ...] | None) -> np.nda
 
 
 def _caption(frame: np.ndarray, text: str) -> np.ndarray:
+    """``frame`` with a 13-pixel strip underneath showing ``text`` (the step index, then the step's caption)."""
     strip = np.zeros((CELL_HW[0] + 2, frame.shape[1], 3), dtype=np.uint8)
     strip[1 : 1 + CELL_HW[0]] = text_line(" " + text, frame.shape[1], color=(200, 200, 200))
     return np.concatenate([frame, strip], axis=0)
-
-
-def caption_frames(frames: Sequence[np.ndarray], captions: Sequence[str] | None = None) -> list[np.ndarray]:
-    """Each frame with a 13-pixel strip underneath: its step index, then ``captions[i]`` when given."""
-    if captions is not None and len(captions) != len(frames):
-        raise ValueError(f"write_video: {len(captions)} captions for {len(frames)} frames")
-    return [_caption(f, f"{i}" if captions is None else f"{i} {captions[i]}") for i, f in enumerate(frames)]
 
 
 class VideoWriter:
@@ -309,12 +303,17 @@ class _Mp4:
         h, w = hw
         ph, pw = h + h % 2, w + w % 2  # yuv420p needs even sizes: pad one black row / column
         self._container = av.open(str(path), mode="w")
-        codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-        self._stream = self._container.add_stream(codec, rate=fps)
-        self._stream.width, self._stream.height = pw, ph
-        self._stream.pix_fmt = "yuv420p"
-        if codec == "libx264":
-            self._stream.options = {"crf": "20", "preset": "veryfast"}
+        try:
+            codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+            self._stream = self._container.add_stream(codec, rate=fps)
+            self._stream.width, self._stream.height = pw, ph
+            self._stream.pix_fmt = "yuv420p"
+            if codec == "libx264":
+                self._stream.options = {"crf": "20", "preset": "veryfast"}
+        except BaseException:  # the caller never gets this object to close: close and delete here
+            self._container.close()
+            path.unlink(missing_ok=True)
+            raise
         self._buf = np.zeros((ph, pw, 3), dtype=np.uint8)
         self._hw = hw
 

@@ -69,7 +69,8 @@ def _without_idle_head_processes(drop_log_monitor: bool) -> Iterator[None]:
     """While ``ray.init`` starts a head node here, leave out the autoscaler's monitor (a fixed single-machine
     cluster never scales) and, with ``drop_log_monitor`` (``log_to_driver=False``: no driver reads workers' output,
     which stays in the session's log files), the log monitor: two Python processes of about 50 MB each, 8% of
-    a 2-core Room-5x5 run's peak PSS (BENCHMARKS.md, "Ray's idle head processes").
+    a 2-core Room-5x5 run's peak PSS (BENCHMARKS.md, "A local run's Ray starts without its monitor and log
+    monitor").
 
     ``ray.init`` takes no option for either, so for the length of the call Ray's ``RayParams`` is replaced by a
     subclass that sets its ``no_monitor`` and ``include_log_monitor`` fields. Where a Ray release no longer has

@@ -144,8 +144,8 @@ def test_video_writer_leaves_no_file_after_an_error(tmp_path, fmt):
 
 def test_captions_are_drawn_under_the_frame(tmp_path):
     frames = _frames(2)
-    plain = video.caption_frames(frames)
-    text = video.caption_frames(frames, ["return 1.0", "return 2.0"])
+    plain = [video._caption(f, f"{i}") for i, f in enumerate(frames)]
+    text = [video._caption(f, f"{i} return {i + 1}.0") for i, f in enumerate(frames)]
     assert plain[0].shape == text[0].shape == (21 + CELL_HW[0] + 2, 79, 3)
     np.testing.assert_array_equal(text[0][:21], frames[0])
     assert not np.array_equal(plain[0][21:], text[0][21:])
