@@ -279,11 +279,13 @@ def write_outputs(results: list[dict[str, Any]], out: Path) -> dict[str, Any]:
         table.append({"task": task, "delay": delay, "core": core, "seeds": len(rs),
                       "final_success_mean": round(float(np.mean(finals)), 3) if finals else None,
                       "final_success_min": round(float(np.min(finals)), 3) if finals else None,
-                      "steps": rs[0]["steps"], "chance": rs[0]["chance"]})
-    lines = ["| task | delay | core | seeds | env steps | final success (mean) | min | chance |",
+                      "steps": rs[0]["steps"], "reached_steps": sorted(r["curve"][-1][0] for r in rs),
+                      "chance": rs[0]["chance"]})
+    lines = ["| task | delay | core | seeds | env steps reached (budget) | final success (mean) | min | chance |",
              "|---|---|---|---|---|---|---|---|"]
     for t in table:
-        lines.append(f"| {t['task']} | {t['delay']} | {t['core']} | {t['seeds']} | {t['steps']:,} | "
+        reached = " / ".join(f"{n:,}" for n in t["reached_steps"])
+        lines.append(f"| {t['task']} | {t['delay']} | {t['core']} | {t['seeds']} | {reached} ({t['steps']:,}) | "
                      f"{t['final_success_mean']} | {t['final_success_min']} | {t['chance']:.3f} |")
     cost = [r for r in results if r["kind"] == "cost"]
     if cost:
