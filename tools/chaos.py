@@ -43,6 +43,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent / "bench"))
+from train_rate import role_of_command
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -54,17 +57,12 @@ def emit(obj: dict[str, Any]) -> None:
 
 
 def process_role(p: Any, me: Any) -> str:
-    """What a process of the run is: ``driver`` (this process), a Ray actor's class (``RayEnvActor``; Ray sets
-    the title ``ray::<Class>.<method>``), ``IDLE`` for a pooled Ray worker, or the program (``raylet``,
-    ``gcs_server``, ``dashboard.py``, ...)."""
+    """What a process of the run is: ``driver`` (this process), else what ``tools/bench/train_rate.py``'s
+    ``role_of_command`` makes of its command line (a Ray actor's class, ``IDLE`` for a pooled Ray worker,
+    multiprocessing children, ``-m <module> <command>``, or the program: ``raylet``, ``gcs_server``, ...)."""
     if p.pid == me.pid:
         return "driver"
-    cmd = p.cmdline() or [p.name()]
-    first = cmd[0]
-    if first.startswith("ray::"):
-        return first.split()[0][5:].split(".")[0] or "ray_worker"
-    scripts = [Path(a).name for a in cmd[1:] if a.endswith(".py")]
-    return scripts[0] if scripts else Path(first).name
+    return role_of_command(p.cmdline() or [p.name()])
 
 
 def tree_memory(psutil: Any) -> dict[str, Any]:

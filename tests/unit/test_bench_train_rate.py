@@ -91,3 +91,33 @@ def test_rllib_learning_curve_times_the_first_full_window_crossing(tmp_path: Pat
     assert curve[-1][0] == 1500.0 and curve[-1][1] == pytest.approx(0.5)
     assert rllib_appo.learning_curve(str(tmp_path), target=0.9)[2] is None
     assert rllib_appo.learning_curve(str(tmp_path))[2] is None
+
+
+def test_chaos_soak_names_processes_as_train_rate_does() -> None:
+    """tools/chaos.py's per-role memory uses train_rate's naming (it once had its own copy, which named every
+    multiprocessing child and ``-m`` run after its program); its own process is the driver."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
+    import chaos
+
+    class Proc:
+        def __init__(self, pid: int, cmd: list[str], name: str = "python") -> None:
+            self.pid, self._cmd, self._name = pid, cmd, name
+
+        def cmdline(self) -> list[str]:
+            return self._cmd
+
+        def name(self) -> str:
+            return self._name
+
+    me = Proc(1, ["python", "tools/chaos.py"])
+    assert chaos.process_role(me, me) == "driver"
+    cases = {
+        "RayLearner": ["ray::RayLearner.step"],
+        "multiprocessing forkserver": ["python", "-c", "from multiprocessing.forkserver import main; main(3, 4)"],
+        "-m distrl train": ["python", "-m", "distrl", "train", "configs/quickstart.yaml"],
+        "raylet": [],  # no command line readable: the program's name
+    }
+    for want, cmd in cases.items():
+        assert chaos.process_role(Proc(2, cmd, name="raylet"), me) == want
+        if cmd:
+            assert train_rate.role_of_command(cmd) == want

@@ -209,16 +209,13 @@ def _pss_bytes(pid: int) -> int:
     return 0
 
 
-def _role(pid: int) -> str:
+def role_of_command(cmd: list[str]) -> str:
     """What a process is, from its command line: a Ray actor's class (Ray titles its workers
     ``ray::<Class>.<method>``; ``IDLE`` for a pooled worker), ``multiprocessing worker`` /
     ``multiprocessing forkserver`` for a process that multiprocessing started (an env actor's subprocess envs,
     Sample Factory's rollout workers), ``-m <module> <command>`` for a module run (``-m distrl train``: distrl's
-    driver), else the script or program name (``raylet``, ``gcs_server``, ``dashboard.py``)."""
-    try:
-        cmd = [a for a in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0") if a]
-    except OSError:
-        return "?"
+    driver), else the script or program name (``raylet``, ``gcs_server``, ``dashboard.py``). Also used by
+    ``tools/chaos.py``."""
     if not cmd:
         return "?"
     if cmd[0].startswith("ray::"):
@@ -234,6 +231,15 @@ def _role(pid: int) -> str:
         return " ".join(cmd[i : i + 3])
     scripts = [Path(a).name for a in cmd[1:] if a.endswith(".py")]
     return scripts[0] if scripts else Path(cmd[0]).name
+
+
+def _role(pid: int) -> str:
+    """:func:`role_of_command` of the process ``pid`` (``?`` when it is gone)."""
+    try:
+        cmd = [a for a in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0") if a]
+    except OSError:
+        return "?"
+    return role_of_command(cmd)
 
 
 class ProcessTree:
