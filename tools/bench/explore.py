@@ -14,7 +14,8 @@ Output (stdout, one JSON object per line; progress on stderr):
   (config, seed, time checkpoint) every ``--every`` minutes (default: 10 checkpoints per run), from the last
   metrics row logged by then;
 * ``{"bench": "explore_run", ...}``: one per run: final numbers, the first time and env step at which success
-  was above 0 and at least 0.5, the env-step rate;
+  was above 0 and at least 0.5, the env-step rate, and ``collapses``: each time success fell below 0.5 after
+  reaching 0.9, with the learner's and the bonus's metrics before and during it (:func:`collapses`);
 * ``{"bench": "explore_summary", ...}``: per config, over seeds: final success (median, min, max), how many seeds
   were above 0 within 10 minutes and at least 0.5 within 30 minutes (the issue's goals; only counted when the
   runs were that long).
@@ -129,6 +130,59 @@ def checkpoints(rows: list[dict[str, Any]], every_s: float, end_s: float) -> lis
     return out
 
 
+DIAGNOSTICS = (
+    "learner/entropy", "extras/bonus/intrinsic_share", "extras/bonus/running_std", "extras/bonus/episodic_p99",
+    "extras/bonus/global_mean", "extras/e3b/idm_accuracy", "learner/policy_lag_mean", "learner/kl_mu_pi",
+    "learner/trust_fraction", "learner/grad_norm", "learner/baseline_loss", "learner/value_mean",
+    "charts/episode_length", "charts/episodic_unique", "charts/episode_return",
+)
+"""What :func:`collapses` averages before and during each collapse (those a run logs)."""
+
+
+def _means(rows: list[dict[str, Any]]) -> dict[str, float]:
+    out = {}
+    for k in DIAGNOSTICS:
+        vals = [float(r[k]) for r in rows if r.get(k) is not None]
+        if vals:
+            out[k] = float(f"{statistics.fmean(vals):.4g}")
+    return out
+
+
+def collapses(rows: list[dict[str, Any]], high: float = 0.9, low: float = 0.5,
+              before_s: float = 120.0) -> list[dict[str, Any]]:
+    """Each fall of the success rate below ``low`` after it had been at ``high`` or above: it starts at the last
+    row at ``high`` or above before the fall and ends at the next such row (``end_min`` None: not back by the end
+    of the run). With the lowest success in it, and the mean of each of :data:`DIAGNOSTICS` over the
+    ``before_s`` seconds up to the start (``before``) and over the rows below ``high`` (``during``), so what
+    changed when a learnt policy fell apart can be read off the run."""
+    out: list[dict[str, Any]] = []
+    scored = [r for r in rows if r.get("charts/success_rate") is not None]
+    last_high: int | None = None
+    i = 0
+    while i < len(scored):
+        s = scored[i]["charts/success_rate"]
+        if s >= high:
+            last_high = i
+        elif last_high is not None and s < low:
+            j = i
+            while j < len(scored) and scored[j]["charts/success_rate"] < high:
+                j += 1
+            start, window = scored[last_high], scored[last_high + 1 : j]
+            t0 = start["charts/wall_time_s"]
+            pre = [r for r in scored[: last_high + 1] if r["charts/wall_time_s"] >= t0 - before_s]
+            out.append({
+                "start_min": _minutes(start), "start_steps": int(start["charts/env_steps"]),
+                "end_min": _minutes(scored[j]) if j < len(scored) else None,
+                "min_success": min(r["charts/success_rate"] for r in window),
+                "before": _means(pre), "during": _means(window),
+            })
+            last_high = None
+            i = j
+            continue
+        i += 1
+    return out
+
+
 def _minutes(r: dict[str, Any] | None) -> float | None:
     return None if r is None else round(r["charts/wall_time_s"] / 60, 3)
 
@@ -212,7 +266,11 @@ def collect(name: str, seed: int, minutes: float, every_s: float, run_dir: Path,
         "success_half_min": _minutes(half),
         "success_half_steps": None if half is None else int(half["charts/env_steps"]),
         "run_dir": str(run_dir),
+        "collapses": collapses(rows),
     }
+    for c in run["collapses"]:
+        end = "not back by the end" if c["end_min"] is None else f"back at {c['end_min']} min"
+        log(f"{name}-seed{seed}: collapse from {c['start_min']} min (low {c['min_success']}, {end})")
     emit(run)
     run["curve"] = [(r["charts/env_steps"], r["charts/wall_time_s"], r.get("charts/success_rate") or 0.0)
                     for r in rows]
