@@ -133,7 +133,8 @@ def checkpoints(rows: list[dict[str, Any]], every_s: float, end_s: float) -> lis
 DIAGNOSTICS = (
     "learner/entropy", "extras/bonus/intrinsic_share", "extras/bonus/running_std", "extras/bonus/episodic_p99",
     "extras/bonus/global_mean", "extras/e3b/idm_accuracy", "learner/policy_lag_mean", "learner/kl_mu_pi",
-    "learner/trust_fraction", "learner/grad_norm", "learner/baseline_loss", "learner/value_mean",
+    "learner/trust_fraction", "learner/rho_mean", "learner/grad_norm", "learner/baseline_loss", "learner/value_mean",
+    "extras/bonus/intrinsic_p99",
     "charts/episode_length", "charts/episodic_unique", "charts/episode_return",
 )
 """What :func:`collapses` averages before and during each collapse (those a run logs)."""
