@@ -192,11 +192,13 @@ class LearnerConfig:
     warning)."""
     threads: int = 1
     """torch intra-op threads on a CPU learner."""
-    precision: Literal["float32", "bfloat16"] = "float32"
+    precision: Literal["float32", "bfloat16", "auto"] = "float32"
     """What the encoder's forward and backward compute in on the learner: 'bfloat16' runs the encoder under
     autocast over float32 weights (mixed precision: weights, gradients, optimizer state, core, heads and losses
     stay float32; actors are not affected). For a CNN encoder on a CPU with native bfloat16 (AVX512-BF16 or
-    AMX) or a GPU: Pong's Nature CNN forward + backward took half the time on an AMD EPYC (BENCHMARKS.md)."""
+    AMX) or a GPU: Pong's Nature CNN forward + backward took half the time on an AMD EPYC (BENCHMARKS.md).
+    'auto' = bfloat16 where the learner's device has native bfloat16 matrix products (such a CPU, or a GPU that
+    supports it), else float32: emulated bfloat16 made a Pong update 6.4x slower on a CPU without it."""
     num_cpus: float = 1.0
     """Ray runtime: CPUs each learner actor reserves (it also gets a GPU when the cluster has one per learner)."""
     extras: tuple[str, ...] = ()

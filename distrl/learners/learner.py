@@ -81,6 +81,22 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def bf16_native_on(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bfloat16 matrices natively: a CPU with AVX512-BF16 or AMX, a CUDA GPU that
+    supports bfloat16."""
+    if device.type == "cpu":
+        return native_bf16(device)
+    return device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
+def learner_precision(precision: str, device: torch.device) -> str:
+    """The dtype name the learner's encoder trains in for ``learner.precision`` on ``device``: ``auto`` is
+    bfloat16 where it is native (:func:`bf16_native_on`), else float32; the others as given."""
+    if precision == "auto":
+        return "bfloat16" if bf16_native_on(device) else "float32"
+    return precision
+
+
 def _masked_mean(x: Tensor, mask: Tensor, n: float) -> float:
     return float((x * mask).sum() / n)
 
@@ -94,13 +110,13 @@ class Learner:
         if self.device.type == "cpu":
             torch.set_num_threads(max(1, cfg.learner.threads))
         self.agent: Agent = build_agent(cfg.model, spec).to(self.device)
-        self.agent.unroll_dtype = getattr(torch, cfg.learner.precision)  # learner.precision: the encoder's dtype
-        if cfg.learner.precision == "bfloat16" and not (
-            native_bf16(self.device) if self.device.type == "cpu"
-            else self.device.type == "cuda" and torch.cuda.is_bf16_supported()
-        ):
+        self.precision = learner_precision(cfg.learner.precision, self.device)
+        self.agent.unroll_dtype = getattr(torch, self.precision)  # learner.precision: the encoder's dtype
+        if cfg.learner.precision == "bfloat16" and not bf16_native_on(self.device):
             log.warning("learner.precision=bfloat16 on %s, which has no native bfloat16 matrix products: they are "
-                        "emulated, usually slower than float32; set learner.precision=float32", self.device)
+                        "emulated, usually slower than float32; set learner.precision=auto or float32", self.device)
+        elif cfg.learner.precision == "auto":
+            log.info("learner.precision=auto: the encoder trains in %s on %s", self.precision, self.device)
         self.extras: dict[str, LearnerExtra] = {
             name: e.to(self.device) for name, e in build_extras(cfg, spec, self.agent).items()
         }
