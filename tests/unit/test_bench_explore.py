@@ -31,3 +31,24 @@ def test_no_collapse_without_reaching_high_or_without_falling_below_low() -> Non
     assert explore.collapses(_rows([0.0, 0.4, 0.8, 0.3, 0.1], [1.0] * 5)) == []  # never at 0.9
     assert explore.collapses(_rows([0.9, 0.6, 0.95, 0.5, 1.0], [1.0] * 5)) == []  # dips, never below 0.5
     assert explore.collapses(_rows([None, 0.9, None, 0.1], [1.0] * 4))[0]["end_min"] is None  # unscored rows skipped
+
+
+def test_report_takes_each_runs_budget_from_its_saved_config(tmp_path: Path) -> None:
+    run = tmp_path / "e3b_rnd-seed0"
+    run.mkdir()
+    assert explore.recorded_minutes(run) is None  # no config: the caller's --minutes stands
+    (run / "config.yaml").write_text("runtime:\n  max_wall_time_s: 450.0\n  seed: 0\n")
+    assert explore.recorded_minutes(run) == 7.5
+    (run / "config.yaml").write_text("runtime:\n  max_wall_time_s: 0.0\n")
+    assert explore.recorded_minutes(run) is None  # 0: no budget
+
+
+def test_summary_counts_seeds_within_the_goals_and_says_when_runs_were_shorter() -> None:
+    def run(first: float | None, half: float | None, minutes: float) -> dict:
+        return {"config": "e3b_rnd", "minutes": minutes, "final_success": 0.5, "env_steps": 1, "env_steps_per_s": 1.0,
+                "first_success_min": first, "success_half_min": half}
+
+    full = explore.summarise("e3b_rnd", [run(2.0, 12.0, 30), run(11.0, 31.0, 30), run(None, None, 30)])
+    assert (full["above0_within_10min"], full["half_within_30min"]) == ("1/3", "1/3")
+    short = explore.summarise("e3b_rnd", [run(0.4, 4.3, 7.5), run(None, None, 7.5)])
+    assert (short["above0_within_10min"], short["half_within_30min"]) == ("1/2 (runs of 7.5 min)",) * 2

@@ -278,28 +278,41 @@ def collect(name: str, seed: int, minutes: float, every_s: float, run_dir: Path,
     return run
 
 
+def recorded_minutes(run_dir: Path) -> float | None:
+    """A finished run's wall-time budget in minutes, from the ``runtime.max_wall_time_s`` of its saved config (None
+    when the run has no config or no budget): ``--report`` reports runs by the budget they ran under."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return None
+    import yaml
+
+    budget = ((yaml.safe_load(path.read_text()) or {}).get("runtime") or {}).get("max_wall_time_s")
+    return float(budget) / 60 if budget else None
+
+
 def summarise(name: str, mine: list[dict[str, Any]]) -> dict[str, Any]:
     finals = [r["final_success"] or 0.0 for r in mine]
     minutes = min(r["minutes"] for r in mine)
 
-    def within(r: dict[str, Any], key: str, limit: float) -> bool:
-        return r[key] is not None and r[key] <= limit
+    def count(key: str, limit: float) -> str:
+        """Seeds that got there within the limit; runs shorter than it say so: the others are undecided."""
+        k = sum(r[key] is not None and r[key] <= limit for r in mine)
+        return f"{k}/{len(mine)}" + ("" if minutes >= limit else f" (runs of {minutes:g} min)")
 
     return {
         "bench": "explore_summary", "config": name, "seeds": len(mine), "minutes": minutes,
         "final_success": {"median": statistics.median(finals), "min": min(finals), "max": max(finals)},
         "env_steps_median": statistics.median(r["env_steps"] for r in mine),
         "env_steps_per_s_median": statistics.median(r["env_steps_per_s"] or 0.0 for r in mine),
-        "above0_within_10min": (f"{sum(within(r, 'first_success_min', 10) for r in mine)}/{len(mine)}"
-                                if minutes >= 10 else "n/a (runs < 10 min)"),
-        "half_within_30min": (f"{sum(within(r, 'success_half_min', 30) for r in mine)}/{len(mine)}"
-                              if minutes >= 30 else "n/a (runs < 30 min)"),
+        "above0_within_10min": count("first_success_min", 10),
+        "half_within_30min": count("success_half_min", 30),
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--minutes", type=float, default=30.0, help="wall-time budget of each run")
+    ap.add_argument("--minutes", type=float, default=None,
+                    help="wall-time budget of each run (default 30; with --report, each run's own budget)")
     ap.add_argument("--minutes-for", nargs="*", default=[], metavar="CONFIG=MIN",
                     help="a different budget for some configs, e.g. nobonus=10")
     ap.add_argument("--seeds", type=int, default=3, help="seeds first..first+N-1 per config")
@@ -315,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--png", default=str(ROOT / "docs/results/explore_multiroom_n4.png"))
     ap.add_argument("--md", default="", help="Markdown table path (default: the PNG path with .md)")
     args = ap.parse_args(argv)
+    given_minutes = args.minutes is not None
+    args.minutes = args.minutes if given_minutes else 30.0
     if args.minutes <= 0 or args.seeds < 1 or args.first_seed < 0:
         ap.error("--minutes must be > 0, --seeds >= 1 and --first-seed >= 0")
     minutes_for = {name: args.minutes for name in args.configs}
@@ -346,6 +361,10 @@ def main(argv: list[str] | None = None) -> int:
             run_name = f"{name}-seed{seed}"
             if args.report:
                 rc, run_dir, process_s = 0, run_root / run_name, None
+                recorded = None if given_minutes else recorded_minutes(run_dir)
+                if recorded is not None:
+                    minutes = minutes_for[name] = recorded
+                    every_s = (args.every or minutes / 10) * 60
             else:
                 rc, run_dir, process_s = run_one(PRESETS[name], run_name, seed, minutes, args, run_root)
             run = collect(name, seed, minutes, every_s, run_dir, process_s) if rc == 0 else None
