@@ -114,7 +114,7 @@ def sf_argv(args: argparse.Namespace, dcfg: Any, train_dir: str) -> list[str]:
     lc, seq = dcfg.learner, dcfg.sequence
     return [
         "--algo=APPO", f"--env={ENV_ID}", "--experiment=bench", f"--train_dir={train_dir}",
-        "--restart_behavior=overwrite", "--device=cpu", f"--seed={args.seed}",
+        "--restart_behavior=overwrite", f"--device={args.device}", f"--seed={args.seed}",
         f"--num_workers={args.workers}", f"--num_envs_per_worker={args.envs_per_worker}",
         f"--worker_num_splits={args.splits}", "--num_policies=1", "--policy_workers_per_policy=1",
         f"--rollout={seq.length}", f"--recurrence={seq.length}", f"--batch_size={lc.batch_size * seq.length}",
@@ -153,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="mean return (last 100 episodes) whose first crossing is timed (default: none)")
     p.add_argument("--window", type=int, default=100, help="episodes in the mean return")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
+                   help="Sample Factory's --device: gpu puts its learner and its policy worker on the first GPU")
     args = p.parse_args(argv)
     args.config = os.path.abspath(args.config)  # Sample Factory's processes read it again
     if args.workers < 1 or args.envs_per_worker < 1 or args.envs_per_worker % args.splits:
@@ -168,6 +170,15 @@ def main(argv: list[str] | None = None) -> int:
     from distrl.config import load_config
 
     dcfg = load_config(args.config, args.set)
+    try:  # Sample Factory's workers log an env that cannot be built and keep waiting: fail here instead
+        from distrl.envs.registry import make_env as distrl_make_env
+
+        probe = distrl_make_env(dcfg.env, 0)
+        probe.close()
+    except Exception as e:  # any failure to build the env ends the run, named
+        print(json.dumps({"bench": "train_rate", "system": "sample_factory", "error":
+                          f"cannot build {dcfg.env.name}: {type(e).__name__}: {e}"}), flush=True)
+        return 1
     register_components()
     train_dir = tempfile.mkdtemp(prefix="sf_appo_")
     cfg = parse_sf_cfg(sf_argv(args, dcfg, train_dir))
@@ -221,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
             "bench": "train_rate", "system": "sample_factory", "env": dcfg.env.name, "config": args.config,
             "overrides": args.set, "num_envs": args.workers * args.envs_per_worker, "workers": args.workers,
             "envs_per_worker": args.envs_per_worker, "worker_num_splits": args.splits, "epochs": args.epochs,
+            "device": args.device,
             "model": {"encoder": dcfg.model.encoder, "hidden_size": dcfg.model.hidden_size},
             "model_params": model_params,
             "env_steps_per_s": rate("env_steps"), "consumed_steps_per_s": rate("consumed"),

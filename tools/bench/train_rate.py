@@ -541,7 +541,7 @@ def measure_sf(args: argparse.Namespace, env: dict[str, str], work: Path) -> dic
     cmd = [str(py), str(ROOT / "tools" / "bench" / "sample_factory_appo.py"), "--config", str(args.config),
            "--set", f"env.name={args.env}", "--workers", str(args.sf_workers),
            "--envs-per-worker", str(args.envs // args.sf_workers), "--seconds", str(args.seconds),
-           "--warmup", str(args.warmup), "--seed", str(args.seed)]
+           "--warmup", str(args.warmup), "--seed", str(args.seed), "--device", args.sf_device]
     if args.target is not None:
         cmd += ["--target", str(args.target)]
     log(f"sample_factory: {' '.join(cmd)}")
@@ -950,6 +950,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rllib-venv", type=Path, default=RLLIB_VENV)
     p.add_argument("--sf-venv", type=Path, default=SF_VENV, help="Sample Factory venv (tools/bench/install_sf.sh)")
     p.add_argument("--sf-workers", type=int, default=2, help="Sample Factory rollout workers sharing --envs envs")
+    p.add_argument("--sf-device", choices=("cpu", "gpu"), default="cpu",
+                   help="Sample Factory's device (gpu: its learner and policy worker on the GPU; compare with "
+                        "--distrl-set learner.device=cuda)")
     p.add_argument("--ray-worker-niceness", type=int, default=0,
                    help="RAY_worker_niceness for both Ray instances (Ray's own default is 15)")
     p.add_argument("--seed", type=int, default=0, help="seed of round 0; round r runs seed + r (every system)")
