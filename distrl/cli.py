@@ -154,6 +154,8 @@ def create_run(run: RunSetup) -> RunSetup:
 
 def cmd_train(args: argparse.Namespace) -> int:
     plan = plan_run(args.config, _split_overrides(args.overrides), args.resume, args.local, args.address)
+    for advice in plan.cfg.advisories():
+        print(f"distrl: warning: {advice}", file=sys.stderr)
     if plan.cfg.runtime.mode == "local":
         from distrl.runtime.local import LocalRuntime
 

@@ -510,6 +510,22 @@ class ExperimentConfig:
             raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
         return self
 
+    def advisories(self) -> list[str]:
+        """Settings that are valid but will not do what they seem to ask for; ``distrl train`` prints them."""
+        out = []
+        spi = self.replay.samples_per_insert
+        # Any online_fraction * samples_per_insert > 1 replays more than 1 - online_fraction while the learner
+        # outpaces the actors; only "all fresh" is advised on: a smaller fraction with more samples per insert is
+        # a choice for more replay (configs/fake_memory.yaml), and learner/fresh_fraction shows the share anyway.
+        if self.learner.online_fraction == 1.0 and (spi > 1.0 or spi == 0):
+            limit = "no limit" if spi == 0 else f"{spi:g} sequences per one inserted"
+            out.append(
+                f"learner.online_fraction=1 asks for fresh sequences only, but replay.samples_per_insert={spi:g} lets "
+                f"the learner sample {limit}: while it outpaces the actors, the fresh ones run short and the rest of "
+                "each batch is replayed (learner/fresh_fraction shows the share). For fresh sequences only, set "
+                "replay.samples_per_insert=1.")
+        return out
+
     def _bonus_checks(self) -> list[tuple[bool, str]]:
         """The bonus section: values in range, and combinations that cannot work named before anything starts."""
         b = self.bonus

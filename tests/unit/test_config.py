@@ -115,3 +115,16 @@ def test_prepare_run_refuses_existing_run_and_mismatched_resume(tmp_path):
     assert cfg2.runtime.total_env_steps == 7
     with pytest.raises(ConfigError, match="differs"):
         prepare_run(str(REPO / "configs/pong.yaml"), [], resume=str(run_dir))
+
+
+def test_advisories_name_an_online_fraction_the_rate_limit_cannot_keep():
+    base = load_config(str(Path(__file__).resolve().parents[2] / "configs" / "minihack_multiroom.yaml"), [])
+    assert base.advisories() == []  # online_fraction 0.5, samples_per_insert 2
+    fresh_only = load_config(str(Path(__file__).resolve().parents[2] / "configs" / "minihack_multiroom.yaml"),
+                             ["learner.online_fraction=1.0"])
+    (advice,) = fresh_only.advisories()
+    assert "replay.samples_per_insert=2" in advice and "replay.samples_per_insert=1" in advice
+    unlimited = dataclasses.replace(fresh_only, replay=dataclasses.replace(fresh_only.replay, samples_per_insert=0.0))
+    assert "no limit" in unlimited.advisories()[0]
+    kept = dataclasses.replace(fresh_only, replay=dataclasses.replace(fresh_only.replay, samples_per_insert=1.0))
+    assert kept.advisories() == []
