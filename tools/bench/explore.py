@@ -48,6 +48,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from distrl.config import load_config
 from distrl.logging.sinks import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -284,10 +285,8 @@ def recorded_minutes(run_dir: Path) -> float | None:
     path = run_dir / "config.yaml"
     if not path.is_file():
         return None
-    import yaml
-
-    budget = ((yaml.safe_load(path.read_text()) or {}).get("runtime") or {}).get("max_wall_time_s")
-    return float(budget) / 60 if budget else None
+    budget = load_config(path).runtime.max_wall_time_s
+    return budget / 60 if budget > 0 else None
 
 
 def summarise(name: str, mine: list[dict[str, Any]]) -> dict[str, Any]:
@@ -356,15 +355,13 @@ def main(argv: list[str] | None = None) -> int:
     # interleave configs so machine load drifts hit both alike
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         for name in args.configs:
+            run_name = f"{name}-seed{seed}"
+            if args.report and not given_minutes:
+                minutes_for[name] = recorded_minutes(run_root / run_name) or minutes_for[name]
             minutes = minutes_for[name]
             every_s = (args.every or minutes / 10) * 60
-            run_name = f"{name}-seed{seed}"
             if args.report:
                 rc, run_dir, process_s = 0, run_root / run_name, None
-                recorded = None if given_minutes else recorded_minutes(run_dir)
-                if recorded is not None:
-                    minutes = minutes_for[name] = recorded
-                    every_s = (args.every or minutes / 10) * 60
             else:
                 rc, run_dir, process_s = run_one(PRESETS[name], run_name, seed, minutes, args, run_root)
             run = collect(name, seed, minutes, every_s, run_dir, process_s) if rc == 0 else None
