@@ -52,3 +52,13 @@ def test_summary_counts_seeds_within_the_goals_and_says_when_runs_were_shorter()
     assert (full["above0_within_10min"], full["half_within_30min"]) == ("1/3", "1/3")
     short = explore.summarise("e3b_rnd", [run(0.4, 4.3, 7.5), run(None, None, 7.5)])
     assert (short["above0_within_10min"], short["half_within_30min"]) == ("1/2 (runs of 7.5 min)",) * 2
+
+
+def test_every_preset_the_benchmark_names_loads_and_the_noreplay_one_trains_on_fresh_sequences() -> None:
+    from distrl.config import load_config
+
+    cfgs = {name: load_config(explore.ROOT / path) for name, path in explore.PRESETS.items()}
+    fresh = cfgs["e3b_rnd_noreplay"]
+    assert fresh.learner.online_fraction == 1.0 and fresh.replay.samples_per_insert == 1.0
+    assert fresh.advisories() == []  # a learner that outpaces the actors is held back, not fed from replay
+    assert fresh.bonus == cfgs["e3b_rnd"].bonus and fresh.model == cfgs["e3b_rnd"].model

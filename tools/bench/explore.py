@@ -5,8 +5,9 @@ For each config and seed it runs ``distrl train`` (the real CLI, in a subprocess
 wall-time budget, then reads the run's ``metrics.jsonl``: ``charts/success_rate`` is the success rate of the last
 100 finished episodes. Configs are the presets in ``configs/`` (``--configs`` names them by their suffix:
 ``nobonus`` = ``configs/minihack_multiroom_nobonus.yaml``, ``e3b_rnd`` = ``..._e3b_rnd.yaml``; also ``e3b``,
-``e3b_noveld``, ``counts``), all with the same ``--set`` overrides (default: the cheap MiniHack model and inline
-env vectorisation, what trains fastest on 2 cores; see ``CPU_OVERRIDES``).
+``e3b_noveld``, ``counts``, and ``e3b_rnd_noreplay``: E3B x RND trained on fresh sequences only), all with the same
+``--set`` overrides (default: the cheap MiniHack model and inline env vectorisation, what trains fastest on 2
+cores; see ``CPU_OVERRIDES``).
 
 Output (stdout, one JSON object per line; progress on stderr):
 
@@ -56,6 +57,7 @@ PRESETS = {
     "nobonus": "configs/minihack_multiroom_nobonus.yaml",
     "e3b": "configs/minihack_multiroom_e3b.yaml",
     "e3b_rnd": "configs/minihack_multiroom_e3b_rnd.yaml",
+    "e3b_rnd_noreplay": "configs/minihack_multiroom_e3b_rnd_noreplay.yaml",
     "e3b_noveld": "configs/minihack_multiroom_e3b_noveld.yaml",
     "counts": "configs/minihack_multiroom_counts.yaml",
 }
