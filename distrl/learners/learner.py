@@ -30,6 +30,7 @@ import copy
 import dataclasses
 import io
 import logging
+import math
 import operator
 import time
 import zlib
@@ -216,6 +217,11 @@ class Learner:
         mask = valid.to(torch.float32)
         n_valid = max(1.0, float(mask.sum()))
         trust_frac = float(trusted[valid].float().mean()) if trusted is not None and bool(valid.any()) else 1.0
+        if lcfg.ppo_clip > 0:  # share of the policy-weighted steps whose ratio has left the clip band
+            band = math.log1p(lcfg.ppo_clip)
+            pw = weights.policy > 0
+            outside = (vl.log_rhos.abs() > band) & pw
+            extra_metrics["learner/ppo_clip_fraction"] = float(outside.sum()) / max(1, int(pw.sum()))
         metrics = {
             "learner/loss": float(loss.detach()),
             "learner/policy_loss": float(vl.policy_loss),

@@ -36,7 +36,13 @@ import torch
 from torch import Tensor
 
 from distrl.config import LearnerConfig
-from distrl.losses.pg import action_log_probs, baseline_loss, entropy_loss, policy_gradient_loss
+from distrl.losses.pg import (
+    action_log_probs,
+    baseline_loss,
+    clipped_surrogate_loss,
+    entropy_loss,
+    policy_gradient_loss,
+)
 from distrl.losses.vtrace import vtrace_streams
 
 
@@ -176,7 +182,7 @@ class HeadLoss:
     baseline_loss: Tensor  # scalar, before baseline_cost
     vs: Tensor  # [T, B] the head's V-trace targets
     values: Tensor  # [T, B] the head's V(x_t)
-    pg_advantages: Tensor  # [T, B] the head's own advantage (before its coefficient)
+    pg_advantages: Tensor  # [T, B] the head's own advantage (before its coefficient; without rho under ppo_clip)
 
 
 @dataclass(frozen=True)
@@ -207,7 +213,8 @@ def vtrace_loss(
 ) -> VTraceLoss:
     """IMPALA's loss on one batch: V-trace targets from μ (``behaviour_logits``) and π (``logits``), then
     ``pg + baseline_cost · ½(v_s − V)² − entropy_cost · H(π)``, each term weighted per step by ``weights`` and
-    reduced as :mod:`distrl.losses.pg` says (sum over time, mean over sequences).
+    reduced as :mod:`distrl.losses.pg` says (sum over time, mean over sequences). ``cfg.ppo_clip > 0`` swaps the
+    policy-gradient term for PPO's clipped surrogate against μ, over advantages without the ρ factor.
 
     ``streams``: further value heads (:class:`ValueStream`). Each gets V-trace over the same ratios; the policy
     gradient uses ``A_ext + sum_k adv_coef_k · A_k`` and the baseline term sums the heads' losses.
@@ -235,8 +242,13 @@ def vtrace_loss(
         clip_rho=cfg.clip_rho,
         clip_c=cfg.clip_c,
         clip_pg_rho=cfg.clip_pg_rho,
+        pg_rho=cfg.ppo_clip <= 0,
     )
-    pg = policy_gradient_loss(logits, actions, vt.pg_advantages, mask=weights.policy)
+    if cfg.ppo_clip > 0:
+        pg = clipped_surrogate_loss(logits, behaviour_logits, actions, vt.pg_advantages, cfg.ppo_clip,
+                                    mask=weights.policy)
+    else:
+        pg = policy_gradient_loss(logits, actions, vt.pg_advantages, mask=weights.policy)
     head_bl = [baseline_loss(h.vs, v, mask=weights.value) for h, v in zip(vt.streams, head_values)]
     bl = head_bl[0]
     for b in head_bl[1:]:

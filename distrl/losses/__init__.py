@@ -3,6 +3,7 @@
 from distrl.losses.pg import (
     action_log_probs,
     baseline_loss,
+    clipped_surrogate_loss,
     entropy,
     entropy_loss,
     kl_categorical,
@@ -24,6 +25,7 @@ __all__ = [
     "VTraceStreamsOut",
     "action_log_probs",
     "baseline_loss",
+    "clipped_surrogate_loss",
     "entropy",
     "entropy_loss",
     "kl_categorical",

@@ -101,6 +101,46 @@ def policy_gradient_loss(
     return _reduce(-_zero_masked(logp, w) * _zero_masked(advantages.detach(), w), w)
 
 
+def clipped_surrogate_loss(
+    logits: Tensor,
+    behaviour_logits: Tensor,
+    actions: Tensor,
+    advantages: Tensor,
+    clip: float,
+    weights: Tensor | None = None,
+    mask: Tensor | None = None,
+) -> Tensor:
+    r"""PPO's clipped surrogate against the behaviour policy (Schulman et al. 2017, eq. 7; the policy term of
+    Sample Factory's APPO): :math:`-\frac1B\sum_{t,b} w\,m\,\min(\rho_t A_t,\ \mathrm{clip}(\rho_t,
+    \tfrac{1}{1+\epsilon}, 1+\epsilon)\,A_t)` with :math:`\rho_t=\pi(a_t|x_t)/\mu(a_t|x_t)`.
+
+    Its gradient is :math:`\rho_t A_t\nabla\log\pi(a_t)` while the ratio is inside the band and 0 once it has
+    left the band in the direction the advantage pushes: a step can no longer move :math:`\pi(a_t)` further
+    from :math:`\mu(a_t)` than a factor :math:`1+\epsilon` either way (the band is symmetric in log-ratio).
+    ``advantages`` must not already carry the ratio (V-trace with ``pg_rho=False``).
+
+    Args:
+        logits: ``[T, B, A]`` target-policy logits (gradient flows here).
+        behaviour_logits: ``[T, B, A]`` the acting policy's logits (no gradient).
+        actions: ``[T, B]`` int; advantages: ``[T, B]`` (detached here); clip: epsilon > 0.
+        weights, mask: as in :func:`policy_gradient_loss`.
+    """
+    if clip <= 0:
+        raise ValueError(f"clipped_surrogate_loss: clip must be > 0, got {clip}")
+    if advantages.shape != actions.shape:
+        raise ValueError(
+            f"advantages {list(advantages.shape)} must match actions {list(actions.shape)} [T, B]"
+        )
+    logp = action_log_probs(logits, actions)
+    log_mu = action_log_probs(behaviour_logits.detach(), actions)
+    w = _weighting(logp, weights, mask)
+    # exp of a masked (padding) step's ratio could overflow: zero its log-ratio first, as the other terms do.
+    ratio = torch.exp(_zero_masked(logp - log_mu, w))
+    adv = _zero_masked(advantages.detach(), w)
+    surrogate = torch.minimum(ratio * adv, ratio.clamp(1.0 / (1.0 + clip), 1.0 + clip) * adv)
+    return _reduce(-surrogate, w)
+
+
 def baseline_loss(
     vs: Tensor,
     values: Tensor,

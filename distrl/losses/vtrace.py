@@ -59,6 +59,7 @@ def vtrace_targets(
     clip_rho: float | None = 1.0,
     clip_c: float | None = 1.0,
     clip_pg_rho: float | None = 1.0,
+    pg_rho: bool = True,
 ) -> VTraceOut:
     r"""V-trace value targets and policy-gradient advantages (IMPALA Eq. 1; TorchBeast
     ``from_importance_weights``).
@@ -79,6 +80,8 @@ def vtrace_targets(
         values: ``[T, B]`` V(x_t) under the current parameters.
         bootstrap_value: ``[B]`` V(x_T).
         clip_rho, clip_c, clip_pg_rho: truncation levels rho-bar, c-bar, rho-bar_pg (None = no truncation).
+        pg_rho: False leaves the factor :math:`\min(\bar\rho_{pg},\rho_s)` out of ``pg_advantages``, for a
+            loss that weights by the ratio itself (:func:`~distrl.losses.pg.clipped_surrogate_loss`).
     Returns:
         :class:`VTraceOut` (``vs``, ``pg_advantages``), both ``[T, B]``, no gradient.
     """
@@ -112,8 +115,9 @@ def vtrace_targets(
     vs = vs_minus_v + values
 
     vs_tp1 = torch.cat([vs[1:], bootstrap_value.unsqueeze(0)], dim=0)
-    pg_rhos = rhos.clamp(max=clip_pg_rho) if clip_pg_rho is not None else rhos
-    pg_advantages = pg_rhos * (rewards + discounts * vs_tp1 - values)
+    pg_advantages = rewards + discounts * vs_tp1 - values
+    if pg_rho:
+        pg_advantages = (rhos.clamp(max=clip_pg_rho) if clip_pg_rho is not None else rhos) * pg_advantages
     return VTraceOut(vs=vs, pg_advantages=pg_advantages)
 
 
@@ -169,6 +173,7 @@ def vtrace_streams(
     clip_rho: float | None = 1.0,
     clip_c: float | None = 1.0,
     clip_pg_rho: float | None = 1.0,
+    pg_rho: bool = True,
 ) -> VTraceStreamsOut:
     r"""V-trace for K value heads over the same importance ratios (one behaviour and one target policy).
 
@@ -184,7 +189,7 @@ def vtrace_streams(
         discounts, rewards, values: K tensors ``[T, B]`` each; bootstrap_values: K tensors ``[B]``.
         adv_coefs: K floats c_k (a coefficient of exactly 1 is not multiplied in, so one head with c = 1 is
             :func:`vtrace_targets` bit for bit).
-        clip_rho, clip_c, clip_pg_rho: as in :func:`vtrace_targets`.
+        clip_rho, clip_c, clip_pg_rho, pg_rho: as in :func:`vtrace_targets`.
     """
     k = len(discounts)
     if k < 1 or not (len(rewards) == len(values) == len(bootstrap_values) == len(adv_coefs) == k):
@@ -193,7 +198,7 @@ def vtrace_streams(
             f"{len(values)} values, {len(bootstrap_values)} bootstrap values, {len(adv_coefs)} coefficients"
         )
     outs = tuple(
-        vtrace_targets(log_rhos, d, r, v, b, clip_rho, clip_c, clip_pg_rho)
+        vtrace_targets(log_rhos, d, r, v, b, clip_rho, clip_c, clip_pg_rho, pg_rho)
         for d, r, v, b in zip(discounts, rewards, values, bootstrap_values)
     )
     adv: Tensor | None = None

@@ -49,7 +49,13 @@ def np_loss(logits, values, bootstrap, mu_logits, actions, rewards, discounts, w
     log_rhos = logp - np.take_along_axis(lmu, a, -1)[..., 0]
     vs, adv = np_vtrace(log_rhos, discounts, rewards, values, bootstrap, cfg.clip_rho, cfg.clip_c, cfg.clip_pg_rho)
     B = logits.shape[1]
-    pg = -(w_pg * adv * logp).sum() / B
+    if cfg.ppo_clip > 0:  # PPO's clipped surrogate against mu, over the advantage without the rho factor
+        ratio = np.exp(log_rhos)
+        adv = adv / np.minimum(ratio, cfg.clip_pg_rho)
+        lo, hi = 1.0 / (1.0 + cfg.ppo_clip), 1.0 + cfg.ppo_clip
+        pg = -(w_pg * np.minimum(ratio * adv, np.clip(ratio, lo, hi) * adv)).sum() / B
+    else:
+        pg = -(w_pg * adv * logp).sum() / B
     bl = (w_v * 0.5 * (vs - values) ** 2).sum() / B
     ent = (w_v * (np.exp(lp) * lp).sum(-1)).sum() / B  # negative entropy
     return pg + cfg.baseline_cost * bl + cfg.entropy_cost * ent, vs
@@ -98,7 +104,8 @@ def test_step_weights_compose_is_valid_trust_and_extra():
         step_weights(torch.ones(3), _t(valid, torch.bool))
 
 
-def test_vtrace_loss_matches_numpy_and_its_gradient_is_finite():
+@pytest.mark.parametrize("ppo_clip", [0.0, 0.2])
+def test_vtrace_loss_matches_numpy_and_its_gradient_is_finite(ppo_clip):
     rng = np.random.default_rng(2)
     T, B, A = 7, 3, 4
     logits, mu = rng.normal(size=(T, B, A)), rng.normal(size=(T, B, A))
@@ -108,7 +115,8 @@ def test_vtrace_loss_matches_numpy_and_its_gradient_is_finite():
     disc = 0.9 * (rng.random((T, B)) > 0.2)
     w_v = rng.random(B)[None] * (rng.random((T, B)) > 0.1)
     w_pg = w_v * (rng.random((T, B)) > 0.3)
-    cfg = LearnerConfig(clip_rho=1.0, clip_c=0.9, clip_pg_rho=1.2, baseline_cost=0.5, entropy_cost=0.01)
+    cfg = LearnerConfig(clip_rho=1.0, clip_c=0.9, clip_pg_rho=1.2, baseline_cost=0.5, entropy_cost=0.01,
+                        ppo_clip=ppo_clip)
     want, want_vs = np_loss(logits, values, boot, mu, actions, rewards, disc, w_pg, w_v, cfg)
     lg = _t(logits).requires_grad_()
     vv = _t(values).requires_grad_()
@@ -125,11 +133,12 @@ def test_vtrace_loss_matches_numpy_and_its_gradient_is_finite():
 SPEC = EnvSpec(name="fake:test", obs={"x": ArraySpec((3,), np.dtype(np.float32))}, num_actions=4, family="fake")
 
 
-@pytest.mark.parametrize("kl", [0.0, 0.3])
-def test_learner_step_loss_equals_numpy_reference(kl):
+@pytest.mark.parametrize("kl,ppo", [(0.0, 0.0), (0.3, 0.0), (0.3, 0.1)])
+def test_learner_step_loss_equals_numpy_reference(kl, ppo):
     cfg = load_config(None, ["model.encoder=mlp", "model.hidden_size=16", "sequence.length=6",
                              "sequence.burn_in=2", "sequence.period=4", "learner.batch_size=5",
-                             "replay.min_size=5", "learner.reward_clip=1.0", f"learner.kl_trust_region={kl}"])
+                             "replay.min_size=5", "learner.reward_clip=1.0", f"learner.kl_trust_region={kl}",
+                             f"learner.ppo_clip={ppo}"])
     learner = Learner(cfg, SPEC, device="cpu")
     L, B, burn = cfg.sequence.total, 5, cfg.sequence.burn_in
     valid = torch.rand(L, B, generator=torch.Generator().manual_seed(4)) > 0.1
@@ -161,6 +170,15 @@ def test_learner_step_loss_equals_numpy_reference(kl):
         w_pg = w_v * ((klv <= kl) | fresh.numpy()[None])
     want, _ = np_loss(logits, values, boot, mu, traj.action[tr].numpy(), r, disc, w_pg, w_v, cfg.learner)
 
+    lr_np = (np.take_along_axis(np_log_softmax(logits), traj.action[tr].numpy()[..., None], -1)
+             - np.take_along_axis(np_log_softmax(mu), traj.action[tr].numpy()[..., None], -1))[..., 0]
     res = learner.step(sample)
     np.testing.assert_allclose(res.metrics["learner/loss"], want, rtol=1e-4, atol=1e-5)
+    if ppo > 0:  # the share of policy-weighted steps whose ratio left the band
+        on = w_pg > 0
+        want_frac = float(((np.abs(lr_np) > np.log1p(ppo)) & on).sum() / on.sum())
+        assert 0 < want_frac < 1
+        assert res.metrics["learner/ppo_clip_fraction"] == pytest.approx(want_frac, abs=1e-6)
+    else:
+        assert "learner/ppo_clip_fraction" not in res.metrics
     assert res.env_steps == int(valid[:, fresh.numpy()].sum())

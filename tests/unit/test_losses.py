@@ -9,6 +9,7 @@ import torch
 from distrl.losses import (
     action_log_probs,
     baseline_loss,
+    clipped_surrogate_loss,
     entropy,
     entropy_loss,
     kl_categorical,
@@ -84,6 +85,18 @@ def test_vtrace_targets_match_numpy_reference(t_len, b_len, clips):
     out = vtrace_targets(*(_t(x) for x in inputs), *clips)
     np.testing.assert_allclose(out.vs.numpy(), want_vs, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(out.pg_advantages.numpy(), want_adv, rtol=1e-10, atol=1e-10)
+
+
+def test_vtrace_without_pg_rho_leaves_the_ratio_out_of_the_advantage():
+    """pg_rho=False (for the clipped surrogate): the same vs, and A_s = r_s + gamma_s v_{s+1} - V(x_s)."""
+    inputs = _random_inputs(np.random.default_rng(7), 9, 3)
+    want_vs, want_adv = np_vtrace(*inputs, 1.0, 1.0, 1.0)
+    out = vtrace_targets(*(_t(x) for x in inputs), 1.0, 1.0, 1.0, pg_rho=False)
+    np.testing.assert_allclose(out.vs.numpy(), want_vs, rtol=1e-10, atol=1e-10)
+    log_rhos, discounts, rewards, values, bootstrap = inputs
+    vs_tp1 = np.concatenate([want_vs[1:], bootstrap[None]], 0)
+    np.testing.assert_allclose(out.pg_advantages.numpy(), rewards + discounts * vs_tp1 - values, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(out.pg_advantages.numpy() * np.minimum(np.exp(log_rhos), 1.0), want_adv, atol=1e-10)
 
 
 def test_vtrace_float32_close_to_float64():
@@ -194,6 +207,63 @@ def test_policy_gradient_loss_value_and_gradient():
     want = -(wm * adv)[..., None] * (onehot - np.exp(lp)) / b_len
     np.testing.assert_allclose(z.grad.numpy(), want, atol=1e-12)
     assert adv_t.grad is None, "advantages must be treated as constants"
+
+
+@pytest.mark.parametrize("clip", [0.1, 0.5])
+def test_clipped_surrogate_loss_value_and_gradient(clip):
+    logits, actions, adv, w, mask = _case(14)
+    b_len, n_act = logits.shape[1], logits.shape[-1]
+    rng = np.random.default_rng(15)
+    # behaviour logits near the target's, so ratios fall both inside and outside the band [1/(1+eps), 1+eps]
+    mu_logits = logits + rng.normal(0.0, 0.3, logits.shape)
+    z = _t(logits).requires_grad_(True)
+    mu = _t(mu_logits).requires_grad_(True)
+    loss = clipped_surrogate_loss(z, mu, torch.tensor(actions), _t(adv), clip, _t(w), torch.tensor(mask))
+    loss.backward()
+    lp, lmu = np_log_softmax(logits), np_log_softmax(mu_logits)
+    take = lambda x: np.take_along_axis(x, actions[..., None], -1)[..., 0]  # noqa: E731
+    ratio = np.exp(take(lp) - take(lmu))
+    lo, hi = 1.0 / (1.0 + clip), 1.0 + clip
+    assert ((ratio < lo) | (ratio > hi))[mask].any() and ((ratio >= lo) & (ratio <= hi))[mask].any()
+    wm = w[None, :] * mask
+    surr = np.minimum(ratio * adv, np.clip(ratio, lo, hi) * adv)
+    np.testing.assert_allclose(loss.item(), -(wm * surr).sum() / b_len, rtol=1e-12)
+    # The gradient is rho A grad log pi(a) where the unclipped term is the minimum, else 0.
+    active = ratio * adv <= np.clip(ratio, lo, hi) * adv
+    onehot = np.eye(n_act)[actions]
+    want = -(wm * active * ratio * adv)[..., None] * (onehot - np.exp(lp)) / b_len
+    np.testing.assert_allclose(z.grad.numpy(), want, atol=1e-12)
+    assert mu.grad is None or not mu.grad.any(), "the behaviour policy must get no gradient"
+
+
+def test_clipped_surrogate_is_the_policy_gradient_on_policy():
+    """mu = pi: ratio 1 everywhere, so the gradient equals the plain policy gradient's (the values differ:
+    -A against -A log pi)."""
+    logits, actions, adv, w, mask = _case(16)
+    grads = []
+    for fn in (lambda z: policy_gradient_loss(z, torch.tensor(actions), _t(adv), _t(w), torch.tensor(mask)),
+               lambda z: clipped_surrogate_loss(z, _t(logits), torch.tensor(actions), _t(adv), 0.2, _t(w),
+                                                torch.tensor(mask))):
+        z = _t(logits).requires_grad_(True)
+        loss = fn(z)
+        loss.backward()
+        grads.append(z.grad.numpy())
+    assert np.abs(grads[0]).max() > 0
+    np.testing.assert_allclose(grads[0], grads[1], atol=1e-12)
+
+
+def test_clipped_surrogate_masked_steps_cannot_overflow():
+    """A padding step with an absurd log-ratio (mu(a) ~ 0) contributes nothing, and no inf/NaN."""
+    logits, actions, adv, w, mask = _case(17)
+    mu = logits.copy()
+    mu[0, 0, actions[0, 0]] = -1e4
+    mask[0, 0] = False
+    z = _t(logits).requires_grad_(True)
+    loss = clipped_surrogate_loss(z, _t(mu), torch.tensor(actions), _t(adv), 0.1, _t(w), torch.tensor(mask))
+    loss.backward()
+    assert np.isfinite(loss.item()) and np.isfinite(z.grad.numpy()).all()
+    with pytest.raises(ValueError, match="clip must be > 0"):
+        clipped_surrogate_loss(z, _t(mu), torch.tensor(actions), _t(adv), 0.0)
 
 
 def test_baseline_loss_value_and_gradient():
