@@ -178,6 +178,10 @@ class LearnerConfig:
     """Clip combined rewards to [-reward_clip, reward_clip] (0 disables)."""
     kl_trust_region: float = 0.0
     """Mask replayed steps whose KL(mu || pi) exceeds this many nats (0 disables)."""
+    kl_cost: float = 0.0
+    """Coefficient of a KL(mu || pi) penalty on fresh steps, whose behaviour policy is a few updates old: it pulls pi
+    back towards the policy that just acted, whatever data moved it (RLlib's APPO has such a term; here on fresh
+    steps only, since a replayed step's mu can be hundreds of updates old). 0 disables."""
     ppo_clip: float = 0.0
     """> 0: the policy term is PPO's clipped surrogate against the behaviour policy (Sample Factory's APPO), the
     ratio pi/mu clipped to [1/(1+eps), 1+eps], over V-trace advantages without the rho factor; a step then stops
@@ -585,6 +589,7 @@ class ExperimentConfig:
             "learner.eps": (0, False), "learner.grad_clip": (0, False), "learner.baseline_cost": (0, False),
             "learner.clip_rho": (0, True), "learner.clip_c": (0, True), "learner.clip_pg_rho": (0, True),
             "learner.reward_clip": (0, False), "learner.kl_trust_region": (0, False), "learner.ppo_clip": (0, False),
+            "learner.kl_cost": (0, False),
             "learner.checkpoint_every": (0, False), "learner.threads": (1, False),
             "actor.weight_sync_every": (1, False), "actor.threads": (1, False),
             "runtime.num_cpus": (0, False), "runtime.max_wall_time_s": (0, False), "runtime.seed": (0, False),

@@ -48,7 +48,7 @@ from distrl.config import ConfigError, ExperimentConfig, to_plain
 from distrl.envs.base import EnvSpec
 from distrl.learners.extras import LearnerBatch, LearnerExtra, build_extras
 from distrl.learners.vtrace import HeadLoss, ValueStream, learning_rewards, step_discounts, step_weights, vtrace_loss
-from distrl.losses.pg import entropy, kl_categorical, trust_region_mask
+from distrl.losses.pg import entropy, kl_categorical, kl_loss, trust_region_mask
 from distrl.models.acting import native_bf16
 from distrl.models.agent import Agent, build_agent, value_heads_in
 from distrl.replay.checkpoint import CheckpointError
@@ -191,6 +191,10 @@ class Learner:
 
         loss = vl.loss
         extra_metrics: dict[str, float] = {}
+        if lcfg.kl_cost > 0 and bool(fresh.any()):
+            kl_term = kl_loss(mu_logits, logits, mask=valid & fresh[None, :])
+            loss = loss + lcfg.kl_cost * kl_term
+            extra_metrics["learner/kl_loss"] = float(kl_term.detach())
         for name, e in self.extras.items():
             e_loss, e_metrics = e.loss(batch)
             if e_loss is not None:

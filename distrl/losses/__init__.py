@@ -7,6 +7,7 @@ from distrl.losses.pg import (
     entropy,
     entropy_loss,
     kl_categorical,
+    kl_loss,
     policy_gradient_loss,
     trust_region_mask,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "entropy",
     "entropy_loss",
     "kl_categorical",
+    "kl_loss",
     "policy_gradient_loss",
     "trust_region_mask",
     "vtrace_from_logits",

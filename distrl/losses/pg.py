@@ -191,6 +191,21 @@ def kl_categorical(logits_mu: Tensor, logits_pi: Tensor) -> Tensor:
     return (log_mu.exp() * (log_mu - log_pi)).sum(-1)
 
 
+def kl_loss(logits_mu: Tensor, logits_pi: Tensor, weights: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+    r"""KL penalty :math:`\frac1B\sum_{t,b} w\,m\,\mathrm{KL}(\mu(\cdot|x_t)\,\|\,\pi(\cdot|x_t))`, the gradient into
+    ``logits_pi`` only (``logits_mu`` is the behaviour policy, a constant). RLlib's APPO adds such a term; the
+    learner weights it by ``learner.kl_cost``.
+
+    Args:
+        logits_mu, logits_pi: ``[T, B, A]``; weights, mask: as in :func:`policy_gradient_loss`.
+    """
+    if logits_pi.dim() != 3:
+        raise ValueError(f"kl_loss: logits must be [T, B, A], got {list(logits_pi.shape)}")
+    kl = kl_categorical(logits_mu.detach(), logits_pi)
+    w = _weighting(kl, weights, mask)
+    return _reduce(_zero_masked(kl, w), w)
+
+
 @torch.no_grad()
 def trust_region_mask(logits_mu: Tensor, logits_pi: Tensor, max_kl: float) -> Tensor:
     """``[T, B]`` bool: KL(mu ‖ pi) ≤ ``max_kl`` (ALGORITHMS §5.4 trust mask; no gradient).

@@ -133,12 +133,12 @@ def test_vtrace_loss_matches_numpy_and_its_gradient_is_finite(ppo_clip):
 SPEC = EnvSpec(name="fake:test", obs={"x": ArraySpec((3,), np.dtype(np.float32))}, num_actions=4, family="fake")
 
 
-@pytest.mark.parametrize("kl,ppo", [(0.0, 0.0), (0.3, 0.0), (0.3, 0.1)])
-def test_learner_step_loss_equals_numpy_reference(kl, ppo):
+@pytest.mark.parametrize("kl,ppo,kl_cost", [(0.0, 0.0, 0.0), (0.3, 0.0, 0.0), (0.3, 0.1, 0.0), (0.0, 0.0, 0.7)])
+def test_learner_step_loss_equals_numpy_reference(kl, ppo, kl_cost):
     cfg = load_config(None, ["model.encoder=mlp", "model.hidden_size=16", "sequence.length=6",
                              "sequence.burn_in=2", "sequence.period=4", "learner.batch_size=5",
                              "replay.min_size=5", "learner.reward_clip=1.0", f"learner.kl_trust_region={kl}",
-                             f"learner.ppo_clip={ppo}"])
+                             f"learner.ppo_clip={ppo}", f"learner.kl_cost={kl_cost}"])
     learner = Learner(cfg, SPEC, device="cpu")
     L, B, burn = cfg.sequence.total, 5, cfg.sequence.burn_in
     valid = torch.rand(L, B, generator=torch.Generator().manual_seed(4)) > 0.1
@@ -169,6 +169,10 @@ def test_learner_step_loss_equals_numpy_reference(kl, ppo):
         klv = (np.exp(lmu) * (lmu - lpi)).sum(-1)
         w_pg = w_v * ((klv <= kl) | fresh.numpy()[None])
     want, _ = np_loss(logits, values, boot, mu, traj.action[tr].numpy(), r, disc, w_pg, w_v, cfg.learner)
+    if kl_cost > 0:  # the KL(mu || pi) penalty on fresh rows' valid steps
+        lmu, lpi = np_log_softmax(mu), np_log_softmax(logits)
+        want_kl = ((np.exp(lmu) * (lmu - lpi)).sum(-1) * valid * fresh.numpy()[None]).sum() / B
+        want = want + kl_cost * want_kl
 
     lr_np = (np.take_along_axis(np_log_softmax(logits), traj.action[tr].numpy()[..., None], -1)
              - np.take_along_axis(np_log_softmax(mu), traj.action[tr].numpy()[..., None], -1))[..., 0]
@@ -181,4 +185,5 @@ def test_learner_step_loss_equals_numpy_reference(kl, ppo):
         assert res.metrics["learner/ppo_clip_fraction"] == pytest.approx(want_frac, abs=1e-6)
     else:
         assert "learner/ppo_clip_fraction" not in res.metrics
+    assert ("learner/kl_loss" in res.metrics) == (kl_cost > 0)
     assert res.env_steps == int(valid[:, fresh.numpy()].sum())

@@ -13,6 +13,7 @@ from distrl.losses import (
     entropy,
     entropy_loss,
     kl_categorical,
+    kl_loss,
     policy_gradient_loss,
     trust_region_mask,
     vtrace_from_logits,
@@ -264,6 +265,21 @@ def test_clipped_surrogate_masked_steps_cannot_overflow():
     assert np.isfinite(loss.item()) and np.isfinite(z.grad.numpy()).all()
     with pytest.raises(ValueError, match="clip must be > 0"):
         clipped_surrogate_loss(z, _t(mu), torch.tensor(actions), _t(adv), 0.0)
+
+
+def test_kl_loss_value_and_gradient_into_pi_only():
+    logits, _, _, w, mask = _case(18)
+    mu_logits = logits + np.random.default_rng(19).normal(0.0, 0.5, logits.shape)
+    b_len = logits.shape[1]
+    z, mu = _t(logits).requires_grad_(True), _t(mu_logits).requires_grad_(True)
+    loss = kl_loss(mu, z, _t(w), torch.tensor(mask))
+    loss.backward()
+    lp, lmu = np_log_softmax(logits), np_log_softmax(mu_logits)
+    wm = w[None, :] * mask
+    np.testing.assert_allclose(loss.item(), (wm * (np.exp(lmu) * (lmu - lp)).sum(-1)).sum() / b_len, rtol=1e-12)
+    # d/dz KL(mu || softmax(z)) = softmax(z) - mu
+    np.testing.assert_allclose(z.grad.numpy(), wm[..., None] * (np.exp(lp) - np.exp(lmu)) / b_len, atol=1e-12)
+    assert mu.grad is None or not mu.grad.any(), "the behaviour policy must get no gradient"
 
 
 def test_baseline_loss_value_and_gradient():
