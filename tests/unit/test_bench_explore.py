@@ -52,6 +52,25 @@ def test_summary_counts_seeds_within_the_goals_and_says_when_runs_were_shorter()
     assert (full["above0_within_10min"], full["half_within_30min"]) == ("1/3", "1/3")
     short = explore.summarise("e3b_rnd", [run(0.4, 4.3, 7.5), run(None, None, 7.5)])
     assert (short["above0_within_10min"], short["half_within_30min"]) == ("1/2 (runs of 7.5 min)",) * 2
+    # A 30-minute run stopped at 18 minutes counts as an 18-minute run.
+    stopped = dict(run(2.0, None, 30), stopped_early_min=18.0)
+    early = explore.summarise("e3b_rnd", [stopped, run(2.0, 12.0, 30)])
+    assert early["minutes"] == 18.0 and early["half_within_30min"] == "1/2 (runs of 18 min)"
+
+
+def test_a_run_stopped_before_its_budget_says_how_long_it_ran(tmp_path) -> None:
+    import json
+
+    def rows(end_s: float) -> str:
+        return "\n".join(json.dumps({"charts/wall_time_s": t, "charts/env_steps": 100 * t,
+                                      "charts/success_rate": 0.0}) for t in range(0, int(end_s) + 1, 30))
+
+    (tmp_path / "metrics.jsonl").write_text(rows(18 * 60))
+    early = explore.collect("e3b_rnd", 2, 30.0, 180.0, tmp_path, None)
+    assert early is not None and early["stopped_early_min"] == 18.0
+    (tmp_path / "metrics.jsonl").write_text(rows(30 * 60 - 20))  # ended within the slack: ran its budget
+    full = explore.collect("e3b_rnd", 2, 30.0, 180.0, tmp_path, None)
+    assert full is not None and "stopped_early_min" not in full
 
 
 def test_every_preset_the_benchmark_names_loads_and_the_noreplay_one_trains_on_fresh_sequences() -> None:

@@ -16,10 +16,11 @@ Output (stdout, one JSON object per line; progress on stderr):
   metrics row logged by then;
 * ``{"bench": "explore_run", ...}``: one per run: final numbers, the first time and env step at which success
   was above 0 and at least 0.5, the env-step rate, and ``collapses``: each time success fell below 0.5 after
-  reaching 0.9, with the learner's and the bonus's metrics before and during it (:func:`collapses`);
+  reaching 0.9, with the learner's and the bonus's metrics before and during it (:func:`collapses`); and
+  ``stopped_early_min`` where the run ended more than a minute before its budget (stopped by hand, or failed);
 * ``{"bench": "explore_summary", ...}``: per config, over seeds: final success (median, min, max), how many seeds
   were above 0 within 10 minutes and at least 0.5 within 30 minutes (the issue's goals; only counted when the
-  runs were that long).
+  runs were that long: a run stopped early counts for the minutes it ran).
 
 It writes a PNG (success vs env steps and vs wall time, one line per run) to ``--png`` (default
 ``docs/results/explore_multiroom_n4.png``) and a Markdown table for BENCHMARKS.md to ``--md`` (default: the
@@ -243,6 +244,10 @@ def markdown(summaries: list[dict[str, Any]], runs: list[dict[str, Any]]) -> str
     return "\n".join(lines)
 
 
+EARLY_STOP_SLACK_S = 60.0
+"""A run that ended more than this before its wall-time budget was stopped early (or failed): it is labelled so."""
+
+
 def collect(name: str, seed: int, minutes: float, every_s: float, run_dir: Path,
             process_s: float | None) -> dict[str, Any] | None:
     """Emit a finished run's checkpoint and run lines; return the run (with its curve), or None without metrics."""
@@ -272,6 +277,8 @@ def collect(name: str, seed: int, minutes: float, every_s: float, run_dir: Path,
         "run_dir": str(run_dir),
         "collapses": collapses(rows),
     }
+    if wall < minutes * 60 - EARLY_STOP_SLACK_S:  # stopped (or crashed) well before its budget: say how long it ran
+        run["stopped_early_min"] = round(wall / 60, 1)
     for c in run["collapses"]:
         end = "not back by the end" if c["end_min"] is None else f"back at {c['end_min']} min"
         log(f"{name}-seed{seed}: collapse from {c['start_min']} min (low {c['min_success']}, {end})")
@@ -291,9 +298,14 @@ def recorded_minutes(run_dir: Path) -> float | None:
     return budget / 60 if budget > 0 else None
 
 
+def ran_minutes(run: dict[str, Any]) -> float:
+    """The minutes a run counts for: its budget, or less where it was stopped early."""
+    return min(run["minutes"], run.get("stopped_early_min") or run["minutes"])
+
+
 def summarise(name: str, mine: list[dict[str, Any]]) -> dict[str, Any]:
     finals = [r["final_success"] or 0.0 for r in mine]
-    minutes = min(r["minutes"] for r in mine)
+    minutes = min(ran_minutes(r) for r in mine)
 
     def count(key: str, limit: float) -> str:
         """Seeds that got there within the limit; runs shorter than it say so: the others are undecided."""
@@ -383,6 +395,10 @@ def main(argv: list[str] | None = None) -> int:
     if runs:
         png = Path(args.png)
         budgets = ", ".join(f"{n} {m:g} min" for n, m in minutes_for.items())
+        early = [f"{r['config']} seed {r['seed']} at {r['stopped_early_min']:g} min" for r in runs
+                 if r.get("stopped_early_min") is not None]
+        if early:
+            budgets += f" (stopped early: {', '.join(early)})"
         title = (f"MiniHack-MultiRoom-N4, {os.cpu_count()} cores, {'local' if args.local else 'Ray'} runtime, "
                  f"per run: {budgets}")
         plot(runs, png, title)
