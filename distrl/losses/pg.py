@@ -74,6 +74,13 @@ def _zero_masked(x: Tensor, w: Tensor) -> Tensor:
     return torch.where(w != 0, x, torch.zeros_like(x))
 
 
+def _check_advantages(advantages: Tensor, actions: Tensor) -> None:
+    if advantages.shape != actions.shape:
+        raise ValueError(
+            f"advantages {list(advantages.shape)} must match actions {list(actions.shape)} [T, B]"
+        )
+
+
 def policy_gradient_loss(
     logits: Tensor,
     actions: Tensor,
@@ -92,10 +99,7 @@ def policy_gradient_loss(
     Returns:
         Scalar loss.
     """
-    if advantages.shape != actions.shape:
-        raise ValueError(
-            f"advantages {list(advantages.shape)} must match actions {list(actions.shape)} [T, B]"
-        )
+    _check_advantages(advantages, actions)
     logp = action_log_probs(logits, actions)
     w = _weighting(logp, weights, mask)
     return _reduce(-_zero_masked(logp, w) * _zero_masked(advantages.detach(), w), w)
@@ -127,10 +131,7 @@ def clipped_surrogate_loss(
     """
     if clip <= 0:
         raise ValueError(f"clipped_surrogate_loss: clip must be > 0, got {clip}")
-    if advantages.shape != actions.shape:
-        raise ValueError(
-            f"advantages {list(advantages.shape)} must match actions {list(actions.shape)} [T, B]"
-        )
+    _check_advantages(advantages, actions)
     logp = action_log_probs(logits, actions)
     log_mu = action_log_probs(behaviour_logits.detach(), actions)
     w = _weighting(logp, weights, mask)
