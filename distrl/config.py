@@ -532,6 +532,11 @@ class ExperimentConfig:
                 f"the learner sample {limit}: while it outpaces the actors, the fresh ones run short and the rest of "
                 "each batch is replayed (learner/fresh_fraction shows the share). For fresh sequences only, set "
                 "replay.samples_per_insert=1.")
+        if self.learner.kl_cost > 0 and self.learner.online_fraction == 0:
+            out.append(
+                f"learner.kl_cost={self.learner.kl_cost:g} penalises KL(mu || pi) on fresh sequences only, but "
+                "learner.online_fraction=0 trains on replayed ones only: the penalty never applies. Set "
+                "learner.online_fraction > 0, or leave kl_cost at 0.")
         return out
 
     def _bonus_checks(self) -> list[tuple[bool, str]]:

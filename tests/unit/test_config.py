@@ -128,3 +128,10 @@ def test_advisories_name_an_online_fraction_the_rate_limit_cannot_keep():
     assert "no limit" in unlimited.advisories()[0]
     kept = dataclasses.replace(fresh_only, replay=dataclasses.replace(fresh_only.replay, samples_per_insert=1.0))
     assert kept.advisories() == []
+
+
+def test_advisories_name_a_kl_cost_that_never_applies():
+    path = str(Path(__file__).resolve().parents[2] / "configs" / "minihack_multiroom.yaml")
+    assert load_config(path, ["learner.kl_cost=1.0"]).advisories() == []  # half of each batch is fresh
+    (advice,) = load_config(path, ["learner.kl_cost=1.0", "learner.online_fraction=0"]).advisories()
+    assert "learner.kl_cost=1" in advice and "learner.online_fraction=0" in advice
