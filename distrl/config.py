@@ -186,6 +186,16 @@ class LearnerConfig:
     """> 0: the policy term is PPO's clipped surrogate against the behaviour policy (Sample Factory's APPO), the
     ratio pi/mu clipped to [1/(1+eps), 1+eps], over V-trace advantages without the rho factor; a step then stops
     pushing pi(a) once it is a factor 1+eps from mu(a). 0: V-trace's policy gradient (truncated-IS weighted)."""
+    ppo_clip_against: Literal["behaviour", "proximal"] = "behaviour"
+    """What learner.ppo_clip's ratio is measured against: the behaviour policy mu, or the proximal policy, a copy of
+    pi refreshed every proximal_period updates (the advantage then carries min(clip_pg_rho, pi_prox/mu)), so that
+    replayed rows are not held near behaviour hundreds of updates old."""
+    proximal_kl_cost: float = 0.0
+    """Coefficient of a KL(pi_prox || pi) penalty on every valid step, fresh or replayed, against the proximal policy
+    (a copy of pi refreshed every proximal_period updates; MPO / V-MPO's target-network bound). 0 disables."""
+    proximal_period: int = 10
+    """Learner updates between refreshes of the proximal policy (used only with ppo_clip_against=proximal or
+    proximal_kl_cost > 0, which cost one more forward pass per update)."""
     max_policy_lag: int = 100
     """Drop fresh sequences whose policy is more than this many learner updates old."""
     publish_every: int = 1
@@ -537,6 +547,11 @@ class ExperimentConfig:
                 f"learner.kl_cost={self.learner.kl_cost:g} penalises KL(mu || pi) on fresh sequences only, but "
                 "learner.online_fraction=0 trains on replayed ones only: the penalty never applies. Set "
                 "learner.online_fraction > 0, or leave kl_cost at 0.")
+        if self.learner.ppo_clip_against == "proximal" and self.learner.ppo_clip == 0:
+            out.append(
+                "learner.ppo_clip_against=proximal measures the PPO clip's ratio against the proximal policy, but "
+                "learner.ppo_clip=0 turns the clip off: the setting does nothing. Set learner.ppo_clip > 0 "
+                "(for example 0.1).")
         return out
 
     def _bonus_checks(self) -> list[tuple[bool, str]]:
@@ -594,7 +609,8 @@ class ExperimentConfig:
             "learner.eps": (0, False), "learner.grad_clip": (0, False), "learner.baseline_cost": (0, False),
             "learner.clip_rho": (0, True), "learner.clip_c": (0, True), "learner.clip_pg_rho": (0, True),
             "learner.reward_clip": (0, False), "learner.kl_trust_region": (0, False), "learner.ppo_clip": (0, False),
-            "learner.kl_cost": (0, False),
+            "learner.kl_cost": (0, False), "learner.proximal_kl_cost": (0, False),
+            "learner.proximal_period": (1, False),
             "learner.checkpoint_every": (0, False), "learner.threads": (1, False),
             "actor.weight_sync_every": (1, False), "actor.threads": (1, False),
             "runtime.num_cpus": (0, False), "runtime.max_wall_time_s": (0, False), "runtime.seed": (0, False),

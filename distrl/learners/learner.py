@@ -47,8 +47,9 @@ from torch import Tensor
 from distrl.config import ConfigError, ExperimentConfig, to_plain
 from distrl.envs.base import EnvSpec
 from distrl.learners.extras import LearnerBatch, LearnerExtra, build_extras
+from distrl.learners.proximal import ProximalPolicy
 from distrl.learners.vtrace import HeadLoss, ValueStream, learning_rewards, step_discounts, step_weights, vtrace_loss
-from distrl.losses.pg import entropy, kl_categorical, kl_loss, trust_region_mask
+from distrl.losses.pg import action_log_probs, entropy, kl_categorical, kl_loss, trust_region_mask
 from distrl.models.acting import native_bf16
 from distrl.models.agent import Agent, build_agent, value_heads_in
 from distrl.replay.checkpoint import CheckpointError
@@ -130,6 +131,10 @@ class Learner:
             )
         else:
             self.optimizer = torch.optim.Adam(groups, lr=cfg.learner.lr, eps=cfg.learner.eps)
+        lc = cfg.learner
+        uses_proximal = lc.proximal_kl_cost > 0 or (lc.ppo_clip > 0 and lc.ppo_clip_against == "proximal")
+        # A recent copy of pi that each update's step is limited against (distrl.learners.proximal).
+        self.proximal = ProximalPolicy(self.agent, lc.proximal_period) if uses_proximal else None
         self.version = 0
         self.env_steps = 0  # env steps consumed (fresh rows, post-burn-in), summed over this learner
         self.samples_trained = 0
@@ -181,13 +186,14 @@ class Learner:
                                    clip=lcfg.reward_clip, intrinsic=intrinsic)
         discounts = step_discounts(part.terminated, part.truncated, lcfg.discount)
         mu_logits = part.behaviour_logits.to(torch.float32)
+        prox_logits = None if self.proximal is None else self.proximal.logits(traj, reset, burn)
         trusted = None
         if lcfg.kl_trust_region > 0:
             # LASER-style trust region: replayed steps whose behaviour policy is too far from pi carry no PG.
             trusted = trust_region_mask(mu_logits, logits.detach(), lcfg.kl_trust_region) | fresh[None, :]
         weights = step_weights(is_w, valid, trusted=trusted, extra=pg_extra)
         vl = vtrace_loss(logits, values, out.value[-1], mu_logits, part.action, rewards, discounts, weights, lcfg,
-                         streams=streams)
+                         streams=streams, proximal_logits=prox_logits)
 
         loss = vl.loss
         extra_metrics: dict[str, float] = {}
@@ -195,6 +201,14 @@ class Learner:
             kl_term = kl_loss(mu_logits, logits, mask=valid & fresh[None, :])
             loss = loss + lcfg.kl_cost * kl_term
             extra_metrics["learner/kl_loss"] = float(kl_term.detach())
+        if prox_logits is not None:
+            prox_kl = kl_categorical(prox_logits, logits.detach())
+            extra_metrics["learner/proximal_kl"] = _masked_mean(prox_kl, valid.to(torch.float32),
+                                                                max(1.0, float(valid.sum())))
+            if lcfg.proximal_kl_cost > 0:
+                prox_term = kl_loss(prox_logits, logits, mask=valid)
+                loss = loss + lcfg.proximal_kl_cost * prox_term
+                extra_metrics["learner/proximal_kl_loss"] = float(prox_term.detach())
         for name, e in self.extras.items():
             e_loss, e_metrics = e.loss(batch)
             if e_loss is not None:
@@ -211,6 +225,8 @@ class Learner:
             torch.nn.utils.clip_grad_norm_(list(e.parameters()), lcfg.grad_clip)
         self.optimizer.step()
         self.version += 1
+        if self.proximal is not None:
+            self.proximal.after_update(self.agent, self.version)
 
         # With several heads the priority is the TD error of their summed value on the summed reward (what one
         # head would see; ALGORITHMS.md §5.5), not the sum of the heads' absolute errors.
@@ -224,7 +240,10 @@ class Learner:
         if lcfg.ppo_clip > 0:  # share of the policy-weighted steps whose ratio has left the clip band
             band = math.log1p(lcfg.ppo_clip)
             pw = weights.policy > 0
-            outside = (vl.log_rhos.abs() > band) & pw
+            log_ratio = vl.log_rhos
+            if lcfg.ppo_clip_against == "proximal" and prox_logits is not None:
+                log_ratio = action_log_probs(logits.detach(), part.action) - action_log_probs(prox_logits, part.action)
+            outside = (log_ratio.abs() > band) & pw
             extra_metrics["learner/ppo_clip_fraction"] = float(outside.sum()) / max(1, int(pw.sum()))
         metrics = {
             "learner/loss": float(loss.detach()),
@@ -364,6 +383,8 @@ class Learner:
                 f"{source}: does not fit this learner ({type(err).__name__}: {err}); nothing was loaded"
             ) from err
         self.version = counters["version"]
+        if self.proximal is not None:  # not checkpointed: a resumed run's proximal policy is the resumed policy
+            self.proximal.refresh(self.agent, self.version)
         self.env_steps = counters["env_steps"]
         self.samples_trained = counters["samples_trained"]
 

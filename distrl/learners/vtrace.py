@@ -210,11 +210,15 @@ def vtrace_loss(
     weights: StepWeights,
     cfg: LearnerConfig,
     streams: Sequence[ValueStream] = (),
+    proximal_logits: Tensor | None = None,
 ) -> VTraceLoss:
     """IMPALA's loss on one batch: V-trace targets from μ (``behaviour_logits``) and π (``logits``), then
     ``pg + baseline_cost · ½(v_s − V)² − entropy_cost · H(π)``, each term weighted per step by ``weights`` and
     reduced as :mod:`distrl.losses.pg` says (sum over time, mean over sequences). ``cfg.ppo_clip > 0`` swaps the
-    policy-gradient term for PPO's clipped surrogate against μ, over advantages without the ρ factor.
+    policy-gradient term for PPO's clipped surrogate against μ, over advantages without the ρ factor; with
+    ``cfg.ppo_clip_against == "proximal"`` the surrogate's ratio is π/π_prox (``proximal_logits``, a recent copy
+    of π: :mod:`distrl.learners.proximal`) and the advantage carries min(ρ̄_pg, π_prox/μ), the off-policy
+    correction against μ kept apart from the clip (Hilton et al. 2022's decoupled objective).
 
     ``streams``: further value heads (:class:`ValueStream`). Each gets V-trace over the same ratios; the policy
     gradient uses ``A_ext + sum_k adv_coef_k · A_k`` and the baseline term sums the heads' losses.
@@ -244,7 +248,15 @@ def vtrace_loss(
         clip_pg_rho=cfg.clip_pg_rho,
         pg_rho=cfg.ppo_clip <= 0,
     )
-    if cfg.ppo_clip > 0:
+    if cfg.ppo_clip > 0 and cfg.ppo_clip_against == "proximal":
+        if proximal_logits is None or proximal_logits.shape != logits.shape:
+            raise ValueError("vtrace_loss: learner.ppo_clip_against=proximal needs proximal_logits [T, B, A] = "
+                             f"{list(logits.shape)}, got "
+                             f"{None if proximal_logits is None else list(proximal_logits.shape)}")
+        log_prox_mu = (action_log_probs(proximal_logits, actions) - action_log_probs(behaviour_logits, actions))
+        adv = vt.pg_advantages * log_prox_mu.detach().exp().clamp(max=cfg.clip_pg_rho)
+        pg = clipped_surrogate_loss(logits, proximal_logits, actions, adv, cfg.ppo_clip, mask=weights.policy)
+    elif cfg.ppo_clip > 0:
         pg = clipped_surrogate_loss(logits, behaviour_logits, actions, vt.pg_advantages, cfg.ppo_clip,
                                     mask=weights.policy)
     else:

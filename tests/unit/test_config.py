@@ -135,3 +135,16 @@ def test_advisories_name_a_kl_cost_that_never_applies():
     assert load_config(path, ["learner.kl_cost=1.0"]).advisories() == []  # half of each batch is fresh
     (advice,) = load_config(path, ["learner.kl_cost=1.0", "learner.online_fraction=0"]).advisories()
     assert "learner.kl_cost=1" in advice and "learner.online_fraction=0" in advice
+
+
+def test_proximal_settings_are_checked_and_a_clip_against_it_without_a_clip_is_advised_on():
+    path = str(Path(__file__).resolve().parents[2] / "configs" / "minihack_multiroom.yaml")
+    assert load_config(path, ["learner.ppo_clip=0.1", "learner.ppo_clip_against=proximal"]).advisories() == []
+    (advice,) = load_config(path, ["learner.ppo_clip_against=proximal"]).advisories()
+    assert "learner.ppo_clip_against=proximal" in advice and "learner.ppo_clip=0" in advice
+    with pytest.raises(ConfigError, match="learner.proximal_period"):
+        load_config(path, ["learner.proximal_period=0"])
+    with pytest.raises(ConfigError, match="learner.proximal_kl_cost"):
+        load_config(path, ["learner.proximal_kl_cost=-1"])
+    with pytest.raises(ConfigError, match="ppo_clip_against"):
+        load_config(path, ["learner.ppo_clip_against=target"])

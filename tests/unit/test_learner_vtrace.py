@@ -41,8 +41,11 @@ def np_vtrace(log_rhos, discounts, rewards, values, bootstrap, clip_rho=1.0, cli
     return vs, adv
 
 
-def np_loss(logits, values, bootstrap, mu_logits, actions, rewards, discounts, w_pg, w_v, cfg: LearnerConfig):
-    """The whole V-trace loss in NumPy: sum over time, mean over sequences of each weighted term."""
+def np_loss(logits, values, bootstrap, mu_logits, actions, rewards, discounts, w_pg, w_v, cfg: LearnerConfig,
+            prox_logits=None):
+    """The whole V-trace loss in NumPy: sum over time, mean over sequences of each weighted term. With
+    ``cfg.ppo_clip_against == "proximal"`` the clip's ratio is pi/pi_prox and the advantage carries
+    min(clip_pg_rho, pi_prox/mu) (Hilton et al.'s decoupled objective)."""
     lp, lmu = np_log_softmax(logits), np_log_softmax(mu_logits)
     a = actions[..., None]
     logp = np.take_along_axis(lp, a, -1)[..., 0]
@@ -52,6 +55,10 @@ def np_loss(logits, values, bootstrap, mu_logits, actions, rewards, discounts, w
     if cfg.ppo_clip > 0:  # PPO's clipped surrogate against mu, over the advantage without the rho factor
         ratio = np.exp(log_rhos)
         adv = adv / np.minimum(ratio, cfg.clip_pg_rho)
+        if cfg.ppo_clip_against == "proximal":
+            log_prox = np.take_along_axis(np_log_softmax(prox_logits), a, -1)[..., 0]
+            adv = adv * np.minimum(np.exp(log_prox - np.take_along_axis(lmu, a, -1)[..., 0]), cfg.clip_pg_rho)
+            ratio = np.exp(logp - log_prox)
         lo, hi = 1.0 / (1.0 + cfg.ppo_clip), 1.0 + cfg.ppo_clip
         pg = -(w_pg * np.minimum(ratio * adv, np.clip(ratio, lo, hi) * adv)).sum() / B
     else:
@@ -104,8 +111,8 @@ def test_step_weights_compose_is_valid_trust_and_extra():
         step_weights(torch.ones(3), _t(valid, torch.bool))
 
 
-@pytest.mark.parametrize("ppo_clip", [0.0, 0.2])
-def test_vtrace_loss_matches_numpy_and_its_gradient_is_finite(ppo_clip):
+@pytest.mark.parametrize("ppo_clip,against", [(0.0, "behaviour"), (0.2, "behaviour"), (0.2, "proximal")])
+def test_vtrace_loss_matches_numpy_and_its_gradient_is_finite(ppo_clip, against):
     rng = np.random.default_rng(2)
     T, B, A = 7, 3, 4
     logits, mu = rng.normal(size=(T, B, A)), rng.normal(size=(T, B, A))
@@ -115,22 +122,48 @@ def test_vtrace_loss_matches_numpy_and_its_gradient_is_finite(ppo_clip):
     disc = 0.9 * (rng.random((T, B)) > 0.2)
     w_v = rng.random(B)[None] * (rng.random((T, B)) > 0.1)
     w_pg = w_v * (rng.random((T, B)) > 0.3)
+    prox = logits + 0.5 * rng.normal(size=(T, B, A))  # a recent policy: near pi, not equal to it
     cfg = LearnerConfig(clip_rho=1.0, clip_c=0.9, clip_pg_rho=1.2, baseline_cost=0.5, entropy_cost=0.01,
-                        ppo_clip=ppo_clip)
-    want, want_vs = np_loss(logits, values, boot, mu, actions, rewards, disc, w_pg, w_v, cfg)
+                        ppo_clip=ppo_clip, ppo_clip_against=against)
+    want, want_vs = np_loss(logits, values, boot, mu, actions, rewards, disc, w_pg, w_v, cfg, prox_logits=prox)
     lg = _t(logits).requires_grad_()
     vv = _t(values).requires_grad_()
     out = vtrace_loss(lg, vv, _t(boot), _t(mu), _t(actions, torch.int64), _t(rewards), _t(disc),
-                      StepWeights(policy=_t(w_pg), value=_t(w_v)), cfg)
+                      StepWeights(policy=_t(w_pg), value=_t(w_v)), cfg, proximal_logits=_t(prox))
     np.testing.assert_allclose(float(out.loss.detach()), want, rtol=1e-9)
     np.testing.assert_allclose(out.vs.numpy(), want_vs, rtol=1e-9)
     out.loss.backward()
     assert torch.isfinite(lg.grad).all() and torch.isfinite(vv.grad).all()
     assert lg.grad.abs().sum() > 0 and vv.grad.abs().sum() > 0
+    if against == "proximal":
+        with pytest.raises(ValueError, match="proximal_logits"):
+            vtrace_loss(lg, vv, _t(boot), _t(mu), _t(actions, torch.int64), _t(rewards), _t(disc),
+                        StepWeights(policy=_t(w_pg), value=_t(w_v)), cfg)
 
 
 # ---- Learner.step runs exactly these pieces ---------------------------------------------------------------
 SPEC = EnvSpec(name="fake:test", obs={"x": ArraySpec((3,), np.dtype(np.float32))}, num_actions=4, family="fake")
+
+
+def _sample(learner: Learner, B: int, seed: int) -> ReplaySample:
+    """B random sequences (some steps invalid, rewards beyond the clip), two fresh, mixed IS weights."""
+    L = learner.cfg.sequence.total
+    valid = torch.rand(L, B, generator=torch.Generator().manual_seed(seed + 1)) > 0.1
+    traj = random_trajectory(L, B, num_actions=4, obs={"x": ((3,), np.float32)}, done_prob=0.2,
+                             core_state=learner.agent.initial_state(B), seed=seed, valid=valid)
+    traj = dataclasses.replace(traj, reward=traj.reward * 2)
+    return ReplaySample(traj=traj, keys=torch.arange(B), shard_ids=torch.zeros(B, dtype=torch.int64),
+                        weights=torch.tensor([1.0, 0.5, 0.8, 1.0, 0.3]),
+                        probs=torch.full((B,), 0.2, dtype=torch.float64),
+                        fresh=torch.tensor([True, False, False, True, False]))
+
+
+def _unroll(agent, traj, burn: int):
+    """The agent's outputs on the trained part, burn-in from the stored core state (no gradient)."""
+    with torch.no_grad():
+        reset = traj.reset_mask()
+        st = agent.unroll({"x": traj.obs["x"][:burn]}, reset[:burn], traj.core_state).state
+        return agent.unroll({"x": traj.obs["x"][burn:]}, reset[burn:], st)
 
 
 @pytest.mark.parametrize("kl,ppo,kl_cost", [(0.0, 0.0, 0.0), (0.3, 0.0, 0.0), (0.3, 0.1, 0.0), (0.0, 0.0, 0.7)])
@@ -140,22 +173,13 @@ def test_learner_step_loss_equals_numpy_reference(kl, ppo, kl_cost):
                              "replay.min_size=5", "learner.reward_clip=1.0", f"learner.kl_trust_region={kl}",
                              f"learner.ppo_clip={ppo}", f"learner.kl_cost={kl_cost}"])
     learner = Learner(cfg, SPEC, device="cpu")
-    L, B, burn = cfg.sequence.total, 5, cfg.sequence.burn_in
-    valid = torch.rand(L, B, generator=torch.Generator().manual_seed(4)) > 0.1
-    traj = random_trajectory(L, B, num_actions=4, obs={"x": ((3,), np.float32)}, done_prob=0.2,
-                             core_state=learner.agent.initial_state(B), seed=3, valid=valid)
-    traj = dataclasses.replace(traj, reward=traj.reward * 2)  # some rewards beyond the clip
-    fresh = torch.tensor([True, False, False, True, False])
-    is_w = torch.tensor([1.0, 0.5, 0.8, 1.0, 0.3])
-    sample = ReplaySample(traj=traj, keys=torch.arange(B), shard_ids=torch.zeros(B, dtype=torch.int64),
-                          weights=is_w, probs=torch.full((B,), 0.2, dtype=torch.float64), fresh=fresh)
+    B, burn = 5, cfg.sequence.burn_in
+    sample = _sample(learner, B, seed=3)
+    traj, fresh, is_w = sample.traj, sample.fresh, sample.weights
 
     # The reference: the agent's outputs before the update, everything else in NumPy.
-    with torch.no_grad():
-        reset = traj.reset_mask()
-        st = learner.agent.unroll({"x": traj.obs["x"][:burn]}, reset[:burn], traj.core_state).state
-        out = learner.agent.unroll({"x": traj.obs["x"][burn:]}, reset[burn:], st)
     n = lambda x: x.double().numpy()  # noqa: E731
+    out = _unroll(learner.agent, traj, burn)
     logits, values, boot = n(out.logits[:-1]), n(out.value[:-1]), n(out.value[-1])
     tr = slice(burn, None)
     r = np.clip(n(traj.reward[tr]), -1, 1) + 0.99 * n(traj.truncated[tr]) * n(traj.truncation_value[tr])
@@ -187,3 +211,53 @@ def test_learner_step_loss_equals_numpy_reference(kl, ppo, kl_cost):
         assert "learner/ppo_clip_fraction" not in res.metrics
     assert ("learner/kl_loss" in res.metrics) == (kl_cost > 0)
     assert res.env_steps == int(valid[:, fresh.numpy()].sum())
+
+
+def test_proximal_policy_is_refreshed_every_period_and_limits_the_step_as_numpy_says():
+    """ppo_clip against the proximal policy plus KL(pi_prox || pi) on every valid step: the proximal copy is the
+    policy of the last refresh (every 2 updates, and at a checkpoint load), and Learner.step's loss is the NumPy
+    decoupled objective over the copy's own unroll."""
+    cost = 0.7
+    cfg = load_config(None, ["model.encoder=mlp", "model.hidden_size=16", "sequence.length=6",
+                             "sequence.burn_in=2", "sequence.period=4", "learner.batch_size=5",
+                             "replay.min_size=5", "learner.ppo_clip=0.1", "learner.ppo_clip_against=proximal",
+                             f"learner.proximal_kl_cost={cost}", "learner.proximal_period=2", "learner.lr=0.01"])
+    learner = Learner(cfg, SPEC, device="cpu")
+    burn, B = cfg.sequence.burn_in, 5
+    params = lambda agent: torch.cat([p.detach().flatten() for p in agent.parameters()])  # noqa: E731
+    res = learner.step(_sample(learner, B, seed=10))  # the copy is the initial policy: KL 0
+    assert res.metrics["learner/proximal_kl"] == pytest.approx(0.0, abs=1e-9)
+    assert not torch.equal(params(learner.proximal.agent), params(learner.agent))  # version 1: not refreshed
+    learner.step(_sample(learner, B, seed=11))
+    assert torch.equal(params(learner.proximal.agent), params(learner.agent))  # version 2: refreshed
+    learner.step(_sample(learner, B, seed=12))
+    assert learner.proximal.refreshed_at == 2 and not torch.equal(params(learner.proximal.agent),
+                                                                  params(learner.agent))
+
+    sample = _sample(learner, B, seed=13)
+    traj, fresh, is_w = sample.traj, sample.fresh, sample.weights
+    n = lambda x: x.double().numpy()  # noqa: E731
+    out, prox_out = _unroll(learner.agent, traj, burn), _unroll(learner.proximal.agent, traj, burn)
+    logits, prox = n(out.logits[:-1]), n(prox_out.logits[:-1])
+    tr = slice(burn, None)
+    r = np.clip(n(traj.reward[tr]), -1, 1) + 0.99 * n(traj.truncated[tr]) * n(traj.truncation_value[tr])
+    disc = 0.99 * ~(traj.terminated[tr] | traj.truncated[tr]).numpy()
+    valid = traj.valid[tr].numpy()
+    w_v = n(is_w)[None] * valid
+    want, _ = np_loss(logits, n(out.value[:-1]), n(out.value[-1]), n(traj.behaviour_logits[tr]),
+                      traj.action[tr].numpy(), r, disc, w_v, w_v, cfg.learner, prox_logits=prox)
+    lq, lp = np_log_softmax(prox), np_log_softmax(logits)
+    kl = (np.exp(lq) * (lq - lp)).sum(-1)
+    assert kl[valid].mean() > 1e-6  # the copy is two updates old: a real KL
+    want = want + cost * (kl * valid).sum() / B  # every valid step, fresh or replayed, unweighted
+    res = learner.step(sample)
+    np.testing.assert_allclose(res.metrics["learner/loss"], want, rtol=1e-4, atol=1e-5)
+    assert res.metrics["learner/proximal_kl"] == pytest.approx(float(kl[valid].mean()), rel=1e-4)
+    assert res.metrics["learner/proximal_kl_loss"] == pytest.approx(float((kl * valid).sum() / B), rel=1e-4)
+    assert 0 <= res.metrics["learner/ppo_clip_fraction"] <= 1
+
+    resumed = Learner(cfg, SPEC, device="cpu")  # a checkpoint load refreshes the copy to the loaded policy
+    resumed.load_state_dict(learner.state_dict())
+    assert torch.equal(params(resumed.proximal.agent), params(learner.agent))
+    assert resumed.proximal.refreshed_at == learner.version == 4
+    assert Learner(load_config(None, ["model.encoder=mlp"]), SPEC, device="cpu").proximal is None  # off by default
