@@ -142,9 +142,9 @@ def test_proximal_settings_are_checked_and_a_clip_against_it_without_a_clip_is_a
     assert load_config(path, ["learner.ppo_clip=0.1", "learner.ppo_clip_against=proximal"]).advisories() == []
     (advice,) = load_config(path, ["learner.ppo_clip_against=proximal"]).advisories()
     assert "learner.ppo_clip_against=proximal" in advice and "learner.ppo_clip=0" in advice
-    with pytest.raises(ConfigError, match="learner.proximal_period"):
+    with pytest.raises(ConfigError, match=r"learner\.proximal_period"):
         load_config(path, ["learner.proximal_period=0"])
-    with pytest.raises(ConfigError, match="learner.proximal_kl_cost"):
+    with pytest.raises(ConfigError, match=r"learner\.proximal_kl_cost"):
         load_config(path, ["learner.proximal_kl_cost=-1"])
     with pytest.raises(ConfigError, match="ppo_clip_against"):
         load_config(path, ["learner.ppo_clip_against=target"])

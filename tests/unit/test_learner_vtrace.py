@@ -235,7 +235,7 @@ def test_proximal_policy_is_refreshed_every_period_and_limits_the_step_as_numpy_
                                                                   params(learner.agent))
 
     sample = _sample(learner, B, seed=13)
-    traj, fresh, is_w = sample.traj, sample.fresh, sample.weights
+    traj, is_w = sample.traj, sample.weights
     n = lambda x: x.double().numpy()  # noqa: E731
     out, prox_out = _unroll(learner.agent, traj, burn), _unroll(learner.proximal.agent, traj, burn)
     logits, prox = n(out.logits[:-1]), n(prox_out.logits[:-1])
