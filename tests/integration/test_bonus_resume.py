@@ -84,11 +84,28 @@ def test_global_counts_are_counted_checkpointed_and_resumed(tmp_path, monkeypatc
     assert np.all(table2.lookup(table.tables[0]._keys) >= table.lookup(table.tables[0]._keys))
 
 
-@pytest.mark.parametrize("preset", ["minihack_multiroom_e3b_rnd.yaml", "minihack_multiroom_counts.yaml"])
-def test_presets_differ_from_the_base_by_their_bonus_lines_only(preset):
+@pytest.mark.parametrize("preset, learner_diff", [
+    ("minihack_multiroom_e3b_rnd.yaml", {"ppo_clip": 0.1, "ppo_clip_against": "proximal"}),
+    ("minihack_multiroom_counts.yaml", {}),
+])
+def test_presets_differ_from_the_base_by_their_bonus_lines_only(preset, learner_diff):
+    """An exploration preset is the no-bonus base plus its bonus lines; e3b_rnd also limits each update against the
+    proximal policy (its measured fix for collapses with replay), and nothing else."""
     from distrl.config import load_config
     base = load_config(REPO / "configs/minihack_multiroom_nobonus.yaml")
     cfg = load_config(REPO / "configs" / preset)
     assert cfg.bonus != base.bonus
     d, b = cfg.to_dict(), base.to_dict()
-    assert {k for k in d if d[k] != b[k]} == {"bonus"}
+    assert {k for k in d if d[k] != b[k]} == ({"bonus", "learner"} if learner_diff else {"bonus"})
+    changed = {k: v for k, v in d["learner"].items() if v != b["learner"][k]}
+    assert changed == learner_diff
+
+
+def test_the_noreplay_preset_is_e3b_rnd_on_fresh_sequences_without_the_clip():
+    from distrl.config import load_config
+    rnd = load_config(REPO / "configs/minihack_multiroom_e3b_rnd.yaml").to_dict()
+    fresh = load_config(REPO / "configs/minihack_multiroom_e3b_rnd_noreplay.yaml").to_dict()
+    assert {k for k in fresh if fresh[k] != rnd[k]} == {"learner", "replay"}
+    assert {k: v for k, v in fresh["learner"].items() if v != rnd["learner"][k]} == {
+        "online_fraction": 1.0, "ppo_clip": 0.0, "ppo_clip_against": "behaviour"}
+    assert {k: v for k, v in fresh["replay"].items() if v != rnd["replay"][k]} == {"samples_per_insert": 1.0}

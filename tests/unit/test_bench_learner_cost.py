@@ -17,10 +17,12 @@ from distrl.config import load_config
 
 @pytest.mark.parametrize("name", ["none", "e3b", "e3b_rnd", "e3b_noveld", "counts"])
 def test_bonus_lines_on_the_base_give_the_preset(name: str) -> None:
-    """Every bonus is the base config plus its preset's bonus lines, so on the base the presets include it is
-    the preset itself; rnd and noveld are the E3B presets with the episodic bonus off."""
+    """Every bonus is the base config plus its preset's bonus lines and nothing else (the cost of the bonus, not
+    of e3b_rnd's proximal clip); rnd and noveld are the E3B presets with the episodic bonus off."""
     preset = load_config(train_rate.ROOT / train_rate.BONUSES[name][0])
-    assert load_config(train_rate.LEARNER_COST_BASE, train_rate.bonus_overrides(name)) == preset
+    got = load_config(train_rate.LEARNER_COST_BASE, train_rate.bonus_overrides(name))
+    assert got.bonus == preset.bonus
+    assert got.to_dict() | {"bonus": None} == load_config(train_rate.LEARNER_COST_BASE).to_dict() | {"bonus": None}
     rnd = load_config(train_rate.LEARNER_COST_BASE, train_rate.bonus_overrides("rnd")).bonus
     assert (rnd.episodic, rnd.glob) == ("none", "rnd")
 

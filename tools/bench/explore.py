@@ -7,7 +7,9 @@ wall-time budget, then reads the run's ``metrics.jsonl``: ``charts/success_rate`
 ``nobonus`` = ``configs/minihack_multiroom_nobonus.yaml``, ``e3b_rnd`` = ``..._e3b_rnd.yaml``; also ``e3b``,
 ``e3b_noveld``, ``counts``, and ``e3b_rnd_noreplay``: E3B x RND trained on fresh sequences only), all with the same
 ``--set`` overrides (default: the cheap MiniHack model and inline env vectorisation, what trains fastest on 2
-cores; see ``CPU_OVERRIDES``).
+cores; see ``CPU_OVERRIDES``). The presets differ from ``nobonus`` in their bonus lines, and ``e3b_rnd`` also in
+its learner's proximal clip (``learner.ppo_clip=0.1 learner.ppo_clip_against=proximal``; ``--set
+learner.ppo_clip=0`` measures it without).
 
 Output (stdout, one JSON object per line; progress on stderr):
 

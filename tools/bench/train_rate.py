@@ -613,8 +613,9 @@ _HOOKS = ("intrinsic_reward", "policy_weight", "loss")
 
 
 def bonus_overrides(name: str) -> list[str]:
-    """The ``bonus.*`` overrides of bonus ``name``: its preset's ``bonus:`` lines (the only lines in which the
-    presets differ from their base), then its own. On ``configs/minihack_multiroom.yaml`` they give the preset."""
+    """The ``bonus.*`` overrides of bonus ``name``: its preset's ``bonus:`` lines, then its own. On
+    ``configs/minihack_multiroom.yaml`` they give the preset's bonus and nothing else of it (e3b_rnd's learner
+    lines, its proximal clip, are left out: this measures what the bonus costs)."""
     import yaml
 
     preset, extra = BONUSES[name]
