@@ -49,7 +49,7 @@ from distrl.envs.base import EnvSpec
 from distrl.learners.extras import LearnerBatch, LearnerExtra, build_extras
 from distrl.learners.proximal import ProximalPolicy
 from distrl.learners.vtrace import HeadLoss, ValueStream, learning_rewards, step_discounts, step_weights, vtrace_loss
-from distrl.losses.pg import action_log_probs, entropy, kl_categorical, kl_loss, trust_region_mask
+from distrl.losses.pg import entropy, kl_categorical, kl_loss, trust_region_mask
 from distrl.models.acting import native_bf16
 from distrl.models.agent import Agent, build_agent, value_heads_in
 from distrl.replay.checkpoint import CheckpointError
@@ -167,11 +167,7 @@ class Learner:
 
         # Burn-in under no_grad from the stored core state, then the trained part with gradient.
         reset = traj.reset_mask()  # [L + 1, B]
-        state = traj.core_state
-        if burn > 0:
-            with torch.no_grad():
-                burn_obs = {k: v[:burn] for k, v in traj.obs.items()}
-                state = self.agent.unroll(burn_obs, reset[:burn], state).state
+        state = self.agent.burn_in(traj.obs, reset, traj.core_state, burn)
         part = _after_burn_in(traj, burn, state)  # [T, B] (obs [T + 1, B]), core_state after burn-in
         out = self.agent.unroll(part.obs, reset[burn:], state)
         logits, values = out.logits[:-1], out.value[:-1]  # [T, B, A], [T, B]
@@ -240,10 +236,7 @@ class Learner:
         if lcfg.ppo_clip > 0:  # share of the policy-weighted steps whose ratio has left the clip band
             band = math.log1p(lcfg.ppo_clip)
             pw = weights.policy > 0
-            log_ratio = vl.log_rhos
-            if lcfg.ppo_clip_against == "proximal" and prox_logits is not None:
-                log_ratio = action_log_probs(logits.detach(), part.action) - action_log_probs(prox_logits, part.action)
-            outside = (log_ratio.abs() > band) & pw
+            outside = (vl.clip_log_ratio.abs() > band) & pw
             extra_metrics["learner/ppo_clip_fraction"] = float(outside.sum()) / max(1, int(pw.sum()))
         metrics = {
             "learner/loss": float(loss.detach()),

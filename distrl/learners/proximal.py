@@ -51,8 +51,6 @@ class ProximalPolicy:
     def logits(self, traj: Trajectory, reset: Tensor, burn: int) -> Tensor:
         """π_prox's logits ``[T, B, A]`` on the trained part of ``traj`` (``[burn + T (+1), B]``), burn-in run by
         the proximal policy itself from the stored core state."""
-        state = traj.core_state
-        if burn > 0:
-            state = self.agent.unroll({k: v[:burn] for k, v in traj.obs.items()}, reset[:burn], state).state
+        state = self.agent.burn_in(traj.obs, reset, traj.core_state, burn)
         out = self.agent.unroll({k: v[burn:] for k, v in traj.obs.items()}, reset[burn:], state)
         return out.logits[:-1].to(torch.float32)

@@ -195,6 +195,7 @@ class VTraceLoss:
     entropy_loss: Tensor  # scalar
     vs: Tensor  # [T, B] V-trace value targets of the extrinsic head
     log_rhos: Tensor  # [T, B] log π(a|x) − log μ(a|x)
+    clip_log_ratio: Tensor  # [T, B] the log-ratio PPO's clip is on: log_rhos, or log π − log π_prox against π_prox
     td_error: Tensor  # [T, B] sum over heads of v_s − V(x_s): the TD error of the combined value (priorities)
     heads: tuple[HeadLoss, ...]  # the extrinsic head first, then one per ValueStream
 
@@ -230,7 +231,9 @@ def vtrace_loss(
     if behaviour_logits.shape != logits.shape:
         raise ValueError(f"vtrace: behaviour_logits {list(behaviour_logits.shape)} and target_logits "
                          f"{list(logits.shape)} must both be [T, B, A]")
-    log_rhos = (action_log_probs(logits.detach(), actions) - action_log_probs(behaviour_logits, actions)).detach()
+    logp = action_log_probs(logits.detach(), actions)
+    log_rhos = (logp - action_log_probs(behaviour_logits, actions)).detach()
+    clip_log_ratio = log_rhos
     for s in streams:
         if s.values.shape != (values.shape[0] + 1, *values.shape[1:]):
             raise ValueError(f"vtrace_loss: stream {s.name!r} values must be [T + 1, B] = "
@@ -253,8 +256,10 @@ def vtrace_loss(
             raise ValueError("vtrace_loss: learner.ppo_clip_against=proximal needs proximal_logits [T, B, A] = "
                              f"{list(logits.shape)}, got "
                              f"{None if proximal_logits is None else list(proximal_logits.shape)}")
-        log_prox_mu = (action_log_probs(proximal_logits, actions) - action_log_probs(behaviour_logits, actions))
-        adv = vt.pg_advantages * log_prox_mu.detach().exp().clamp(max=cfg.clip_pg_rho)
+        logp_prox = action_log_probs(proximal_logits, actions).detach()
+        clip_log_ratio = logp - logp_prox
+        log_prox_mu = (logp_prox - action_log_probs(behaviour_logits, actions)).detach()
+        adv = vt.pg_advantages * log_prox_mu.exp().clamp(max=cfg.clip_pg_rho)
         pg = clipped_surrogate_loss(logits, proximal_logits, actions, adv, cfg.ppo_clip, mask=weights.policy)
     elif cfg.ppo_clip > 0:
         pg = clipped_surrogate_loss(logits, behaviour_logits, actions, vt.pg_advantages, cfg.ppo_clip,
@@ -276,4 +281,5 @@ def vtrace_loss(
     for h in heads[1:]:
         td = td + (h.vs - h.values)
     return VTraceLoss(loss=loss, policy_loss=pg.detach(), baseline_loss=bl.detach(), entropy_loss=ent.detach(),
-                      vs=vt.streams[0].vs, log_rhos=log_rhos, td_error=td, heads=heads)
+                      vs=vt.streams[0].vs, log_rhos=log_rhos, clip_log_ratio=clip_log_ratio,
+                      td_error=td, heads=heads)

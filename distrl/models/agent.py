@@ -168,6 +168,14 @@ class Agent(nn.Module):
         return AgentOut(logits=logits, value=value, value_int=value_int, state=new_state)
 
     @torch.no_grad()
+    def burn_in(self, obs: Mapping[str, Tensor], reset: Tensor, state: CoreState, steps: int) -> CoreState:
+        """R2D2's burn-in: the core state after the first ``steps`` steps of a sequence (``obs`` and ``reset`` as in
+        :meth:`unroll`, at least ``steps`` long), run without autograd from ``state``; ``steps == 0`` returns it."""
+        if steps == 0:
+            return state
+        return self.unroll({k: v[:steps] for k, v in obs.items()}, reset[:steps], state).state
+
+    @torch.no_grad()
     def act(self, obs: Mapping[str, Tensor], state: CoreState, greedy: bool = False) -> ActOut:
         """One step for B slots, no autograd.
 
