@@ -6,8 +6,9 @@ Placement and resources come from the config; library classes stay plain and are
 checkpoints.
 
 * **Cluster**: ``runtime.address`` (or ``RAY_ADDRESS``, set by ``ray job submit``) joins a running cluster;
-  otherwise a local Ray instance starts on 127.0.0.1 without a dashboard, with capped GCS tables
-  (:data:`distrl.runtime.ray_start.LOCAL_RAY_SYSTEM_CONFIG`), and stops at the end.
+  otherwise a local Ray instance starts on 127.0.0.1 without a dashboard, with capped GCS tables and its
+  workers at the driver's priority (:func:`distrl.runtime.ray_start.local_ray_system_config`), and stops at
+  the end.
 * **Start-up**: the shards, the learners and the env actors are created at once, so their processes import and
   build side by side; the env actors reset their envs and wait for the first published weights (on ``--resume``,
   the checkpoint's), and the dashboard opens while the driver waits for the learners.

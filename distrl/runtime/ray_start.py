@@ -35,11 +35,30 @@ the last 1,000 dead actors (every restarted actor leaves one). Without them the 
 30-minute run with no fault and 64 → 124 MB in one with 43 faults (BENCHMARKS.md, "Chaos soak")."""
 
 
+WORKER_NICENESS_ENV = "RAY_worker_niceness"
+
+
+def local_ray_system_config() -> dict[str, int]:
+    """The ``_system_config`` of a cluster distrl starts: :data:`LOCAL_RAY_SYSTEM_CONFIG`, and its workers at the
+    driver's priority (``worker_niceness`` 0) unless ``RAY_worker_niceness`` is set in the environment.
+
+    Ray starts workers at nice 15 so that its raylet and GCS stay responsive on a shared node. On a machine a run
+    has to itself the workers (learner, env actors, shards) are the run, and at nice 15 they yield to every
+    nice-0 process (the driver's monitor loop, Ray's own agents, anything else the user runs): on 2 cores the
+    quickstart trained 4,030-4,167 env steps/s at 15 against 4,133-4,662 at 0, in alternating runs
+    (BENCHMARKS.md, "A local run's workers run at the driver's priority"), and a stuck-actor heartbeat can
+    mistake a starved actor for a hung one. ``nice distrl train`` still lowers the whole run."""
+    cfg = dict(LOCAL_RAY_SYSTEM_CONFIG)
+    if WORKER_NICENESS_ENV not in os.environ:
+        cfg["worker_niceness"] = 0
+    return cfg
+
+
 def init_local_ray(**kwargs: Any) -> None:
     """``ray.init`` a fresh single-machine cluster whose every process (GCS, raylet, workers, dashboard and
-    runtime-env agents) listens on 127.0.0.1 only, with the GCS's tables capped (:data:`LOCAL_RAY_SYSTEM_CONFIG`,
-    unless ``_system_config`` is given), and without the two head processes such a cluster has no use for
-    (:func:`_without_idle_head_processes`).
+    runtime-env agents) listens on 127.0.0.1 only, with the GCS's tables capped and its workers at the driver's
+    priority (:func:`local_ray_system_config`, unless ``_system_config`` is given), and without the two head
+    processes such a cluster has no use for (:func:`_without_idle_head_processes`).
 
     ``_node_ip_address="127.0.0.1"`` alone does not do it: Ray replaces a loopback node address by the host's
     routable one (so other nodes could join) and its servers then listen on all interfaces. With clusters
@@ -52,7 +71,7 @@ def init_local_ray(**kwargs: Any) -> None:
     saved_env, saved_flag = os.environ.get(_LOOPBACK_ENV), ray_constants.ENABLE_RAY_CLUSTER
     os.environ[_LOOPBACK_ENV] = "0"
     ray_constants.ENABLE_RAY_CLUSTER = False
-    kwargs.setdefault("_system_config", dict(LOCAL_RAY_SYSTEM_CONFIG))
+    kwargs.setdefault("_system_config", local_ray_system_config())
     try:
         with _without_idle_head_processes(drop_log_monitor=not kwargs.get("log_to_driver", True)):
             ray.init(_node_ip_address="127.0.0.1", **kwargs)

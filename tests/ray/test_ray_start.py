@@ -106,3 +106,38 @@ def test_with_log_to_driver_the_log_monitor_stays_and_streams_worker_output():
     assert out.returncode == 0, out.stderr[-3000:]
     assert "LOGMON True MONITOR False" in out.stdout, (out.stdout, out.stderr[-3000:])
     assert "HELLO-FROM-WORKER" in out.stdout + out.stderr
+
+
+def test_a_local_clusters_workers_run_at_the_drivers_priority(ray_cluster):
+    """This session's cluster is started as `distrl train` starts one: its actors run at the driver's nice value,
+    not Ray's default of 15 more (on a busy machine those starve: a heartbeat took a healthy actor for hung)."""
+
+    @ray_cluster.remote(num_cpus=0)
+    class Probe:
+        def nice(self) -> int:
+            return os.nice(0)
+
+    assert ray_cluster.get(Probe.remote().nice.remote()) == os.nice(0)
+
+
+def test_ray_worker_niceness_in_the_environment_is_kept():
+    """A user's RAY_worker_niceness is Ray's own setting, and init_local_ray leaves it to them."""
+    script = textwrap.dedent("""
+        import os
+        import ray
+        from distrl.runtime.ray_start import init_local_ray, local_ray_system_config
+        assert "worker_niceness" not in local_ray_system_config()
+        init_local_ray(num_cpus=1, include_dashboard=False, log_to_driver=False)
+
+        @ray.remote(num_cpus=0)
+        def nice():
+            return os.nice(0)
+
+        print("NICE", ray.get(nice.remote()) - os.nice(0), flush=True)
+        ray.shutdown()
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_worker_niceness": "7"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=REPO,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "NICE 7" in out.stdout, (out.stdout, out.stderr[-3000:])

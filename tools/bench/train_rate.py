@@ -955,7 +955,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="Sample Factory's device (gpu: its learner and policy worker on the GPU; compare with "
                         "--distrl-set learner.device=cuda)")
     p.add_argument("--ray-worker-niceness", type=int, default=0,
-                   help="RAY_worker_niceness for both Ray instances (Ray's own default is 15)")
+                   help="RAY_worker_niceness for both Ray instances (Ray's own default is 15; distrl's local "
+                        "clusters use 0)")
     p.add_argument("--seed", type=int, default=0, help="seed of round 0; round r runs seed + r (every system)")
     p.add_argument("--rounds", type=int, default=None,
                    help="repeat the measurements, alternating the order (default 1; --learner-cost: 5)")
