@@ -140,6 +140,22 @@ class HCAMLayer(nn.Module):
         age = (torch.arange(chunk).view(chunk, 1) - torch.arange(chunk).view(1, chunk)).clamp(min=0)
         self.register_buffer("pe_local", self.pe[chunk - 1 - age], persistent=False)  # [C (pos), C, D]
 
+    def relevance(self, z: Tensor, keys: Tensor, mask: Tensor, age: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The first level of :meth:`read`: which k chunks each query reads and with what weight. z [T, B, D];
+        keys [B, N, D]; mask and age as in :meth:`read`. Returns the weights [T, B, k] (a softmax over the
+        selected visible chunks; all zero where none is visible) and the chunks' indices [T, B, k]."""
+        D = z.shape[-1]
+        keys = keys.detach().float()
+        qa = F.linear(self.wq(z), self.wk.weight.t())  # (z Wq)·(key Wk) = ((z Wq) Wk^T-side)·key
+        logits = torch.einsum("tbd,bnd->tbn", qa, keys) / math.sqrt(D)
+        if age is not None:
+            logits = logits - TIE_BREAK * age.to(logits.dtype)
+        k = min(self.topk, keys.shape[1])
+        top_l, top_i = torch.topk(logits.masked_fill(~mask, -1e30), k, dim=-1)  # [T, B, k]
+        sel_valid = torch.gather(mask, 2, top_i)
+        w = torch.softmax(top_l.masked_fill(~sel_valid, float("-inf")), dim=-1)
+        return torch.where(sel_valid, w, torch.zeros_like(w)), top_i  # nothing visible: all zero (not NaN)
+
     def read(self, z: Tensor, keys: Tensor, contents: Tensor, mask: Tensor, age: Tensor | None = None) -> Tensor:
         """Memory read. z [T, B, D] (queries); keys [B, N, D], contents [B, N, C, D] (stop-gradient);
         mask [T, B, N] bool (chunk n visible to the query at t); age [T, B, N] (chunks written after chunk n,
@@ -149,17 +165,9 @@ class HCAMLayer(nn.Module):
         with equal summaries (common with symbolic observations: the same steps in another order) the newer
         wins, whatever order the chunks come in (ring slots when acting, stored + new chunks when training,
         NumPy's argpartition). Without it acting and training picked different chunks on such ties."""
-        B, D = z.shape[1:]
-        keys, contents = keys.detach().float(), contents.detach().float()
-        qa = F.linear(self.wq(z), self.wk.weight.t())  # (z Wq)·(key Wk) = ((z Wq) Wk^T-side)·key
-        logits = torch.einsum("tbd,bnd->tbn", qa, keys) / math.sqrt(D)
-        if age is not None:
-            logits = logits - TIE_BREAK * age.to(logits.dtype)
-        k = min(self.topk, keys.shape[1])
-        top_l, top_i = torch.topk(logits.masked_fill(~mask, -1e30), k, dim=-1)  # [T, B, k]
-        sel_valid = torch.gather(mask, 2, top_i)
-        w = torch.softmax(top_l.masked_fill(~sel_valid, float("-inf")), dim=-1)
-        w = torch.where(sel_valid, w, torch.zeros_like(w))  # rows with nothing visible: all zero (not NaN)
+        B = z.shape[1]
+        contents = contents.detach().float()
+        w, top_i = self.relevance(z, keys, mask, age)
         b_idx = torch.arange(B, device=z.device).view(1, B, 1)
         sel = contents[b_idx, top_i] + self.pe  # [T, B, k, C, D]
         mixed = self.mem_att(z, sel, None, w)  # [T, B, D]
