@@ -110,7 +110,7 @@ def test_with_log_to_driver_the_log_monitor_stays_and_streams_worker_output():
 
 def test_a_local_clusters_workers_run_at_the_drivers_priority(ray_cluster):
     """This session's cluster is started as `distrl train` starts one: its actors run at the driver's nice value,
-    not Ray's default of 15 more (on a busy machine those starve: a heartbeat took a healthy actor for hung)."""
+    not Ray's default of 15 more (on a busy machine those starve: the Ray fault tests ran 4-8x slower)."""
 
     @ray_cluster.remote(num_cpus=0)
     class Probe:

@@ -51,7 +51,7 @@ def test_a_hung_env_actor_is_killed_and_restarted(ray_cluster, tmp_path):
         env_actor.actor.step = lambda: time.sleep(3600)
 
     # 10 s, not less: on a machine busy with other work (a benchmark at a higher priority beside the tests) a
-    # healthy actor's step can take seconds; at 3 s the restarted, healthy incarnation was once taken for hung too
+    # healthy actor's step can take seconds, and at 3 s the restarted, healthy incarnation could be taken for hung too
     _one_fault_one_restart(ray_cluster, tmp_path, ["runtime.actor_stuck_timeout_s=10"],
                            lambda handle: ray_cluster.get(handle.__ray_call__.remote(hang_next_step), timeout=60))
 
