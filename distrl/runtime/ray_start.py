@@ -35,9 +35,6 @@ the last 1,000 dead actors (every restarted actor leaves one). Without them the 
 30-minute run with no fault and 64 → 124 MB in one with 43 faults (BENCHMARKS.md, "Chaos soak")."""
 
 
-WORKER_NICENESS_ENV = "RAY_worker_niceness"
-
-
 def local_ray_system_config() -> dict[str, int]:
     """The ``_system_config`` of a cluster distrl starts: :data:`LOCAL_RAY_SYSTEM_CONFIG`, and its workers at the
     driver's priority (``worker_niceness`` 0) unless ``RAY_worker_niceness`` is set in the environment.
@@ -48,8 +45,10 @@ def local_ray_system_config() -> dict[str, int]:
     quickstart trained 4,030-4,167 env steps/s at 15 against 4,133-4,662 at 0, in alternating runs
     (BENCHMARKS.md, "A local run's workers run at the driver's priority"), and a stuck-actor heartbeat can
     mistake a starved actor for a hung one. ``nice distrl train`` still lowers the whole run."""
+    from ray._private import ray_constants
+
     cfg = dict(LOCAL_RAY_SYSTEM_CONFIG)
-    if WORKER_NICENESS_ENV not in os.environ:
+    if ray_constants.RAY_WORKER_NICENESS not in os.environ:
         cfg["worker_niceness"] = 0
     return cfg
 

@@ -88,7 +88,7 @@ def test_global_counts_are_counted_checkpointed_and_resumed(tmp_path, monkeypatc
     ("minihack_multiroom_e3b_rnd.yaml", {"ppo_clip": 0.1, "ppo_clip_against": "proximal"}),
     ("minihack_multiroom_counts.yaml", {}),
 ])
-def test_presets_differ_from_the_base_by_their_bonus_lines_only(preset, learner_diff):
+def test_presets_differ_from_the_base_by_their_bonus_lines_and_named_learner_keys(preset, learner_diff):
     """An exploration preset is the no-bonus base plus its bonus lines; e3b_rnd also limits each update against the
     proximal policy (its measured fix for collapses with replay), and nothing else."""
     from distrl.config import load_config

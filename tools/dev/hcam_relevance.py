@@ -41,6 +41,11 @@ def main() -> None:
         raise SystemExit(f"{args.checkpoint}: needs an HCAM agent trained on Ballet, got {cfg.env.name} with "
                          f"model.core={cfg.model.core}")
     env = BalletEnv(dancers=dancers, delay=delay, seed=args.seed)
+    if cfg.model.hcam_cross_episode or env.watch_len // cfg.model.hcam_chunk > cfg.model.hcam_chunks:
+        raise SystemExit(f"{args.checkpoint}: this tool reads chunk j from memory slot j, so it needs memory that "
+                         f"starts empty each episode (model.hcam_cross_episode=false) and holds the watch phase "
+                         f"({env.watch_len // cfg.model.hcam_chunk} chunks of {cfg.model.hcam_chunk} steps; "
+                         f"model.hcam_chunks={cfg.model.hcam_chunks})")
     agent = build_agent(cfg.model, BalletEnv.make_spec(cfg.env.name))
     agent.load_state_dict(weights.policy)
     agent.eval()
@@ -60,27 +65,30 @@ def main() -> None:
 
     HCAMLayer.relevance = recording  # type: ignore[method-assign]
     per_chunk, on_target, on_other, successes = [], [], [], 0.0
-    for _ in range(args.episodes):
-        obs, _ = env.reset()
-        state = agent.initial_state(1)
-        t = 0
-        while True:
-            captured.clear()
-            with torch.no_grad():
-                out = agent.act({k: torch.as_tensor(v)[None] for k, v in obs.items()}, state)
-            state = out.state
-            if t == env.watch_len:
-                layers = np.stack(captured)[:, :n_chunks]  # [L, chunks]; chunk j in ring slot j (fewer than M)
-                per_chunk.append(layers)
-                target = int(env._target)
-                on_target.append(layers[:, dance_chunk[target]])
-                on_other.append(np.mean([layers[:, dance_chunk[i]] for i in range(dancers) if i != target], axis=0))
-            obs, _, term, trunc, info = env.step(int(out.action[0]))
-            t += 1
-            if term or trunc:
-                successes += float(info.get("success", 0.0))
-                break
-    HCAMLayer.relevance = relevance  # type: ignore[method-assign]
+    try:
+        for _ in range(args.episodes):
+            obs, _ = env.reset()
+            state = agent.initial_state(1)
+            t = 0
+            while True:
+                captured.clear()
+                with torch.no_grad():
+                    out = agent.act({k: torch.as_tensor(v)[None] for k, v in obs.items()}, state)
+                state = out.state
+                if t == env.watch_len:
+                    layers = np.stack(captured)[:, :n_chunks]  # [L, chunks]; chunk j in memory slot j
+                    per_chunk.append(layers)
+                    target = int(env._target)
+                    on_target.append(layers[:, dance_chunk[target]])
+                    on_other.append(np.mean([layers[:, dance_chunk[i]] for i in range(dancers) if i != target],
+                                            axis=0))
+                obs, _, term, trunc, info = env.step(int(out.action[0]))
+                t += 1
+                if term or trunc:
+                    successes += float(info.get("success", 0.0))
+                    break
+    finally:
+        HCAMLayer.relevance = relevance  # type: ignore[method-assign]
     print(json.dumps({
         "checkpoint": str(args.checkpoint), "env": cfg.env.name, "episodes": args.episodes,
         "success": successes / args.episodes, "dance_chunks": dance_chunk,
