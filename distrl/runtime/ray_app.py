@@ -47,10 +47,11 @@ checkpoints.
   learner checkpoint (up to ``runtime.learner_restarts`` times per rank; with several learners the group re-forms and
   all go back to that checkpoint) while the actors go on with the weights they have: ``learner/restarts``,
   ``learner/updates_lost`` (:class:`~distrl.runtime.ray_learners.LearnerGroup`).
-* **Evaluation**: every ``eval.every_updates`` learner updates, an evaluator actor (``eval.num_cpus``, default 0)
-  plays a few episodes with the weight store's latest weights while training goes on; the driver polls it without
-  waiting and logs ``eval/`` metrics and the video (:mod:`distrl.runtime.ray_eval`). The final evaluation runs
-  after the env actors have been closed.
+* **Evaluation**: every ``eval.every_updates`` learner updates, env actor 0 (``eval.host=env_actor``, the
+  default; an evaluator actor while it is down) or an evaluator actor of its own (``eval.host=evaluator``,
+  ``eval.num_cpus``) plays a few episodes with the weight store's latest weights while training goes on; the
+  driver polls it without waiting and logs ``eval/`` metrics and the video (:mod:`distrl.runtime.ray_eval`). The
+  final evaluation runs after the other env actors have been closed.
 """
 
 from __future__ import annotations
@@ -100,6 +101,11 @@ def _close_env_actors(actors: list[EnvActorHandle]) -> None:
         ray.kill(h.handle)
 
 
+def _eval_host(actors: list[EnvActorHandle]) -> Any:
+    """Env actor 0's handle, the evaluations' host with ``eval.host=env_actor`` (None while it is down)."""
+    return next((h.handle for h in actors if h.actor_id == 0), None)
+
+
 class RayRuntime:
     def __init__(self, cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False, location: str = "",
                  owns_ray: bool = False) -> None:
@@ -111,6 +117,7 @@ class RayRuntime:
         self.actor_handles: list[EnvActorHandle] = []
         self.options: dict[str, dict[str, Any]] = {}  # ray.remote resource options per component (set in _train)
         self.counts: RayCounts | None = None  # the global count table's actors (bonus.glob=count)
+        self.eval_driver: EvalDriver | None = None  # live view for tests (set in _train)
 
     # ---- cluster ------------------------------------------------------------------------------------------
     # ---- main loop ----------------------------------------------------------------------------------------
@@ -192,8 +199,9 @@ class RayRuntime:
         every = cfg.learner.checkpoint_every
         next_ckpt = next_checkpoint(version, every)
         generation = learners.generation
-        evals = EvalDriver(cfg, spec, store, video_path=paths.eval_video)
+        self.eval_driver = evals = EvalDriver(cfg, spec, store, video_path=paths.eval_video)  # live view for tests
         evals.start_at(version)
+        evals.set_host(_eval_host(actors))
         shard_ckpts = PeriodicShardCheckpoints(cfg.replay.checkpoint_every_s,
                                                [paths.shard_location(j) for j in range(J)])
         self.shard_restarts: dict[int, int] = {}
@@ -236,6 +244,7 @@ class RayRuntime:
                     last_poll = now
                     actors = self._poll_actors(actors, shards, store, restarts, actor_steps, latest_stats, monitor)
                     self.actor_handles = actors
+                    evals.set_host(_eval_host(actors))
                 shard_ckpts.poll(shards, now)
                 if now - last_log >= cfg.logging.log_every_s:
                     last_log = now
@@ -247,14 +256,19 @@ class RayRuntime:
             ray.wait([h.run_ref for h in actors], num_returns=len(actors), timeout=30)
             actors = self._poll_actors(actors, shards, store, restarts, actor_steps, latest_stats, monitor,
                                        restart=False)
-            _close_env_actors(actors)  # their processes' memory is free before the final evaluation starts its own
-            actors = []
+            # Their processes' memory is free before the final evaluation; env actor 0 stays up to play it when
+            # it hosts the evaluations (it has stopped stepping).
+            host = [h for h in actors if h.handle is evals.host]
+            _close_env_actors([h for h in actors if h not in host])
+            actors = host
             reports = learners.finish(300)
             if reports is not None:
                 self._collect_round(reports, monitor)
             version = learners.version
             for result in evals.finish(version):  # the trained agent as it ends
                 monitor.log_eval(result, env_steps())
+            _close_env_actors(actors)
+            actors = []
             self._save_learner(env_steps())
             shard_ckpts.wait()
             shard_stats()

@@ -14,8 +14,12 @@ the CPUs from the caller (no decorators on library classes). Its :meth:`RayEnvAc
   have arrived, and stepping never waits for them; weights whose learner died before they were fetched are
   skipped (the actor acts on with what it has).
 
-The actor is threaded (``max_concurrency`` > 1) so :meth:`stats` and :meth:`stop` are answered while
-:meth:`run` is busy. A loop error ends ``run``'s ObjectRef with that error; a killed process surfaces as
+With ``eval.host=env_actor`` (the default), env actor 0 also plays the run's evaluation episodes
+(:meth:`RayEnvActor.evaluate`): a :class:`~distrl.runtime.ray_eval.RayEvaluator` on a thread of its own beside the
+stepping loop, with its own envs and seeds, so no evaluator process is needed.
+
+The actor is threaded (``max_concurrency`` > 1) so :meth:`stats`, :meth:`stop` and :meth:`evaluate` are answered
+while :meth:`run` is busy. A loop error ends ``run``'s ObjectRef with that error; a killed process surfaces as
 ``ray.exceptions.RayActorError`` there. The runtime restarts an actor with :func:`restart_env_actor`, which
 builds a new one for the same ``actor_id`` with ``incarnation + 1``: fresh env seeds, a fresh policy that
 pulls the current weights before its first step, and nothing else to recover (sequences in flight are simply
@@ -40,6 +44,7 @@ import dataclasses
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +55,7 @@ from distrl.envs.base import EnvSpec
 from distrl.envs.registry import env_spec
 from distrl.replay.client import BoundedInserter, ReplayShardError
 from distrl.runtime.ray_counts import RayCounts
+from distrl.runtime.ray_eval import EvalOutcome, RayEvaluator
 from distrl.runtime.ray_replay import RayShardClient
 from distrl.runtime.resources import env_actor_cpus
 from distrl.types import ActorReport, ActorStats, EpisodeStats
@@ -119,6 +125,9 @@ class RayEnvActor:
         self._episodes: collections.deque[EpisodeStats] = collections.deque()
         self._last = (time.monotonic(), 0)
         self.weight_updates = 0
+        # evaluate(): the evaluator and the one thread it is built, played and closed on (built on first use).
+        self._evaluator: RayEvaluator | None = None
+        self._eval_thread: ThreadPoolExecutor | None = None
 
     # ---- weights -----------------------------------------------------------------------------------------
     def _load(self, res: Any) -> None:
@@ -255,6 +264,22 @@ class RayEnvActor:
             eps.append(self._episodes.popleft())
         return ActorStats(report=c, episodes=eps)
 
+    # ---- evaluation (eval.host=env_actor) -----------------------------------------------------------------
+    def evaluate(self, episodes: int, greedy: bool, video: bool) -> EvalOutcome | None:
+        """Evaluate the weight store's latest weights beside this actor's envs (see the module doc); None when
+        nothing was published yet. Plays on a thread of its own, the same one for the evaluator's whole life
+        (habitat-sim's envs are bound to the thread that made them); :meth:`run` steps on meanwhile."""
+        if self.weight_store is None:
+            raise RuntimeError(f"RayEnvActor {self.actor_id}: evaluate() needs a weight store")
+        if self._eval_thread is None:
+            self._eval_thread = ThreadPoolExecutor(1, thread_name_prefix=f"distrl-eval-{self.actor_id}")
+        return self._eval_thread.submit(self._evaluate, episodes, greedy, video).result()
+
+    def _evaluate(self, episodes: int, greedy: bool, video: bool) -> EvalOutcome | None:
+        if self._evaluator is None:
+            self._evaluator = RayEvaluator(self.cfg, env_spec(self.cfg.env), self.weight_store, own_process=False)
+        return self._evaluator.run(episodes, greedy, video)
+
     def ping(self) -> int:
         return self.actor_id
 
@@ -279,6 +304,14 @@ class RayEnvActor:
         while self._running and time.monotonic() < deadline:
             time.sleep(0.01)
         self.actor.close()
+        if self._eval_thread is not None:  # the evaluator's envs close on their own thread (after any episode)
+            evaluator = self._evaluator
+            if evaluator is not None:
+                try:
+                    self._eval_thread.submit(evaluator.close).result(timeout=max(1.0, deadline - time.monotonic()))
+                except Exception:  # still playing, or its env failed to close: the process's exit frees it
+                    pass
+            self._eval_thread.shutdown(wait=False)
 
 
 @dataclass
@@ -321,7 +354,8 @@ def start_env_actor(
     if num_cpus is None:
         num_cpus = env_actor_cpus(cfg)
     extra: dict[str, Any] = {"resources": dict(resources)} if resources else {}
-    cls = ray.remote(num_cpus=num_cpus, max_concurrency=4, max_restarts=0, **extra)(RayEnvActor)
+    # Threads: run(), evaluate() (env actor 0) and the runtime's stats/stuck_for/stop calls.
+    cls = ray.remote(num_cpus=num_cpus, max_concurrency=5, max_restarts=0, **extra)(RayEnvActor)
     handle = cls.remote(
         cfg, actor_id, shards, weight_store, incarnation=incarnation, policy_factory=policy_factory, counts=counts
     )

@@ -1,18 +1,28 @@
-"""The Ray side of evaluation during training: an :class:`~distrl.runtime.evaluate.Evaluator` in a Ray actor.
+"""The Ray side of evaluation during training: an :class:`~distrl.runtime.evaluate.Evaluator` beside env actor
+0's envs, or in an actor of its own.
 
-:class:`RayEvaluator` is a plain class; :func:`start_evaluator` applies ``ray.remote`` to it at run time with
-``eval.num_cpus`` (default 0: it shares the CPUs of the others and never blocks placement). Each
-:meth:`RayEvaluator.run` call fetches the latest weights from the weight store itself, plays the episodes, and
-returns an :class:`EvalOutcome`: the result plus the video's bytes, so the driver writes the video into the run
-directory whatever node the evaluator ran on. The driver keeps at most one call in flight and polls it with
-``ray.wait(timeout=0)``: training never waits for an evaluation.
+:class:`RayEvaluator` is a plain class that hosts an Evaluator next to a handle of the run's weight store. Each
+:meth:`RayEvaluator.run` call fetches the latest weights from the store itself, plays the episodes, and returns
+an :class:`EvalOutcome`: the result plus the video's bytes, so the driver writes the video into the run directory
+whatever node the episodes ran on. Where it lives is ``eval.host``:
 
-:class:`EvalDriver` is that driver side: the runtime tells it the learner version after each round and polls it
-every loop iteration.
+* ``env_actor`` (default): env actor 0 holds one (:meth:`~distrl.runtime.ray_env_actor.RayEnvActor.evaluate`,
+  on a thread of its own beside the stepping loop). No process of its own: on the quickstart that is the ~146 MB
+  of PSS an evaluator process held (BENCHMARKS.md, "Evaluation in env actor 0"), and its episodes use the CPU
+  that actor leaves idle while the replay rate limiter holds it back instead of taking it from the learner.
+  While env actor 0 is down (restarting, or dead at the end of a run), an evaluator actor stands in.
+* ``evaluator``: always an evaluator actor of its own: :func:`start_evaluator` applies ``ray.remote`` to
+  RayEvaluator at run time with ``eval.num_cpus`` (default 0: it shares the CPUs of the others and never blocks
+  placement).
+
+:class:`EvalDriver` is the driver side: the runtime tells it the learner version after each round, and env actor
+0's current handle whenever it changes, and polls it every loop iteration. It keeps at most one call in flight
+and polls it with ``ray.wait(timeout=0)``: training never waits for an evaluation.
 
 Usage::
 
     evals = EvalDriver(cfg, spec, store_handle, video_path=paths.eval_video)
+    evals.set_host(env_actor_0.handle)     # eval.host=env_actor: whenever env actor 0 is (re)started or lost
     evals.on_version(version)              # starts an evaluation when the version crossed a multiple
     for result in evals.poll():            # finished ones (non-blocking), videos already in the run dir
         monitor.log_eval(result, env_steps)
@@ -66,16 +76,18 @@ class EvalOutcome:
 
 
 class RayEvaluator:
-    """Hosts an Evaluator next to a handle of the run's weight store (see the module doc)."""
+    """Hosts an Evaluator next to a handle of the run's weight store (see the module doc). ``own_process``: it
+    is the process's only tenant (an evaluator actor), so it may set torch's thread count; in an env actor it
+    leaves that to the actor."""
 
-    def __init__(self, cfg: ExperimentConfig, spec: EnvSpec, weight_store: Any) -> None:
+    def __init__(self, cfg: ExperimentConfig, spec: EnvSpec, weight_store: Any, *, own_process: bool = True) -> None:
         import sys
 
         from distrl.runtime.evaluate import Evaluator  # here, in the evaluator's process: the driver stays torch-free
 
         # Through NumPy kernels where the env actors act through them (no torch in this process), else Agent.act.
         self.evaluator = Evaluator(cfg, spec, kernels=True)
-        if "torch" in sys.modules:
+        if own_process and "torch" in sys.modules:
             sys.modules["torch"].set_num_threads(1)
         self.store = weight_store
 
@@ -124,9 +136,12 @@ def start_evaluator(cfg: ExperimentConfig, spec: EnvSpec, weight_store: Any) -> 
 class EvalDriver:
     """The driver's side of in-training evaluation in the Ray runtime (see the module doc).
 
-    The evaluator actor starts on first use. An evaluation is due when the learner version reaches the next
-    multiple of ``eval.every_updates``; one that comes due while another is still running is skipped (at most one
-    in flight, and training never waits). A failed evaluation is logged and its actor replaced on the next one.
+    An evaluation is due when the learner version reaches the next multiple of ``eval.every_updates``; one that
+    comes due while another is still running is skipped (at most one in flight, and training never waits). It
+    runs on the host env actor (:meth:`set_host`; ``eval.host=env_actor``), or, with ``eval.host=evaluator`` or
+    no host, on an evaluator actor started on first use (:attr:`evaluators_started` counts them) and closed
+    once a host is back. A failed evaluation is logged and skipped; a failed evaluator actor is replaced on the
+    next one, a failed host is the runtime's to restart.
     """
 
     def __init__(
@@ -134,8 +149,12 @@ class EvalDriver:
     ) -> None:
         self.cfg, self.spec, self.store, self.video_path = cfg, spec, weight_store, video_path
         self.every = cfg.eval.every_updates
-        self.handle: Any = None
+        self.on_host = cfg.eval.host == "env_actor"
+        self.host: Any = None  # env actor 0's handle (set_host); None: down, or eval.host=evaluator
+        self.handle: Any = None  # the evaluator actor, when one is up
+        self.evaluators_started = 0
         self.ref: Any = None
+        self.ref_on_host = False  # the call in flight runs on the host env actor
         self.next_at = 0
         self.evaluated = -1  # learner version of the last finished evaluation
         self.skipped = 0
@@ -144,11 +163,22 @@ class EvalDriver:
         """The version training (re)starts from: the first evaluation is due at the next multiple."""
         self.next_at = next_checkpoint(version, self.every)
 
+    def set_host(self, handle: Any) -> None:
+        """Env actor 0's current handle (None while it is down): with ``eval.host=env_actor`` the next
+        evaluation runs there (:meth:`~distrl.runtime.ray_env_actor.RayEnvActor.evaluate`)."""
+        self.host = handle if self.on_host and self.every else None
+
     def _submit(self) -> None:
+        ec = self.cfg.eval
+        if self.host is not None:
+            if self.handle is not None:  # a stand-in evaluator from while the host was down: its memory back
+                self.close()
+            self.ref, self.ref_on_host = self.host.evaluate.remote(ec.episodes, ec.greedy, ec.video), True
+            return
         if self.handle is None:
             self.handle = start_evaluator(self.cfg, self.spec, self.store)
-        ec = self.cfg.eval
-        self.ref = self.handle.run.remote(ec.episodes, ec.greedy, ec.video)
+            self.evaluators_started += 1
+        self.ref, self.ref_on_host = self.handle.run.remote(ec.episodes, ec.greedy, ec.video), False
 
     def on_version(self, version: int) -> None:
         """Start an evaluation if ``version`` reached the next multiple of ``eval.every_updates``."""
@@ -171,8 +201,13 @@ class EvalDriver:
         try:
             outcome = ray.get(ref)
         except ray.exceptions.RayError as e:
-            log.warning("distrl: an evaluation failed (skipped; a fresh evaluator runs the next one): %s", e)
-            self._kill()
+            if self.ref_on_host:  # env actor 0 died (the runtime restarts it) or its evaluation raised
+                log.warning("distrl: an evaluation on env actor 0 failed (skipped): %s", e)
+                if isinstance(e, ray.exceptions.RayActorError):
+                    self.host = None  # an evaluator actor stands in until the runtime hands over the new one
+            else:
+                log.warning("distrl: an evaluation failed (skipped; a fresh evaluator runs the next one): %s", e)
+                self._kill()
             return []
         if outcome is None:
             return []
@@ -187,7 +222,9 @@ class EvalDriver:
             return []
         deadline = time.monotonic() + timeout_s
         out = self.poll(timeout_s=timeout_s)
-        if self.ref is None and self.evaluated < version:
+        for _ in range(2):  # a second try on an evaluator actor when the host died under the first
+            if self.ref is not None or self.evaluated >= version or time.monotonic() > deadline:
+                break
             self._submit()
             out += self.poll(timeout_s=max(deadline - time.monotonic(), 1.0))
         if self.ref is not None:
@@ -204,6 +241,7 @@ class EvalDriver:
         self.ref = None
 
     def close(self) -> None:
+        """Close the evaluator actor, if one is up (a host env actor is the runtime's to close)."""
         if self.handle is not None:
             try:
                 ray.get(self.handle.close.remote(), timeout=30)
