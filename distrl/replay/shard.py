@@ -77,7 +77,7 @@ from distrl.replay.priorities import priority_mass
 from distrl.replay.ratelimit import RateLimiter, Status
 from distrl.replay.storage import Schema, SequenceStorage
 from distrl.replay.sumtree import SumTree
-from distrl.types import Trajectory, as_numpy
+from distrl.types import STACK_PREFIX, Trajectory, as_numpy
 
 if TYPE_CHECKING:  # a shard never loads torch itself (its Ray process stays torch-free); callers may pass tensors
     import torch
@@ -89,6 +89,8 @@ KEY_COUNTER_BITS = 44
 """A key's low bits hold the insert count (room for 1.7e13 rows per shard); the bits above, the incarnation."""
 _COUNTER_MASK = (1 << KEY_COUNTER_BITS) - 1
 MAX_INCARNATION = (1 << (63 - KEY_COUNTER_BITS)) - 1
+OBS_PREFIXES = ("obs/", STACK_PREFIX)
+"""The leaves ``replay.compress_obs`` stores as zlib blobs: observations, and the older frames of frame stacks."""
 """Restores one shard survives (2**19 - 1): keys stay non-negative int64."""
 
 
@@ -230,6 +232,7 @@ class ReplayShard:
         self.shard_id = int(shard_id)
         self.capacity = int(cfg.capacity)
         self._core_state_dtype = core_state_dtype
+        self._compress_obs = bool(cfg.compress_obs)
         self._seed = seed
         self._cond = threading.Condition()
         self._reset_state(schema=None)
@@ -296,10 +299,16 @@ class ReplayShard:
             insert_status=self._limiter.insert_status(),
             sample_status=self._limiter.sample_status(self._size),
             min_mass=min_mass,
-            row_nbytes=0 if self._schema is None else int(self._schema.item_nbytes),
+            row_nbytes=0 if self._schema is None else self._row_nbytes(),
             incarnation=self._incarnation,
             updates_stale=self._updates_stale,
         )
+
+    def _row_nbytes(self) -> int:
+        """Stored bytes per row: the plain leaves' item bytes plus the compressed rows' mean size."""
+        assert self._schema is not None and self._storage is not None
+        compressed = self._storage.blob_nbytes / self._size if self._size else 0.0
+        return int(self._schema.plain_item_nbytes + round(compressed))
 
     def stats(self) -> ShardStats:
         """Full snapshot, including the smallest leaf mass (O(size))."""
@@ -365,7 +374,8 @@ class ReplayShard:
         leaves, memory_items = EpisodeMemoryStore.split(leaves)  # episode memory goes to its own store
         with self._cond:
             if self._schema is None:
-                schema = Schema.from_leaves(leaves, self._core_state_dtype)
+                compress = [n for n in leaves if n.startswith(OBS_PREFIXES)] if self._compress_obs else []
+                schema = Schema.from_leaves(leaves, self._core_state_dtype, compress)
                 if "policy_version" not in schema.names:
                     raise ValueError("replay insert: leaves must include 'policy_version' (a Trajectory field)")
                 arrays, b = schema.check_and_convert(leaves)
@@ -592,6 +602,8 @@ class ReplayShard:
             if self._storage is not None:
                 for name, arr in self._storage.arrays.items():
                     arrays[f"leaf:{name}"] = arr[:n]
+                for name in self._storage.blobs:  # compressed: the blobs back to back, and where each starts
+                    arrays[f"leaf:{name}"], arrays[f"offsets:{name}"] = self._storage.export_blobs(name, n)
             arrays["meta:priority"] = self._priority[:n]
             arrays["meta:prior"] = self._prior[:n]
             arrays["meta:served"] = self._served[:n]
@@ -668,6 +680,7 @@ class ReplayShard:
         names = ["meta:priority", "meta:prior", "meta:served"]
         if saved_schema is not None:
             names += [f"leaf:{s.name}" for s in saved_schema.leaves]
+            names += [f"offsets:{s.name}" for s in saved_schema.leaves if s.codec]
         missing = [k for k in names if k not in files]
         if missing:
             raise ckpt.CheckpointError(f"{mpath}: the files table lacks {missing}")
@@ -684,6 +697,22 @@ class ReplayShard:
         if storage is not None:
             for name, arr in storage.arrays.items():
                 ckpt.load_array_into(path, files[f"leaf:{name}"], arr[:n])
+            for name in storage.blobs:
+                entries = files[f"leaf:{name}"], files[f"offsets:{name}"]
+                try:
+                    data, offsets = (np.empty(tuple(e["shape"]), dtype=np.dtype(e["dtype"])) for e in entries)
+                except (KeyError, TypeError, ValueError) as e:
+                    raise ckpt.CheckpointError(f"{mpath}: malformed entry for compressed leaf {name!r} ({e!r})") from e
+                ckpt.load_array_into(path, entries[0], data)
+                ckpt.load_array_into(path, entries[1], offsets)
+                if data.dtype != np.uint8 or offsets.dtype != np.int64 or offsets.shape != (n + 1,):
+                    raise ckpt.CheckpointError(f"{mpath}: compressed leaf {name!r} has {data.dtype} blobs and "
+                                               f"{offsets.dtype} offsets {offsets.shape}, not uint8 and int64 "
+                                               f"({n + 1},)")
+                try:
+                    storage.import_blobs(name, data, offsets)
+                except ValueError as e:
+                    raise ckpt.CheckpointError(f"{path / entries[0]['file']}: {e}") from e
         memory = EpisodeMemoryStore(cap, self._core_state_dtype)
         mem_meta = m.get("episode_memory") or {"active": False}
         if mem_meta.get("active") and storage is not None:

@@ -17,6 +17,12 @@ dtype. :class:`SequenceStorage` holds one numpy array ``[capacity, *item_shape]`
   inserting side (``Trajectory.batch_major(frame_stacks)``): ``obs/frames`` holds one frame per step and the
   per-row ``obs_stack/frames`` step 0's three older frames, about a quarter of the bytes; the stacks are
   rebuilt exactly when a sample becomes a Trajectory again (``Trajectory.from_batch_major``).
+* Compressed leaves (``replay.compress_obs``: every ``obs/*`` and ``obs_stack/*`` leaf): each row is
+  kept as one zlib blob (level 1) in a list of ``capacity`` bytes objects instead of an array, compressed as it
+  is written and decompressed as it is gathered. A Pong sequence's 41 frames of 84×84 (289,296 bytes) take
+  about 3,900 (0.3 ms to compress, 0.1 ms to decompress), its whole stored row 7.2 KB instead of 313 KB, so a
+  full 8,192-row Pong shard holds about 60 MB instead of 2.6 GB (BENCHMARKS.md, "Observations compressed in
+  replay"). ``LeafSpec.codec`` records it; the rows' Python objects are the price (one per row and leaf).
 * Core state (large for HCAM memory): a per-row leaf like any other, so it is stored once per *sequence*,
   not per step. ``core_state_dtype="float16"`` stores float ``core_state/*`` leaves at half precision (read
   back in their original dtype); the recurrent state is re-warmed by burn-in anyway, which is what makes the
@@ -35,7 +41,8 @@ Usage::
 from __future__ import annotations
 
 import mmap
-from collections.abc import Mapping
+import zlib
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +51,9 @@ import numpy as np
 from distrl.types import is_tensor
 
 CORE_STATE_PREFIX = "core_state/"
+CODECS = ("", "zlib")
+"""How a leaf's rows are stored: "" as a plain array, "zlib" as one zlib blob (level 1) per row."""
+ZLIB_LEVEL = 1
 _HUGE_PAGE_MIN_BYTES = 4 << 20  # numpy's threshold for asking for transparent huge pages
 
 
@@ -72,12 +82,14 @@ def to_numpy(name: str, value: Any) -> np.ndarray:
 
 @dataclass(frozen=True)
 class LeafSpec:
-    """One stored leaf: per-item shape, the dtype callers see and the dtype it is stored in."""
+    """One stored leaf: per-item shape, the dtype callers see, the dtype it is stored in and its ``codec``
+    (:data:`CODECS`)."""
 
     name: str
     shape: tuple[int, ...]
     dtype: str
     stored_dtype: str
+    codec: str = ""
 
     @property
     def item_nbytes(self) -> int:
@@ -89,11 +101,18 @@ class LeafSpec:
             "shape": list(self.shape),
             "dtype": self.dtype,
             "stored_dtype": self.stored_dtype,
+            "codec": self.codec,
         }
 
     @staticmethod
     def from_json(d: Mapping[str, Any]) -> LeafSpec:
-        return LeafSpec(str(d["name"]), tuple(int(x) for x in d["shape"]), str(d["dtype"]), str(d["stored_dtype"]))
+        if not isinstance(d, Mapping):
+            raise TypeError(f"a replay leaf spec must be a mapping, got {type(d).__name__}")
+        codec = str(d.get("codec", ""))  # absent in checkpoints written before compression
+        if codec not in CODECS:
+            raise ValueError(f"replay leaf {d.get('name')!r}: unknown codec {codec!r} (known: {list(CODECS)})")
+        return LeafSpec(str(d["name"]), tuple(int(x) for x in d["shape"]), str(d["dtype"]), str(d["stored_dtype"]),
+                        codec)
 
 
 @dataclass(frozen=True)
@@ -103,8 +122,19 @@ class Schema:
     leaves: tuple[LeafSpec, ...]
 
     @staticmethod
-    def from_leaves(leaves: Mapping[str, Any], core_state_dtype: str | None = None) -> Schema:
-        """Schema of a batch-major leaf dict (``[B, ...]``); ``core_state_dtype`` downcasts core state."""
+    def from_leaves(leaves: Mapping[str, Any], core_state_dtype: str | None = None,
+                    compress: Collection[str] = ()) -> Schema:
+        """Schema of a batch-major leaf dict (``[B, ...]``); ``core_state_dtype`` downcasts core state;
+        ``compress`` names leaves stored as zlib blobs (``replay.compress``). Raises ValueError naming a
+        ``compress`` entry that is not a leaf here, or is bookkeeping the shard reads in place."""
+        unknown = sorted(set(compress) - set(leaves))
+        if unknown:
+            raise ValueError(f"replay.compress names {unknown}, which are not stored leaves of this run "
+                             f"(its leaves: {sorted(leaves)})")
+        refused = sorted(n for n in compress if n == "policy_version" or n.startswith(CORE_STATE_PREFIX))
+        if refused:
+            raise ValueError(f"replay.compress: {refused} cannot be compressed (the shard reads them in place); "
+                             "name observation leaves such as obs/frames")
         specs = []
         for name in sorted(leaves):
             arr = to_numpy(name, leaves[name])
@@ -113,7 +143,8 @@ class Schema:
             stored = arr.dtype
             if core_state_dtype is not None and name.startswith(CORE_STATE_PREFIX) and arr.dtype.kind == "f":
                 stored = np.dtype(core_state_dtype)
-            specs.append(LeafSpec(name, tuple(int(s) for s in arr.shape[1:]), arr.dtype.str, stored.str))
+            specs.append(LeafSpec(name, tuple(int(s) for s in arr.shape[1:]), arr.dtype.str, stored.str,
+                                  "zlib" if name in compress else ""))
         return Schema(tuple(specs))
 
     @property
@@ -128,8 +159,13 @@ class Schema:
 
     @property
     def item_nbytes(self) -> int:
-        """Bytes one stored sequence occupies across all leaves."""
+        """Bytes one stored sequence occupies across all leaves, uncompressed."""
         return sum(s.item_nbytes for s in self.leaves)
+
+    @property
+    def plain_item_nbytes(self) -> int:
+        """Bytes one stored sequence occupies in the leaves stored as arrays (not compressed)."""
+        return sum(s.item_nbytes for s in self.leaves if not s.codec)
 
     def check_and_convert(self, leaves: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], int]:
         """Validate a batch-major leaf dict against the schema; return (numpy views, batch size B).
@@ -173,7 +209,8 @@ class Schema:
 
 
 class SequenceStorage:
-    """One preallocated array ``[capacity, *shape]`` per schema leaf, addressed by slot."""
+    """One preallocated array ``[capacity, *shape]`` per plain schema leaf (:attr:`arrays`), one list of
+    ``capacity`` zlib blobs per compressed leaf (:attr:`blobs`), addressed by slot."""
 
     def __init__(self, capacity: int, schema: Schema) -> None:
         if capacity < 1:
@@ -181,13 +218,16 @@ class SequenceStorage:
         self.capacity = int(capacity)
         self.schema = schema
         self.arrays: dict[str, np.ndarray] = {
-            s.name: reserve((self.capacity, *s.shape), np.dtype(s.stored_dtype)) for s in schema.leaves
+            s.name: reserve((self.capacity, *s.shape), np.dtype(s.stored_dtype)) for s in schema.leaves if not s.codec
         }
+        self.blobs: dict[str, list[bytes]] = {s.name: [b""] * self.capacity for s in schema.leaves if s.codec}
+        self.blob_nbytes = 0
+        """Bytes held in :attr:`blobs` now (all compressed leaves, all slots)."""
 
     @property
     def nbytes(self) -> int:
-        """Bytes reserved for item data (all slots)."""
-        return sum(a.nbytes for a in self.arrays.values())
+        """Bytes reserved for item data (all slots of the arrays, plus the compressed rows held now)."""
+        return sum(a.nbytes for a in self.arrays.values()) + self.blob_nbytes
 
     def write(self, slot: int, leaves: Mapping[str, np.ndarray]) -> None:
         """Write B rows at slots ``slot, slot + 1, ...`` (mod capacity). B <= capacity."""
@@ -198,7 +238,50 @@ class SequenceStorage:
             dst[slot : slot + first] = src[:first]  # casts to the stored dtype (e.g. fp16 core state)
             if first < b:
                 dst[: b - first] = src[first:]
+        for name, rows in self.blobs.items():
+            src = np.ascontiguousarray(leaves[name], dtype=np.dtype(self.schema.spec(name).stored_dtype))
+            for i in range(src.shape[0]):
+                k = (slot + i) % self.capacity
+                blob = zlib.compress(src[i].tobytes(), ZLIB_LEVEL)
+                self.blob_nbytes += len(blob) - len(rows[k])
+                rows[k] = blob
 
     def gather(self, slots: np.ndarray) -> dict[str, np.ndarray]:
         """Rows at ``slots`` ``[n]`` as new, contiguous, writable arrays ``[n, ...]`` in the stored dtypes."""
-        return {name: np.take(arr, slots, axis=0) for name, arr in self.arrays.items()}
+        out = {name: np.take(arr, slots, axis=0) for name, arr in self.arrays.items()}
+        for name, rows in self.blobs.items():
+            s = self.schema.spec(name)
+            dst = np.empty((len(slots), *s.shape), dtype=np.dtype(s.stored_dtype))
+            flat = dst.reshape(len(slots), -1).view(np.uint8)
+            for i, k in enumerate(np.asarray(slots).tolist()):
+                flat[i] = np.frombuffer(zlib.decompress(rows[k]), dtype=np.uint8)
+            out[name] = dst
+        return out
+
+    def export_blobs(self, name: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Slots ``[0, n)`` of compressed leaf ``name`` as (all blobs concatenated [uint8], offsets [n + 1])."""
+        rows = self.blobs[name][:n]
+        offsets = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum([len(r) for r in rows], out=offsets[1:])
+        return np.frombuffer(b"".join(rows), dtype=np.uint8), offsets
+
+    def import_blobs(self, name: str, data: np.ndarray, offsets: np.ndarray) -> None:
+        """Fill slots ``[0, len(offsets) - 1)`` of compressed leaf ``name`` from :meth:`export_blobs`'s output.
+        Raises ValueError when the offsets do not fit the data or a blob does not decompress to one row."""
+        n = len(offsets) - 1
+        s = self.schema.spec(name)
+        if (n < 0 or n > self.capacity or offsets[0] != 0 or offsets[-1] != len(data)
+                or np.any(np.diff(offsets) < 0)):
+            raise ValueError(f"compressed replay leaf {name!r}: offsets do not fit {len(data)} bytes of blobs")
+        raw = data.tobytes()
+        rows = self.blobs[name]
+        for k in range(n):
+            blob = raw[offsets[k] : offsets[k + 1]]
+            try:
+                size = len(zlib.decompress(blob))
+            except zlib.error as e:
+                raise ValueError(f"compressed replay leaf {name!r}: row {k} does not decompress ({e})") from e
+            if size != s.item_nbytes:
+                raise ValueError(f"compressed replay leaf {name!r}: row {k} holds {size} bytes, not {s.item_nbytes}")
+            self.blob_nbytes += len(blob) - len(rows[k])
+            rows[k] = blob

@@ -31,10 +31,12 @@ def test_defaults_yaml_and_quickstart_yaml_equal_what_they_write_out():
     assert load_config(REPO / "configs/quickstart.yaml") == quick
     assert (quick.model.encoder, quick.model.hidden_size, quick.env.observation_keys) == (
         "nethack_small", 128, ("glyphs_crop", "blstats"))
-    # only the model, the batch size and the evaluation period differ from the defaults; overrides go on top
+    # only the model, the batch size, replay compression and the evaluation period differ from the defaults;
+    # overrides go on top
     defaults = load_config()
-    assert quick.learner.batch_size == 8
+    assert quick.learner.batch_size == 8 and quick.replay.compress_obs
     assert dataclasses.replace(quick, env=defaults.env, model=defaults.model, eval=defaults.eval,
+                               replay=dataclasses.replace(quick.replay, compress_obs=False),
                                learner=dataclasses.replace(quick.learner, batch_size=defaults.learner.batch_size)
                                ) == defaults
     assert quickstart_config(["model.hidden_size=64"]).model.hidden_size == 64

@@ -1,14 +1,17 @@
-"""Atari frame stacks in replay: stored whole vs one frame per step (``EnvSpec.frame_stacks``), side by side.
+"""Atari frames in replay: stacks stored whole, one frame per step (``EnvSpec.frame_stacks``), and one frame per
+step kept zlib-compressed (``replay.compress_obs``), side by side.
 
 One run builds real Pong sequences ``[--length, --num-envs]`` from an inline EnvActor with the random policy
-(``--max-episode-steps`` short games, so the sequences hold episode starts), starts a local Ray with two replay
-shard actors, one per layout, and in alternating order measures for each layout (``full``: ``RayShardClient``
-without ``frame_stacks``, as before; ``packed``: with the spec's ``frame_stacks``):
+(``--max-episode-steps`` short games, so the sequences hold episode starts), starts a local Ray with one replay
+shard actor per layout, and in rotating order measures for each layout (``full``: ``RayShardClient`` without
+``frame_stacks``; ``packed``: with the spec's ``frame_stacks``; ``packed_zlib``: packed, and the shard stores
+``obs/<key>`` and ``obs_stack/<key>`` of those keys as zlib blobs):
 
 * ``insert_submit_ms``: the env actor's own cost of one ``insert_async`` (batch-major leaves, the frame-stack
   check and packing, NumPy conversion, handing the object to Ray): the time stepping pauses for;
 * ``insert_acked_ms``: until the shard acknowledged the insert (transfer + storage write);
 * ``stored_bytes_per_row``: the bytes of one sequence row in the shard's storage (all leaves);
+* ``sample_ms``: one ``sample`` call of ``--batch`` rows, answered by the shard (decompression included);
 * ``sample_bytes`` and ``sample_to_trajectory_ms``: a learner batch of ``--batch`` rows as sent by the shard,
   and turning it into the time-major Trajectory the learner trains on (rebuilding the stacks when packed).
 
@@ -24,6 +27,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import statistics
@@ -70,13 +74,16 @@ def main() -> None:
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        layouts = {"full": (), "packed": spec.frame_stacks}
-        shards = {name: make_ray_shard(cfg.replay, i, num_cpus=0.5, seed=0) for i, name in enumerate(layouts)}
+        layouts = {"full": (), "packed": spec.frame_stacks, "packed_zlib": spec.frame_stacks}
+        compress = {"full": False, "packed": False, "packed_zlib": True}
+        shards = {name: make_ray_shard(dataclasses.replace(cfg.replay, compress_obs=compress[name]), i,
+                                       num_cpus=0.5, seed=0) for i, name in enumerate(layouts)}
         clients = {name: RayShardClient(shards[name], i, layouts[name]) for i, name in enumerate(layouts)}
         submit: dict[str, list[float]] = {n: [] for n in layouts}
         acked: dict[str, list[float]] = {n: [] for n in layouts}
+        names = list(layouts)
         for r in range(args.rounds):
-            for name in (list(layouts) if r % 2 else list(reversed(list(layouts)))):
+            for name in names[r % len(names):] + names[: r % len(names)]:
                 traj = trajs[r % len(trajs)]
                 t0 = time.perf_counter()
                 pending = clients[name].insert_async(traj)
@@ -88,6 +95,12 @@ def main() -> None:
                 if r >= 2:
                     submit[name].append((t1 - t0) * 1e3)
                     acked[name].append((t2 - t0) * 1e3)
+        sample_ms: dict[str, list[float]] = {n: [] for n in layouts}
+        for r in range(max(3, args.rounds // 2)):
+            for name in names[r % len(names):] + names[: r % len(names)]:
+                t0 = time.perf_counter()
+                ray.get(shards[name].sample.remote(args.batch))
+                sample_ms[name].append((time.perf_counter() - t0) * 1e3)
         for name in layouts:
             sample = ray.get(shards[name].sample.remote(args.batch))
             times = []
@@ -98,6 +111,7 @@ def main() -> None:
             stats = ray.get(shards[name].stats.remote())
             print(json.dumps({
                 "bench": "replay_frames", "env": args.env, "layout": name, "frame_stacks": list(layouts[name]),
+                "compress_obs": compress[name], "sample_ms": round(statistics.median(sample_ms[name]), 2),
                 "sequence": [args.length, args.num_envs], "batch": args.batch, "rounds": len(submit[name]),
                 "insert_submit_ms": round(statistics.median(submit[name]), 2),
                 "insert_acked_ms": round(statistics.median(acked[name]), 2),
