@@ -7,8 +7,8 @@ an :class:`EvalOutcome`: the result plus the video's bytes, so the driver writes
 whatever node the episodes ran on. Where it lives is ``eval.host``:
 
 * ``env_actor`` (default): env actor 0 holds one (:meth:`~distrl.runtime.ray_env_actor.RayEnvActor.evaluate`,
-  on a thread of its own beside the stepping loop). No process of its own: on the quickstart that is the ~146 MB
-  of PSS an evaluator process held (BENCHMARKS.md, "Evaluation in env actor 0"), and its episodes use the CPU
+  on a thread of its own beside the stepping loop). No process of its own: on Room-5x5 the run's peak PSS is
+  89 MB lower than with an evaluator process (BENCHMARKS.md, "Evaluation in env actor 0"), and its episodes use the CPU
   that actor leaves idle while the replay rate limiter holds it back instead of taking it from the learner.
   While env actor 0 is down (restarting, or dead at the end of a run), an evaluator actor stands in.
 * ``evaluator``: always an evaluator actor of its own: :func:`start_evaluator` applies ``ray.remote`` to
