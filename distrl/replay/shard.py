@@ -89,9 +89,9 @@ KEY_COUNTER_BITS = 44
 """A key's low bits hold the insert count (room for 1.7e13 rows per shard); the bits above, the incarnation."""
 _COUNTER_MASK = (1 << KEY_COUNTER_BITS) - 1
 MAX_INCARNATION = (1 << (63 - KEY_COUNTER_BITS)) - 1
+"""Restores one shard survives (2**19 - 1): keys stay non-negative int64."""
 OBS_PREFIXES = ("obs/", STACK_PREFIX)
 """The leaves ``replay.compress_obs`` stores as zlib blobs: observations, and the older frames of frame stacks."""
-"""Restores one shard survives (2**19 - 1): keys stay non-negative int64."""
 
 
 def key_counter(keys: Any) -> np.ndarray:

@@ -125,15 +125,16 @@ class Schema:
     def from_leaves(leaves: Mapping[str, Any], core_state_dtype: str | None = None,
                     compress: Collection[str] = ()) -> Schema:
         """Schema of a batch-major leaf dict (``[B, ...]``); ``core_state_dtype`` downcasts core state;
-        ``compress`` names leaves stored as zlib blobs (``replay.compress``). Raises ValueError naming a
-        ``compress`` entry that is not a leaf here, or is bookkeeping the shard reads in place."""
+        ``compress`` names leaves stored as zlib blobs (the shard passes its observation leaves when
+        ``replay.compress_obs`` is on). Raises ValueError naming a ``compress`` entry that is not a leaf here, or
+        is bookkeeping the shard reads in place."""
         unknown = sorted(set(compress) - set(leaves))
         if unknown:
-            raise ValueError(f"replay.compress names {unknown}, which are not stored leaves of this run "
+            raise ValueError(f"compressed leaves {unknown} are not stored leaves of this run "
                              f"(its leaves: {sorted(leaves)})")
         refused = sorted(n for n in compress if n == "policy_version" or n.startswith(CORE_STATE_PREFIX))
         if refused:
-            raise ValueError(f"replay.compress: {refused} cannot be compressed (the shard reads them in place); "
+            raise ValueError(f"replay leaves {refused} cannot be compressed (the shard reads them in place); "
                              "name observation leaves such as obs/frames")
         specs = []
         for name in sorted(leaves):
@@ -242,7 +243,7 @@ class SequenceStorage:
             src = np.ascontiguousarray(leaves[name], dtype=np.dtype(self.schema.spec(name).stored_dtype))
             for i in range(src.shape[0]):
                 k = (slot + i) % self.capacity
-                blob = zlib.compress(src[i].tobytes(), ZLIB_LEVEL)
+                blob = zlib.compress(src[i], ZLIB_LEVEL)  # the contiguous row itself, no bytes copy
                 self.blob_nbytes += len(blob) - len(rows[k])
                 rows[k] = blob
 

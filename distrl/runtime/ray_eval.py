@@ -171,8 +171,8 @@ class EvalDriver:
     def _submit(self) -> None:
         ec = self.cfg.eval
         if self.host is not None:
-            if self.handle is not None:  # a stand-in evaluator from while the host was down: its memory back
-                self.close()
+            if self.handle is not None:  # a stand-in evaluator from while the host was down: its memory back,
+                self._kill()  # without waiting in the training loop for its envs to close (its exit frees them)
             self.ref, self.ref_on_host = self.host.evaluate.remote(ec.episodes, ec.greedy, ec.video), True
             return
         if self.handle is None:
