@@ -2,9 +2,9 @@
 
 :func:`start_ray` joins ``runtime.address`` (or ``RAY_ADDRESS``, which ``ray job submit`` sets) or starts a local
 Ray on 127.0.0.1 (:func:`init_local_ray`). :func:`start_ray_while_importing` does the same while a thread imports
-the runtime: Ray's own start (its GCS, raylet and agents, about 4 s on 2 cores) keeps about 1.2 of 2 cores busy and
-mostly waits on its processes, so the driver's imports of torch, the models and the envs (about 2 s) fit beside it
-(BENCHMARKS.md, "Every process of a run starts at once").
+the runtime: Ray's own start (its GCS, raylet and agents, 2-4 s on 2 cores) keeps about 1.2 of 2 cores busy and
+mostly waits on its processes, so the driver's imports of torch, the models and the envs (about 2 s) fit beside
+it (BENCHMARKS.md, "Every process of a run starts at once").
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def local_ray_system_config() -> dict[str, int]:
 def init_local_ray(**kwargs: Any) -> None:
     """``ray.init`` a fresh single-machine cluster whose every process (GCS, raylet, workers, dashboard and
     runtime-env agents) listens on 127.0.0.1 only, with the GCS's tables capped and its workers at the driver's
-    priority (:func:`local_ray_system_config`, unless ``_system_config`` is given), and without the two head
+    priority (:func:`local_ray_system_config`, unless ``_system_config`` is given), and without the head
     processes such a cluster has no use for (:func:`_without_idle_head_processes`).
 
     ``_node_ip_address="127.0.0.1"`` alone does not do it: Ray replaces a loopback node address by the host's
@@ -72,7 +72,8 @@ def init_local_ray(**kwargs: Any) -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False
     kwargs.setdefault("_system_config", local_ray_system_config())
     try:
-        with _without_idle_head_processes(drop_log_monitor=not kwargs.get("log_to_driver", True)):
+        with _without_idle_head_processes(drop_log_monitor=not kwargs.get("log_to_driver", True),
+                                          drop_api_server=kwargs.get("include_dashboard") is False):
             ray.init(_node_ip_address="127.0.0.1", **kwargs)
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = saved_flag
@@ -83,24 +84,31 @@ def init_local_ray(**kwargs: Any) -> None:
 
 
 @contextlib.contextmanager
-def _without_idle_head_processes(drop_log_monitor: bool) -> Iterator[None]:
-    """While ``ray.init`` starts a head node here, leave out the autoscaler's monitor (a fixed single-machine
-    cluster never scales) and, with ``drop_log_monitor`` (``log_to_driver=False``: no driver reads workers' output,
-    which stays in the session's log files), the log monitor: two Python processes of about 50 MB each, 8% of
-    a 2-core Room-5x5 run's peak PSS (BENCHMARKS.md, "A local run's Ray starts without its monitor and log
-    monitor").
+def _without_idle_head_processes(drop_log_monitor: bool, drop_api_server: bool) -> Iterator[None]:
+    """While ``ray.init`` starts a head node here, leave out the processes a fixed single-machine cluster has no
+    use for (BENCHMARKS.md, "A local run's Ray starts without its idle head processes"):
 
-    ``ray.init`` takes no option for either, so for the length of the call Ray's ``RayParams`` is replaced by a
-    subclass that sets its ``no_monitor`` and ``include_log_monitor`` fields. Where a Ray release no longer has
-    them the node starts with both processes, as before; ``tests/ray/test_ray_start.py`` fails then.
+    * the autoscaler's monitor (such a cluster never scales);
+    * with ``drop_log_monitor`` (``log_to_driver=False``: no driver reads workers' output, which stays in the
+      session's log files), the log monitor;
+    * with ``drop_api_server`` (``include_dashboard=False``), the API server: with the dashboard off Ray still
+      starts ``dashboard.py`` with its usage-stats module alone, to report Ray's usage statistics, and
+      ``ray.init`` waits for it to come up. Leaving it out saves about 0.6 s of the start and 78 MB; Ray's usage
+      statistics are not reported from such a cluster. Ray's own start treats a missing API server as one that
+      failed to start (it raises only when the dashboard was asked for).
+
+    The monitor and the log monitor are Python processes of about 50 MB each. ``ray.init`` takes no option for
+    any of the three, so for the length of the call Ray's ``RayParams`` is replaced by a subclass that sets its
+    ``no_monitor`` and ``include_log_monitor`` fields, and ``Node.start_api_server`` by a no-op. Where a Ray
+    release lacks them the node starts with those processes, as before; ``tests/ray/test_ray_start.py`` fails
+    then.
     """
-    from ray._private import parameter
+    from ray._private import node, parameter
 
     base = parameter.RayParams
     fields = ("no_monitor", "include_log_monitor")
-    if not all(f in inspect.signature(base.__init__).parameters for f in fields):
-        yield
-        return
+    trim_params = all(f in inspect.signature(base.__init__).parameters for f in fields)
+    start_api_server = getattr(node.Node, "start_api_server", None)
 
     class TrimmedParams(base):  # type: ignore[misc, valid-type]
         def __init__(self, *args: Any, **kw: Any) -> None:
@@ -109,11 +117,19 @@ def _without_idle_head_processes(drop_log_monitor: bool) -> Iterator[None]:
                 kw["include_log_monitor"] = False
             super().__init__(*args, **kw)
 
-    parameter.RayParams = TrimmedParams
+    def no_api_server(self: Any, **kw: Any) -> None:
+        return None
+
+    if trim_params:
+        parameter.RayParams = TrimmedParams
+    if drop_api_server and start_api_server is not None:
+        node.Node.start_api_server = no_api_server
     try:
         yield
     finally:
         parameter.RayParams = base
+        if start_api_server is not None:
+            node.Node.start_api_server = start_api_server
 
 
 def start_ray(cfg: ExperimentConfig) -> bool:

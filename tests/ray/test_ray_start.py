@@ -65,13 +65,18 @@ def _head_processes() -> list[str]:
     return out
 
 
-def test_a_local_cluster_runs_without_the_autoscaler_monitor_and_log_monitor(ray_cluster):
-    """This session's cluster, started as `distrl train` starts one (init_local_ray, log_to_driver=False): its
-    GCS and raylet run, the autoscaler's monitor and the log monitor do not, and actors still work."""
+def test_a_local_cluster_runs_without_the_monitor_log_monitor_and_api_server(ray_cluster):
+    """This session's cluster, started as `distrl train` starts one (init_local_ray, log_to_driver=False,
+    include_dashboard=False): its GCS and raylet run; the autoscaler's monitor, the log monitor and the API server
+    (dashboard.py, which would hold only Ray's usage-stats module) do not, and actors still work."""
     procs = _head_processes()
     assert any("gcs_server" in c for c in procs) and any("raylet" in c for c in procs), procs
     assert not any("autoscaler/_private/monitor.py" in c for c in procs), procs
     assert not any("log_monitor.py" in c for c in procs), procs
+    assert not any("dashboard/dashboard.py" in c for c in procs), procs
+    from ray._private import node, parameter  # Ray's own start is put back once the cluster is up
+    assert node.Node.start_api_server.__name__ == "start_api_server"
+    assert parameter.RayParams.__name__ == "RayParams"
 
     @ray_cluster.remote(num_cpus=0)
     def square(x: int) -> int:
@@ -81,7 +86,8 @@ def test_a_local_cluster_runs_without_the_autoscaler_monitor_and_log_monitor(ray
 
 
 def test_with_log_to_driver_the_log_monitor_stays_and_streams_worker_output():
-    """log_to_driver=True keeps the log monitor, and a task's print reaches the driver; the monitor still goes."""
+    """log_to_driver=True keeps the log monitor, and a task's print reaches the driver; the monitor and the API server
+    still go."""
     script = textwrap.dedent("""
         import ray
         from distrl.runtime.ray_start import init_local_ray
@@ -97,14 +103,15 @@ def test_with_log_to_driver_the_log_monitor_stays_and_streams_worker_output():
         time.sleep(2.0)  # the log monitor polls the worker's log file
         procs = [" ".join(p.cmdline()) for p in psutil.Process().children(recursive=True)]
         print("LOGMON", any("log_monitor.py" in c for c in procs),
-              "MONITOR", any("autoscaler/_private/monitor.py" in c for c in procs), flush=True)
+              "MONITOR", any("autoscaler/_private/monitor.py" in c for c in procs),
+              "API", any("dashboard/dashboard.py" in c for c in procs), flush=True)
         ray.shutdown()
     """)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=REPO,
                          timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "LOGMON True MONITOR False" in out.stdout, (out.stdout, out.stderr[-3000:])
+    assert "LOGMON True MONITOR False API False" in out.stdout, (out.stdout, out.stderr[-3000:])
     assert "HELLO-FROM-WORKER" in out.stdout + out.stderr
 
 
