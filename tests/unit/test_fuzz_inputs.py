@@ -10,6 +10,7 @@ step returns a wrong shape or dtype with a ValueError naming the env and the obs
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 import json
 import pickle
@@ -350,10 +351,11 @@ def test_resume_with_a_corrupt_learner_checkpoint_exits_cleanly(tmp_path, capsys
 # ---- replay shard checkpoints ---------------------------------------------------------------------------------
 
 SHARD_CFG = ReplayConfig(capacity=12, min_size=2, samples_per_insert=0.0)
+SHARD_CFGS = {"plain": SHARD_CFG, "compressed": dataclasses.replace(SHARD_CFG, compress_obs=True)}
 
 
-def _filled_shard(seed: int = 0) -> ReplayShard:
-    shard = ReplayShard(SHARD_CFG, shard_id=1, seed=seed)
+def _filled_shard(seed: int = 0, cfg: ReplayConfig = SHARD_CFG) -> ReplayShard:
+    shard = ReplayShard(cfg, shard_id=1, seed=seed)
     for i in range(3):
         shard.insert(example_trajectory(B=4, start=4 * i + seed, policy_version=i))
     return shard
@@ -419,11 +421,15 @@ def _corrupt_shard_dir(rng: random.Random, good: Path, dst: Path) -> str:
     return f"{kind} {f.name}"
 
 
-def test_corrupt_and_foreign_replay_checkpoints_are_refused_and_load_nothing(tmp_path):
+@pytest.mark.parametrize("layout", sorted(SHARD_CFGS))
+def test_corrupt_and_foreign_replay_checkpoints_are_refused_and_load_nothing(tmp_path, layout):
+    """Plain shards, and shards whose observations are zlib blobs (replay.compress_obs: each observation leaf
+    stored as its blobs back to back plus an offsets table)."""
+    cfg = SHARD_CFGS[layout]
     rng = random.Random(5)
-    good = _filled_shard().save(tmp_path / "good")
-    saved = _shard_content(ReplayShard.load(good, SHARD_CFG), tmp_path / "probe")
-    target = _filled_shard(seed=1)  # holds other data: a refused restore must leave it as it is
+    good = _filled_shard(cfg=cfg).save(tmp_path / "good")
+    saved = _shard_content(ReplayShard.load(good, cfg), tmp_path / "probe")
+    target = _filled_shard(seed=1, cfg=cfg)  # holds other data: a refused restore must leave it as it is
     before = _shard_content(target, tmp_path / "probe")
     refused = 0
     for i in range(120):
@@ -436,7 +442,7 @@ def test_corrupt_and_foreign_replay_checkpoints_are_refused_and_load_nothing(tmp
             refused += 1
             continue
         assert _shard_content(target, tmp_path / "probe") == saved, f"case {i} ({what}): accepted, altered"
-        target = _filled_shard(seed=1)
+        target = _filled_shard(seed=1, cfg=cfg)
     assert refused > 0.6 * 120, refused
 
 
