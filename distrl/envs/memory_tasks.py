@@ -16,7 +16,8 @@ see ALGORITHMS.md §2.7.
   walk (8 directions + stay) onto the dancer that performed it. Stepping onto a dancer ends the episode:
   reward 1 if it is that dancer, 0 otherwise (also 0 when time runs out). Chance level (``info["chance"]``):
   ``1 / N``, for an agent that walks to a dancer picked at random (every dancer is two moves away; an agent
-  that reaches none in time scores 0).
+  that reaches none in time scores 0). ``Ballet-<N>-<D1>to<D2>`` draws each episode's ``D`` uniformly from
+  ``D1..D2``: a mix of levels in one run (``info["delay"]`` on the last step says which).
 * ``Recall-<K>-<D>`` (:class:`RecallEnv`): step 0 shows an object at one of ``K`` places (``cue``), then
   ``D`` distractor steps show a place drawn uniformly from all ``K`` in ``distractor`` each step (independent
   of the cue: the cue's place shows up among them as often as any other, so they carry no information about
@@ -66,20 +67,36 @@ AGENT_MOVES = ((0, 0), (-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1
 """Ballet actions: stay, then the 8 directions clockwise from north."""
 TEST_STEPS = 8
 
-_NAME = re.compile(r"^(Ballet|Recall)-(\d+)-(\d+)$")
+_NAME = re.compile(r"^(Ballet|Recall)-(\d+)-(\d+)(?:to(\d+))?$")
 
 
-def parse_name(name: str) -> tuple[str, int, int]:
-    """``"Ballet-2-16"`` -> ``("Ballet", 2, 16)``; ValueError naming the id and the expected form."""
+def parse_levels(name: str) -> tuple[str, int, int, int]:
+    """``"Ballet-2-16"`` -> ``("Ballet", 2, 16, 16)``; ``"Ballet-2-4to16"`` -> ``("Ballet", 2, 4, 16)`` (each
+    episode's delay drawn uniformly from 4..16). ValueError naming the id and the expected form."""
     m = _NAME.match(name)
     if m is None:
-        raise ValueError(f"env.name {name!r}: memory task ids are Ballet-<dancers>-<delay> or Recall-<places>-<delay>")
-    kind, a, d = m.group(1), int(m.group(2)), int(m.group(3))
+        raise ValueError(f"env.name {name!r}: memory task ids are Ballet-<dancers>-<delay>, "
+                         f"Ballet-<dancers>-<min delay>to<max delay> or Recall-<places>-<delay>")
+    kind, a, lo = m.group(1), int(m.group(2)), int(m.group(3))
+    hi = int(m.group(4)) if m.group(4) is not None else lo
     if kind == "Ballet" and not 1 <= a <= len(PLACES):
         raise ValueError(f"env.name {name!r}: Ballet needs 1-{len(PLACES)} dancers, got {a}")
     if kind == "Recall" and a < 2:
         raise ValueError(f"env.name {name!r}: Recall needs >= 2 places, got {a}")
-    return kind, a, d
+    if kind == "Recall" and hi != lo:
+        raise ValueError(f"env.name {name!r}: a range of delays is offered for Ballet only")
+    if hi < lo:
+        raise ValueError(f"env.name {name!r}: the delay range {lo}to{hi} is empty (min > max)")
+    return kind, a, lo, hi
+
+
+def parse_name(name: str) -> tuple[str, int, int]:
+    """``"Ballet-2-16"`` -> ``("Ballet", 2, 16)``: a level with one delay (a range of delays is a ValueError);
+    ValueError naming the id and the expected form."""
+    kind, a, lo, hi = parse_levels(name)
+    if hi != lo:
+        raise ValueError(f"env.name {name!r}: names a range of delays, not one level")
+    return kind, a, lo
 
 
 class BalletEnv:
@@ -96,10 +113,15 @@ class BalletEnv:
 
     copy_obs = True
 
-    def __init__(self, dancers: int = 2, delay: int = 16, max_episode_steps: int = 0, seed: int = 0) -> None:
+    def __init__(self, dancers: int = 2, delay: int = 16, max_episode_steps: int = 0, seed: int = 0,
+                 max_delay: int | None = None) -> None:
         if not 1 <= dancers <= len(PLACES) or delay < 0:
             raise ValueError(f"BalletEnv: need 1 <= dancers <= {len(PLACES)} and delay >= 0, got {dancers}, {delay}")
+        if max_delay is not None and max_delay < delay:
+            raise ValueError(f"BalletEnv: max_delay {max_delay} < delay {delay}")
         self.dancers, self.delay = dancers, delay
+        self.min_delay, self.max_delay = delay, delay if max_delay is None else max_delay
+        """Each episode's delay is drawn uniformly from min_delay..max_delay (one level when they are equal)."""
         self.watch_len = dancers * (delay + DANCE_LEN) + delay
         """Steps before the instruction (dances and quiet steps); the test phase follows."""
         self.max_episode_steps = max_episode_steps
@@ -134,6 +156,9 @@ class BalletEnv:
         self._ids = rng.choice(IDENTITIES, self.dancers, replace=False)
         self._dances = rng.choice(len(DANCES), self.dancers, replace=False)  # dancer i performs dance _dances[i]
         self._target = int(rng.integers(self.dancers))
+        if self.max_delay != self.min_delay:
+            self.delay = int(rng.integers(self.min_delay, self.max_delay + 1))
+            self.watch_len = self.dancers * (self.delay + DANCE_LEN) + self.delay
         self._agent = CENTRE
         self._t = 0
         self._done = False
@@ -185,7 +210,7 @@ class BalletEnv:
         self._done = terminated or truncated
         info: dict[str, Any] = {}
         if self._done:
-            info = {"success": reward, "chance": self.chance}
+            info = {"success": reward, "chance": self.chance, "delay": self.delay}
         return self._obs(), reward, terminated, truncated, info
 
     def render(self) -> np.ndarray:
@@ -286,13 +311,13 @@ class RecallEnv:
 
 def spec(cfg: EnvConfig) -> EnvSpec:
     """EnvSpec for a ``Ballet-*`` or ``Recall-*`` id."""
-    kind, a, _ = parse_name(cfg.name)
+    kind, a, _, _ = parse_levels(cfg.name)
     return BalletEnv.make_spec(cfg.name) if kind == "Ballet" else RecallEnv.make_spec(cfg.name, a)
 
 
 def make(cfg: EnvConfig, seed: int, render: bool = False) -> BalletEnv | RecallEnv:
     """The env named by ``cfg.name`` (``render`` accepted for the registry: both envs can always render)."""
-    kind, a, d = parse_name(cfg.name)
+    kind, a, lo, hi = parse_levels(cfg.name)
     if kind == "Ballet":
-        return BalletEnv(dancers=a, delay=d, max_episode_steps=cfg.max_episode_steps, seed=seed)
-    return RecallEnv(places=a, delay=d, max_episode_steps=cfg.max_episode_steps, seed=seed)
+        return BalletEnv(dancers=a, delay=lo, max_delay=hi, max_episode_steps=cfg.max_episode_steps, seed=seed)
+    return RecallEnv(places=a, delay=lo, max_episode_steps=cfg.max_episode_steps, seed=seed)

@@ -64,7 +64,7 @@ def test_ballet_timeline_dances_and_reward(dancers, delay):
     assert seen_dances == list(range(dancers))  # in turn
     assert obs["instruction"][env._dances[env._target]] == 1 and obs["instruction"].sum() == 1
     rew, info = _walk_to(env, _dancer_cell(env, env._target))
-    assert rew == 1.0 and info == {"success": 1.0, "chance": 1.0 / dancers}
+    assert rew == 1.0 and info == {"success": 1.0, "chance": 1.0 / dancers, "delay": env.delay}
 
 
 def test_ballet_wrong_dancer_and_timeout_score_zero():
@@ -156,9 +156,14 @@ def test_recall_distractors_do_not_leak_the_cue():
 def test_ids_registry_and_vec_env():
     assert family_of("Ballet-2-16")[1] == "memory" and family_of("Recall-4-60")[1] == "memory"
     assert mt.parse_name("Ballet-8-48") == ("Ballet", 8, 48)
-    for bad in ("Ballet-9-16", "Ballet-2", "Recall-1-5", "Recall-x-5"):
+    assert mt.parse_levels("Ballet-2-4to16") == ("Ballet", 2, 4, 16)
+    assert mt.parse_levels("Recall-4-60") == ("Recall", 4, 60, 60)
+    for bad in ("Ballet-9-16", "Ballet-2", "Recall-1-5", "Recall-x-5", "Ballet-2-16to4", "Recall-4-8to16",
+                "Ballet-2-4to"):
         with pytest.raises(ValueError, match=r"env\.name"):
-            mt.parse_name(bad)
+            mt.parse_levels(bad)
+    with pytest.raises(ValueError, match=r"range of delays"):
+        mt.parse_name("Ballet-2-4to16")  # one level expected
     cfg = EnvConfig(name="Recall-3-4", num_envs=2)
     spec = env_spec(cfg)
     assert spec.num_actions == 3 and spec.family == "memory"
@@ -182,3 +187,33 @@ def test_ids_registry_and_vec_env():
     e.reset()
     with pytest.raises(ValueError, match="out of range"):
         e.step(3)
+
+
+def test_ballet_delay_range_draws_each_episodes_delay_and_plays_it():
+    """Ballet-2-4to16: every episode has one delay from 4..16, all of them drawn; the dances, the instruction
+    and the test phase follow that episode's delay; the spec is the fixed levels' (one model plays all)."""
+    env = make_env(EnvConfig(name="Ballet-2-4to16"), seed=3)
+    assert env_spec(EnvConfig(name="Ballet-2-4to16")).obs == env_spec(EnvConfig(name="Ballet-2-16")).obs
+    delays = []
+    for _ in range(300):
+        obs, _ = env.reset()
+        d = env.delay
+        assert env.watch_len == 2 * (d + mt.DANCE_LEN) + d
+        dancing = []
+        for _ in range(env.watch_len):
+            dancing.append(bool(obs["performing"].sum()))
+            assert obs["instruction"].sum() == 0
+            obs, _, term, _, info = env.step(0)
+            assert not term
+        starts = [t for t, on in enumerate(dancing) if on and (t == 0 or not dancing[t - 1])]
+        assert starts == [d, 2 * d + mt.DANCE_LEN]  # each dance after d quiet steps
+        assert obs["instruction"].sum() == 1
+        for _ in range(mt.TEST_STEPS):
+            obs, _, term, _, info = env.step(0)  # stay: time runs out
+            if term:
+                break
+        assert term and info["delay"] == d and info["success"] == 0.0
+        delays.append(d)
+    assert set(delays) == set(range(4, 17))
+    with pytest.raises(ValueError, match="max_delay"):
+        mt.BalletEnv(dancers=2, delay=8, max_delay=4)

@@ -7,6 +7,7 @@ what HCAM costs.
     .venv/bin/python tools/bench/memory.py --cost-only                 # only the cost lines
     .venv/bin/python tools/bench/memory.py --act-only --delays 60      # only the act-time lines (quick)
     .venv/bin/python tools/bench/memory.py --no-cost --tasks --merge a.jsonl b.jsonl   # one table from sittings
+    .venv/bin/python tools/bench/memory.py --no-cost --tasks Ballet-2 --delays 4to16 --cores hcam   # a range
 
 Learning: one ``distrl train --local`` subprocess per (task, delay, core, seed), 16 envs, sequence length 40 (the
 default; delays above 40 put the cue outside every training sequence that holds its query), the same learner
@@ -38,6 +39,7 @@ import dataclasses
 import json
 import math
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -69,15 +71,43 @@ BASE: dict[str, Any] = {
 }
 
 
-def env_name(task: str, delay: int) -> str:
+Delay = int | str
+"""A level's delay, or a range of them (``"4to16"``: each episode's delay drawn from 4..16; Ballet only)."""
+
+
+def parse_delay(text: str) -> Delay:
+    """``"16"`` -> 16; ``"4to16"`` -> ``"4to16"`` (argparse type)."""
+    if re.fullmatch(r"\d+", text):
+        return int(text)
+    if re.fullmatch(r"\d+to\d+", text):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r}: a delay is a number (16) or a range (4to16)")
+
+
+def delay_order(d: Delay) -> tuple[int, str]:
+    return int(str(d).split("to")[0]), str(d)
+
+
+def env_name(task: str, delay: Delay) -> str:
     return f"{task}-{delay}"
+
+
+def eval_levels(task: str, delay: Delay) -> list[str]:
+    """The fixed levels a run trained on a range of delays is evaluated at: the range's ends."""
+    if isinstance(delay, int):
+        return []
+    lo, hi = str(delay).split("to")
+    return [env_name(task, int(lo)), env_name(task, int(hi))]
+
+
+EVAL_EPISODES = 500
 
 
 def chance_of(task: str) -> float:
     return 1.0 / int(task.split("-")[1])
 
 
-def run_config(task: str, delay: int, core: str, steps: int) -> dict[str, Any]:
+def run_config(task: str, delay: Delay, core: str, steps: int) -> dict[str, Any]:
     cfg = json.loads(json.dumps(BASE))
     cfg["env"]["name"] = env_name(task, delay)
     cfg["model"] = dict(MODELS[core])
@@ -85,7 +115,7 @@ def run_config(task: str, delay: int, core: str, steps: int) -> dict[str, Any]:
     return cfg
 
 
-def learning_run(task: str, delay: int, core: str, seed: int, steps: int, root: Path, overrides: list[str],
+def learning_run(task: str, delay: Delay, core: str, seed: int, steps: int, root: Path, overrides: list[str],
                  log_every: float) -> dict[str, Any]:
     name = f"{task}-{delay}-{core}-s{seed}"
     cfg_path = root / f"{name}.yaml"
@@ -110,13 +140,23 @@ def learning_run(task: str, delay: int, core: str, seed: int, steps: int, root: 
             curve.append([int(r["charts/env_steps"]), round(float(r["charts/success_rate"]), 4)])
     out["curve"] = curve
     out["final_success"] = curve[-1][1] if curve else None
+    ckpt = root / name / "checkpoints" / "learner.pt"
+    for level in eval_levels(task, delay):  # the final agent played at each end of its range of delays
+        ev = subprocess.run([sys.executable, "-m", "distrl", "eval", str(ckpt), f"env.name={level}",
+                             "--episodes", str(EVAL_EPISODES), "--seed", str(10_000 + seed)],
+                            cwd=REPO, capture_output=True, text=True)
+        if ev.returncode != 0:
+            out.setdefault("eval_errors", {})[level] = ev.stderr[-1000:]
+            continue
+        res = json.loads(ev.stdout.strip().splitlines()[-1])
+        out.setdefault("eval_success", {})[level] = res.get("success_rate")
     return out
 
 
 # ---- cost ------------------------------------------------------------------------------------------------------
 
 
-def _cfg(task: str, delay: int, core: str, overrides: list[str]) -> ExperimentConfig:
+def _cfg(task: str, delay: Delay, core: str, overrides: list[str]) -> ExperimentConfig:
     c = run_config(task, delay, core, 1000)
     flat = [f"{s}.{k}={json.dumps(v) if not isinstance(v, str) else v}" for s, d in c.items() for k, v in d.items()]
     return apply_overrides(ExperimentConfig(), [*flat, "runtime.mode=local", *overrides])
@@ -139,7 +179,7 @@ def _record(cfg: ExperimentConfig, steps: int, seed: int = 0) -> tuple[list[dict
     return obs, np.stack(done)
 
 
-def act_cost(task: str, delay: int, cores: list[str], overrides: list[str], steps: int = 60,
+def act_cost(task: str, delay: Delay, cores: list[str], overrides: list[str], steps: int = 60,
              rounds: int = 9) -> list[dict[str, Any]]:
     """Act time per env step of each core through NumPy (``actor.inference=auto``) and PyTorch, all in this
     process, in ``rounds`` alternating rounds of ``steps`` steps each (see the module doc)."""
@@ -201,7 +241,7 @@ def _path(policy: Any) -> str:
     return "torch" if isinstance(policy, torch.nn.Module) else "numpy"
 
 
-def replay_cost(task: str, delay: int, core: str, overrides: list[str], sequences: int = 12) -> dict[str, Any]:
+def replay_cost(task: str, delay: Delay, core: str, overrides: list[str], sequences: int = 12) -> dict[str, Any]:
     """Bytes per stored sequence from a real env actor in a real shard, and the learner's time per sequence."""
     from distrl.actors.env_actor import EnvActor
     from distrl.envs.registry import env_spec
@@ -270,11 +310,12 @@ def _row_memory_bytes(shard: Any) -> int:
 def write_outputs(results: list[dict[str, Any]], out: Path) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     learn = [r for r in results if r["kind"] == "learning" and r.get("curve")]
-    groups: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, Delay, str], list[dict[str, Any]]] = {}
     for r in learn:
         groups.setdefault((r["task"], r["delay"], r["core"]), []).append(r)
     table = []
-    for (task, delay, core), rs in sorted(groups.items()):
+    for (task, delay, core), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], delay_order(kv[0][1]),
+                                                                          kv[0][2])):
         finals = [r["final_success"] for r in rs if r.get("final_success") is not None]
         table.append({"task": task, "delay": delay, "core": core, "seeds": len(rs),
                       "final_success_mean": round(float(np.mean(finals)), 3) if finals else None,
@@ -311,7 +352,7 @@ def write_outputs(results: list[dict[str, Any]], out: Path) -> dict[str, Any]:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        panels = sorted({(r["task"], r["delay"]) for r in learn})
+        panels = sorted({(r["task"], r["delay"]) for r in learn}, key=lambda p: (p[0], delay_order(p[1])))
         cols = min(3, len(panels))
         rows_n = math.ceil(len(panels) / cols)
         fig, axes = plt.subplots(rows_n, cols, figsize=(4.2 * cols, 3.2 * rows_n), squeeze=False)
@@ -340,7 +381,9 @@ def write_outputs(results: list[dict[str, Any]], out: Path) -> dict[str, Any]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tasks", nargs="*", default=["Recall-4", "Ballet-2"])
-    ap.add_argument("--delays", type=int, nargs="+", default=[8, 16, 60])
+    ap.add_argument("--delays", type=parse_delay, nargs="+", default=[8, 16, 60],
+                    help="levels' delays; a range such as 4to16 (Ballet) draws each episode's delay from it, and the "
+                         f"final agent is then also played {EVAL_EPISODES} episodes at each end of the range")
     ap.add_argument("--cores", nargs="+", default=["hcam", "lstm"], choices=sorted(MODELS))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=300_000)

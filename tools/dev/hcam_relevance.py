@@ -11,6 +11,7 @@ not the named one puts equal weight on both.
 Usage::
 
     .venv/bin/python tools/dev/hcam_relevance.py runs/<run>/checkpoints/learner.pt --episodes 200
+    .venv/bin/python tools/dev/hcam_relevance.py <a Ballet-2-4to16 run>/checkpoints/learner.pt --env Ballet-2-16
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distrl.envs.memory_tasks import DANCE_LEN, BalletEnv, parse_name
+from distrl.envs.memory_tasks import DANCE_LEN, BalletEnv, parse_levels, parse_name
 from distrl.models.agent import build_agent
 from distrl.models.hcam import HCAMLayer
 from distrl.runtime.evaluate import load_policy
@@ -33,13 +34,22 @@ def main() -> None:
     ap.add_argument("checkpoint", type=Path)
     ap.add_argument("--episodes", type=int, default=200)
     ap.add_argument("--seed", type=int, default=123, help="env and sampling seed")
+    ap.add_argument("--env", default=None,
+                    help="the Ballet level to play (default: the one trained on; needed for an agent trained on a "
+                         "range of delays, e.g. Ballet-2-4to16, played here at Ballet-2-16)")
     args = ap.parse_args()
 
     cfg, weights = load_policy(args.checkpoint)
-    task, dancers, delay = parse_name(cfg.env.name)
-    if task != "Ballet" or cfg.model.core != "hcam":
+    trained_task, _, _, _ = parse_levels(cfg.env.name)
+    if trained_task != "Ballet" or cfg.model.core != "hcam":
         raise SystemExit(f"{args.checkpoint}: needs an HCAM agent trained on Ballet, got {cfg.env.name} with "
                          f"model.core={cfg.model.core}")
+    try:
+        task, dancers, delay = parse_name(args.env or cfg.env.name)
+    except ValueError as e:
+        raise SystemExit(f"{e}: pass --env Ballet-<dancers>-<delay>, one level to play") from None
+    if task != "Ballet":
+        raise SystemExit(f"--env {args.env}: a Ballet level is needed")
     env = BalletEnv(dancers=dancers, delay=delay, seed=args.seed)
     if cfg.model.hcam_cross_episode or env.watch_len // cfg.model.hcam_chunk > cfg.model.hcam_chunks:
         raise SystemExit(f"{args.checkpoint}: this tool reads chunk j from memory slot j, so it needs memory that "
@@ -90,7 +100,8 @@ def main() -> None:
     finally:
         HCAMLayer.relevance = relevance  # type: ignore[method-assign]
     print(json.dumps({
-        "checkpoint": str(args.checkpoint), "env": cfg.env.name, "episodes": args.episodes,
+        "checkpoint": str(args.checkpoint), "trained_on": cfg.env.name, "env": f"Ballet-{dancers}-{delay}",
+        "episodes": args.episodes,
         "success": successes / args.episodes, "dance_chunks": dance_chunk,
         "mean_weight_per_chunk": np.round(np.mean(per_chunk, axis=0, dtype=np.float64), 3).tolist(),
         "weight_on_named_dancers_chunk": np.round(np.mean(on_target, axis=0, dtype=np.float64), 3).tolist(),
