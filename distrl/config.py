@@ -383,9 +383,10 @@ class RuntimeConfig:
     """Ray runtime: times the runtime restarts a dead replay shard (per shard id, from its last checkpoint)
     before failing the run with an error naming the shard."""
     actor_stuck_timeout_s: float = 300.0
-    """Ray runtime: an env actor whose loop has been inside one step (env step + policy) for this long, or that
-    does not answer a status call for this long (at most 30 s), is taken for hung (a stuck env), killed and
-    restarted like a dead one (0 = never). A starting actor (its constructor, and its first step, which builds
+    """Ray runtime: an env actor whose loop has been inside one step (env step + policy) for this long, or whose
+    hosted evaluation (``eval.host=env_actor``) has been inside one env call for this long, or that does not
+    answer a status call for this long (at most 30 s), is taken for hung (a stuck env), killed and restarted
+    like a dead one (0 = never). A starting actor (its constructor, and its first step, which builds
     its envs) is given ``placement_timeout_s`` instead: on a busy machine starting can take longer."""
     learner_restarts: int = 3
     """Ray runtime: times the runtime restarts a learner (by rank) that died, hung or raised, from the last

@@ -18,6 +18,9 @@ stored config.
   or GIF without PyAV).
 * Atari with ``env.terminal_on_life_loss``: a life loss ends only the learning episode; evaluation plays on to
   the game's end and reports the full-game score.
+* **Heartbeat**: :meth:`Evaluator.in_env_for` says how long the current env call (build, reset, step, render)
+  has been running, from any thread; env actor 0 adds it to its own heartbeat, so an evaluation env that hangs
+  there gets that actor restarted like a hung training env (``runtime.actor_stuck_timeout_s``).
 
 Usage::
 
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import time
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +144,20 @@ class Evaluator:
             self.agent.eval()
             self._gen = torch.Generator().manual_seed(self.seed)
         self._envs: dict[bool, Any] = {}  # render flag -> env (built on first use)
+        self._in_env_since: float | None = None  # time.monotonic() when the env call now running began
+
+    def in_env_for(self) -> float:
+        """Seconds the current env call (build, reset, step, render) has been running; 0 between calls. Read
+        from another thread as a heartbeat."""
+        since = self._in_env_since
+        return 0.0 if since is None else time.monotonic() - since
+
+    def _in_env(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        self._in_env_since = time.monotonic()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self._in_env_since = None
 
     def _env(self, render: bool) -> Any:
         if render not in self._envs:
@@ -193,28 +211,29 @@ class Evaluator:
         try:
             for ep in range(episodes):
                 record = writer is not None and ep == 0
-                env = self._env(record)
-                obs, _ = env.reset(seed=self.seed + ep)
+                env = self._in_env(self._env, record)
+                obs, _ = self._in_env(env.reset, seed=self.seed + ep)
                 if record:
-                    writer.add(env.render(), "reset")
+                    writer.add(self._in_env(env.render), "reset")
                 core = self._initial_state()
                 detector.reset()
                 total, n, info, success, was_stuck = 0.0, 0, {}, None, False
                 while n < ec.max_steps:
                     action, core = self._act(obs, core, greedy)
                     key = (obs_key(obs), action) if greedy else None
-                    obs, r, term, trunc, info = env.step(action)
+                    obs, r, term, trunc, info = self._in_env(env.step, action)
                     total += float(r)
                     n += 1
                     stuck_now = greedy and not (term or trunc) and detector.step(key)
                     if record:
-                        writer.add(env.render(), f"a={action} r={float(r):+.2f}" + (" STUCK" if stuck_now else ""))
+                        label = f"a={action} r={float(r):+.2f}" + (" STUCK" if stuck_now else "")
+                        writer.add(self._in_env(env.render), label)
                     if term or trunc:
                         if info.get("report", True):
                             success = info.get("success")
                             break
                         # Atari life loss with terminal_on_life_loss: a learning-only end, the game goes on.
-                        obs, _ = env.reset()
+                        obs, _ = self._in_env(env.reset)
                         core = self._initial_state()
                         detector.reset()
                         continue

@@ -34,9 +34,10 @@ checkpoints.
   --head`` on a laptop), every CPU reservation is scaled down by one factor and the log says so
   (``runtime.fit_to_cluster``, :func:`distrl.runtime.resources.fit_to_cluster`).
 * **Faults**: a dead env actor, or one stuck inside a step for ``runtime.actor_stuck_timeout_s`` (a hung env: its
-  loop's heartbeat, :meth:`RayEnvActor.stuck_for`), is killed and restarted (up to ``runtime.actor_restarts`` times
-  per actor id) and the run goes on; an actor still starting (its constructor or its first step, which builds the
-  envs) is given ``runtime.placement_timeout_s`` instead (:meth:`RayRuntime._poll_actors`). A dead replay shard is
+  loop's heartbeat, :meth:`RayEnvActor.stuck_for`, which also covers an evaluation env env actor 0 hosts), is
+  killed and restarted (up to ``runtime.actor_restarts`` times per actor id) and the run goes on; an actor still
+  starting (its constructor or its first step, which builds the envs) is given ``runtime.placement_timeout_s``
+  instead (:meth:`RayRuntime._poll_actors`). A dead replay shard is
   found at the next stats poll (every ``logging.log_every_s``) and restarted from its last checkpoint (up to
   ``runtime.shard_restarts`` times per shard id): the learners and its env actors switch to the new actor, what it had
   not acknowledged is re-sent, and the acknowledged inserts since the checkpoint are counted as lost
@@ -488,8 +489,8 @@ class RayRuntime:
                             err = RuntimeError(f"its first step (which builds the envs) has not returned after "
                                                f"{stuck:.0f} s (runtime.placement_timeout_s={limit:g})")
                     elif stuck > stuck_limit > 0:  # answers, but its loop hangs in a step (a hung env)
-                        err = RuntimeError(f"stuck in one step for {stuck:.0f} s (runtime.actor_stuck_timeout_s="
-                                           f"{stuck_limit:g})")
+                        err = RuntimeError(f"stuck in one step (of its envs, or of an evaluation it hosts) for "
+                                           f"{stuck:.0f} s (runtime.actor_stuck_timeout_s={stuck_limit:g})")
             if st is not None:
                 monitor.add_episodes(st.episodes)
                 actor_steps[(h.actor_id, h.incarnation)] = st.report.env_steps

@@ -291,10 +291,14 @@ class RayEnvActor:
         return "torch" in sys.modules
 
     def stuck_for(self) -> float:
-        """Seconds run() has been inside its current step (0 between steps): the runtime's heartbeat check
-        (``runtime.actor_stuck_timeout_s``). Answered on another thread, so a hung env cannot block it."""
+        """Seconds run() has been inside its current step (0 between steps), or an evaluation on this actor
+        inside its current env call, whichever is longer: the runtime's heartbeat check
+        (``runtime.actor_stuck_timeout_s``), so a hung evaluation env gets this actor restarted like a hung
+        training env. Answered on another thread, so a hung env cannot block it."""
         started = self._step_started
-        return 0.0 if started is None else time.monotonic() - started
+        stepping = 0.0 if started is None else time.monotonic() - started
+        evaluator = self._evaluator
+        return max(stepping, 0.0 if evaluator is None else evaluator.stuck_for())
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Stop the loop, wait for it to end (bounded), and shut the envs down."""

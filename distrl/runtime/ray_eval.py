@@ -10,7 +10,9 @@ whatever node the episodes ran on. Where it lives is ``eval.host``:
   on a thread of its own beside the stepping loop). No process of its own: on Room-5x5 the run's peak PSS is
   89 MB lower than with an evaluator process (BENCHMARKS.md, "Evaluation in env actor 0"), and its episodes use the CPU
   that actor leaves idle while the replay rate limiter holds it back instead of taking it from the learner.
-  While env actor 0 is down (restarting, or dead at the end of a run), an evaluator actor stands in.
+  While env actor 0 is down (restarting, or dead at the end of a run), an evaluator actor stands in. An
+  evaluation env that hangs there counts in env actor 0's heartbeat (:meth:`RayEvaluator.stuck_for`), so the
+  runtime restarts that actor as it would for a hung training env.
 * ``evaluator``: always an evaluator actor of its own: :func:`start_evaluator` applies ``ray.remote`` to
   RayEvaluator at run time with ``eval.num_cpus`` (default 0: it shares the CPUs of the others and never blocks
   placement).
@@ -115,6 +117,10 @@ class RayEvaluator:
 
     def ping(self) -> bool:
         return True
+
+    def stuck_for(self) -> float:
+        """Seconds the evaluation's current env call has been running (0 between calls; thread-safe)."""
+        return self.evaluator.in_env_for()
 
     def torch_loaded(self) -> bool:
         """Whether this process has loaded torch (not when the evaluator plays through NumPy kernels)."""

@@ -3,6 +3,7 @@ completes (runtime.actor_stuck_timeout_s)."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -17,9 +18,9 @@ REPO = Path(__file__).resolve().parents[2]
 MEMORY = str(REPO / "configs/fake_memory.yaml")
 
 
-def _one_fault_one_restart(ray_cluster, tmp_path, overrides, fault) -> None:
+def _one_fault_one_restart(ray_cluster, tmp_path, overrides, fault) -> Path:
     """Train the fake memory task for 40,000 env steps, apply ``fault(handle)`` to env actor 0 once 2,000 are
-    logged; the run completes with exactly one restart of that actor.
+    logged; the run completes with exactly one restart of that actor. Returns the run directory.
 
     The total leaves the restart needed: the fault waits for a metrics row (one a second), and the fake env
     steps at over 5,000 a second on an idle box, so with 8,000 the one actor had once made them all before its
@@ -42,6 +43,7 @@ def _one_fault_one_restart(ray_cluster, tmp_path, overrides, fault) -> None:
     assert runtime.actor_handles[0].incarnation == faulted["value"] + 1
     assert faulted["steps"] < 40000, faulted
     assert summary["env_steps"] >= 40000
+    return run_dir
 
 
 def test_a_hung_env_actor_is_killed_and_restarted(ray_cluster, tmp_path):
@@ -62,3 +64,49 @@ def test_a_slow_starting_env_actor_is_not_taken_for_dead(ray_cluster, tmp_path):
     _one_fault_one_restart(ray_cluster, tmp_path, ["env.name=fake:counting?make_ms=500",  # 16 envs: 8 s to build
                                                    "runtime.actor_stuck_timeout_s=3"],
                            lambda handle: ray_cluster.kill(handle, no_restart=True))
+
+
+def test_an_evaluation_env_that_hangs_in_env_actor_0_gets_it_restarted(ray_cluster, tmp_path):
+    """eval.host=env_actor: an evaluation whose env call never returns (here: every step of the evaluator's env,
+    in env actor 0's process only) is seen by the heartbeat as that actor being stuck; the actor is restarted
+    once, and evaluations go on after it (the restarted process has a healthy evaluator)."""
+    def hang_evaluation_envs(env_actor) -> float:
+        """Runs inside env actor 0 (``__ray_call__``): the envs its evaluator builds from now on hang on step."""
+        import time as _time
+
+        from distrl.runtime import evaluate
+
+        build = evaluate.Evaluator._env
+
+        class Hung:
+            def __init__(self, env) -> None:
+                self.env = env
+
+            def __getattr__(self, name):
+                return getattr(self.env, name)
+
+            def step(self, action):
+                _time.sleep(3600)
+
+        def hung_env(self, render):
+            return Hung(build(self, render))
+
+        evaluate.Evaluator._env = hung_env
+        if env_actor._evaluator is not None:  # envs an earlier evaluation built: the next one hangs too
+            env_actor._evaluator.evaluator._envs.clear()
+        return _time.time()
+
+    fault_time: list[float] = []
+
+    def fault(handle) -> None:
+        fault_time.append(ray_cluster.get(handle.__ray_call__.remote(hang_evaluation_envs), timeout=60))
+
+    # A run of fixed wall time, not env steps: the fake env steps at thousands a second, so 40,000 steps can end
+    # before the heartbeat (10 s) finds the hung evaluation; then the run's end would wait out the final evaluation.
+    run_dir = _one_fault_one_restart(ray_cluster, tmp_path, ["runtime.actor_stuck_timeout_s=10", "eval.host=env_actor",
+                                                             "eval.every_updates=5", "eval.episodes=2",
+                                                             "eval.video=false", "runtime.total_env_steps=1000000000",
+                                                             "runtime.max_wall_time_s=60"], fault)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    evals_after = [r for r in rows if any(k.startswith("eval/") for k in r) and r.get("time", 0) > fault_time[0] + 10]
+    assert evals_after, "no evaluation finished after the hung one"
