@@ -55,6 +55,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from distrl.config import ExperimentConfig, apply_overrides  # noqa: E402
+from distrl.envs.memory_tasks import parse_levels  # noqa: E402
 
 MODELS: dict[str, dict[str, Any]] = {
     "hcam": {"encoder": "mlp", "core": "hcam", "hidden_size": 64, "num_core_layers": 2, "hcam_chunk": 8,
@@ -94,10 +95,8 @@ def env_name(task: str, delay: Delay) -> str:
 
 def eval_levels(task: str, delay: Delay) -> list[str]:
     """The fixed levels a run trained on a range of delays is evaluated at: the range's ends."""
-    if isinstance(delay, int):
-        return []
-    lo, hi = str(delay).split("to")
-    return [env_name(task, int(lo)), env_name(task, int(hi))]
+    _, _, lo, hi = parse_levels(env_name(task, delay))
+    return [] if lo == hi else [env_name(task, lo), env_name(task, hi)]
 
 
 EVAL_EPISODES = 500
