@@ -225,6 +225,14 @@ class LearnerConfig:
     supports it), else float32: emulated bfloat16 made a Pong update 6.4x slower on a CPU without it."""
     num_cpus: float = 1.0
     """Ray runtime: CPUs each learner actor reserves (it also gets a GPU when the cluster has one per learner)."""
+    reconstruction_cost: float = 0.0
+    """> 0: the self-supervised reconstruction loss (the "reconstruction" extra, switched on by this): a decoder
+    predicts each step's observation from the core's output, and its squared error, times this cost, shapes the
+    encoder and the core (HCAM's agent trains such losses beside RL; ALGORITHMS.md §2.6). 0 disables."""
+    reconstruction_keys: tuple[str, ...] = ()
+    """Observation keys the reconstruction loss predicts (empty: every key the encoder reads). Float leaves are
+    predicted as they are, uint8 ones scaled to [0, 1], int8 and bool ones as their values; other integer leaves
+    (NetHack's glyph ids) are categories, not quantities, and are refused."""
     extras: tuple[str, ...] = ()
     """Auxiliary modules the learner trains beside the agent, by registry name
     (``distrl.learners.extras.EXTRAS``): their own losses, optimizer groups, checkpoint entries and actor
@@ -624,6 +632,7 @@ class ExperimentConfig:
             "learner.clip_rho": (0, True), "learner.clip_c": (0, True), "learner.clip_pg_rho": (0, True),
             "learner.reward_clip": (0, False), "learner.kl_trust_region": (0, False), "learner.ppo_clip": (0, False),
             "learner.kl_cost": (0, False), "learner.proximal_kl_cost": (0, False),
+            "learner.reconstruction_cost": (0, False),
             "learner.proximal_period": (1, False),
             "learner.checkpoint_every": (0, False), "learner.threads": (1, False),
             "actor.weight_sync_every": (1, False), "actor.threads": (1, False),

@@ -29,6 +29,7 @@ BUILTIN_EXTRAS: dict[str, str] = {
     "e3b": "distrl.learners.e3b_extra",
     "bonus": "distrl.learners.bonus",
     "duration": "distrl.learners.duration",
+    "reconstruction": "distrl.learners.reconstruction",
 }
 """distrl's own extras: name -> the module that registers it when imported (loaded by
 :func:`load_extra_modules`, so a name check does not import torch)."""
@@ -52,7 +53,8 @@ def implied_extras(cfg: ExperimentConfig) -> tuple[str, ...]:
     """Extras another config section switches on by itself: the exploration bonus (``bonus.episodic`` or
     ``bonus.glob`` not none) needs ``bonus`` (the combination, RND/NovelD/global counts, the normaliser), and
     ``bonus.episodic=e3b`` needs ``e3b`` (the embedding the actors' E3B bonus uses), before it; ``duration.mode``
-    other than off, or ``duration.instrument``, needs ``duration`` (distrl.learners.duration)."""
+    other than off, or ``duration.instrument``, needs ``duration`` (distrl.learners.duration);
+    ``learner.reconstruction_cost`` > 0 needs ``reconstruction`` (distrl.learners.reconstruction)."""
     out: list[str] = []
     if cfg.bonus.episodic == "e3b":
         out.append("e3b")
@@ -60,6 +62,8 @@ def implied_extras(cfg: ExperimentConfig) -> tuple[str, ...]:
         out.append("bonus")
     if cfg.duration.mode != "off" or cfg.duration.instrument:  # duration weighting and its instrumentation
         out.append("duration")
+    if cfg.learner.reconstruction_cost > 0:
+        out.append("reconstruction")
     return tuple(out)
 
 

@@ -11,6 +11,7 @@ from distrl.losses.pg import (
     policy_gradient_loss,
     trust_region_mask,
 )
+from distrl.losses.reconstruction import reconstruction_loss
 from distrl.losses.vtrace import (
     VTraceFromLogitsOut,
     VTraceOut,
@@ -32,6 +33,7 @@ __all__ = [
     "kl_categorical",
     "kl_loss",
     "policy_gradient_loss",
+    "reconstruction_loss",
     "trust_region_mask",
     "vtrace_from_logits",
     "vtrace_streams",

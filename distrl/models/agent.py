@@ -41,6 +41,7 @@ class AgentOut:
     value: Tensor  # [T, B]: extrinsic value, or the total when there is no separate intrinsic head
     value_int: Tensor | None  # [T, B] when cfg.separate_intrinsic_value (bonus.value_heads=2)
     state: CoreState  # each [B, ...]: core state after the last step
+    features: Tensor | None = None  # [T, B, D]: the core's output, what the heads read (set by unroll)
 
 
 class Agent(nn.Module):
@@ -152,8 +153,8 @@ class Agent(nn.Module):
             reset: ``[T, B]`` bool: reset the core state to initial *before* step t.
             state: core state at step 0 (each ``[B, ...]``).
         Returns:
-            :class:`AgentOut` with ``logits [T, B, A]``, ``value [T, B]``, ``value_int [T, B] | None`` and the
-            state after step T-1.
+            :class:`AgentOut` with ``logits [T, B, A]``, ``value [T, B]``, ``value_int [T, B] | None``, the
+            state after step T-1 and ``features [T, B, D]`` (the core's output, for auxiliary losses).
         """
         x = self.encode(obs, self.unroll_dtype)  # [T, B, F]
         if x.dim() != 3:
@@ -165,7 +166,7 @@ class Agent(nn.Module):
         state = {k: v.to(dev) for k, v in state.items()}
         y, new_state = self.core(x, reset, state)
         logits, value, value_int = self.heads(y)
-        return AgentOut(logits=logits, value=value, value_int=value_int, state=new_state)
+        return AgentOut(logits=logits, value=value, value_int=value_int, state=new_state, features=y)
 
     @torch.no_grad()
     def burn_in(self, obs: Mapping[str, Tensor], reset: Tensor, state: CoreState, steps: int) -> CoreState:
