@@ -395,7 +395,10 @@ class RuntimeConfig:
     hosted evaluation (``eval.host=env_actor``) has been inside one env call for this long, or that does not
     answer a status call for this long (at most 30 s), is taken for hung (a stuck env), killed and restarted
     like a dead one (0 = never). A starting actor (its constructor, and its first step, which builds
-    its envs) is given ``placement_timeout_s`` instead: on a busy machine starting can take longer."""
+    its envs) is given ``placement_timeout_s`` instead: on a busy machine starting can take longer. An evaluator
+    actor (``eval.host=evaluator``, or standing in while env actor 0 is down) inside one env call for this long,
+    or silent for this long (at most 30 s) once started, is killed and its evaluation dropped; a fresh one plays
+    the next evaluation."""
     learner_restarts: int = 3
     """Ray runtime: times the runtime restarts a learner (by rank) that died, hung or raised, from the last
     learner checkpoint, before failing the run with an error naming it. With several learners the group re-forms

@@ -279,6 +279,7 @@ class RayRuntime:
             monitor.maybe_log(env_steps(), stats, list(latest_stats.values()), fault_metrics(), force=True)
             summary = monitor.summary(env_steps())
             summary["actor_restarts"] = sum(restarts.values())
+            summary["evaluators_hung"] = evals.evaluators_hung
             summary["replay_shard_restarts"] = sum(self.shard_restarts.values())
             summary["replay_lost_inserts"] = self.lost_inserts
             summary["replay_stale_priority_updates"] = self._stale_updates()

@@ -15,7 +15,11 @@ whatever node the episodes ran on. Where it lives is ``eval.host``:
   runtime restarts that actor as it would for a hung training env.
 * ``evaluator``: always an evaluator actor of its own: :func:`start_evaluator` applies ``ray.remote`` to
   RayEvaluator at run time with ``eval.num_cpus`` (default 0: it shares the CPUs of the others and never blocks
-  placement).
+  placement). Its heartbeat (:meth:`RayEvaluator.stuck_for`, answered on a thread of its own while an
+  evaluation plays) is watched by :class:`EvalDriver`: an evaluation env call running for
+  ``runtime.actor_stuck_timeout_s``, or a heartbeat unanswered for that long (at most 30 s), gets the actor
+  killed and the evaluation dropped; the next one starts a fresh evaluator. The same holds for the evaluator
+  that stands in while env actor 0 is down.
 
 :class:`EvalDriver` is the driver side: the runtime tells it the learner version after each round, and env actor
 0's current handle whenever it changes, and polls it every loop iteration. It keeps at most one call in flight
@@ -54,6 +58,8 @@ log = logging.getLogger(__name__)
 
 FINAL_EVAL_TIMEOUT_S = 300.0
 """How long the end of a run waits for its final evaluation (then it is dropped, with a warning)."""
+WATCH_EVERY_S = 1.0
+"""Seconds between heartbeat calls to an evaluator actor while it plays (EvalDriver)."""
 
 
 @dataclass(frozen=True)
@@ -118,6 +124,7 @@ class RayEvaluator:
     def ping(self) -> bool:
         return True
 
+    @ray.method(concurrency_group="watch")  # as an actor: answered beside a run() that plays (start_evaluator)
     def stuck_for(self) -> float:
         """Seconds the evaluation's current env call has been running (0 between calls; thread-safe)."""
         return self.evaluator.in_env_for()
@@ -134,8 +141,9 @@ class RayEvaluator:
 
 def start_evaluator(cfg: ExperimentConfig, spec: EnvSpec, weight_store: Any) -> Any:
     """A RayEvaluator actor reserving ``eval.num_cpus`` CPUs; Ray does not restart it (an evaluation that
-    fails is logged and skipped by the runtime)."""
-    cls = ray.remote(num_cpus=cfg.eval.num_cpus, max_restarts=0)(RayEvaluator)
+    fails is logged and skipped by the runtime). Its methods run one at a time, but for :meth:`RayEvaluator.stuck_for`,
+    which has a thread of its own (the ``watch`` concurrency group) so that it answers while an evaluation plays."""
+    cls = ray.remote(num_cpus=cfg.eval.num_cpus, max_restarts=0, concurrency_groups={"watch": 1})(RayEvaluator)
     return cls.remote(cfg, spec, weight_store)
 
 
@@ -146,8 +154,10 @@ class EvalDriver:
     comes due while another is still running is skipped (at most one in flight, and training never waits). It
     runs on the host env actor (:meth:`set_host`; ``eval.host=env_actor``), or, with ``eval.host=evaluator`` or
     no host, on an evaluator actor started on first use (:attr:`evaluators_started` counts them) and closed
-    once a host is back. A failed evaluation is logged and skipped; a failed evaluator actor is replaced on the
-    next one, a failed host is the runtime's to restart.
+    once a host is back. A failed evaluation is logged and skipped; a failed or hung evaluator actor (its
+    heartbeat, checked every :data:`WATCH_EVERY_S` while it plays: see the module doc; :attr:`evaluators_hung`
+    counts them) is replaced on the next one, a failed host is the runtime's to restart (its heartbeat covers the
+    evaluation it hosts).
     """
 
     def __init__(
@@ -159,6 +169,11 @@ class EvalDriver:
         self.host: Any = None  # env actor 0's handle (set_host); None: down, or eval.host=evaluator
         self.handle: Any = None  # the evaluator actor, when one is up
         self.evaluators_started = 0
+        self.evaluators_hung = 0
+        self.stuck_limit = cfg.runtime.actor_stuck_timeout_s  # 0: not watched
+        self._watch: Any = None  # the heartbeat call in flight to the evaluator actor, and when it was sent
+        self._watch_sent = 0.0
+        self._answered = False  # the current evaluator actor has answered a heartbeat (it has started)
         self.ref: Any = None
         self.ref_on_host = False  # the call in flight runs on the host env actor
         self.next_at = 0
@@ -202,8 +217,10 @@ class EvalDriver:
             return []
         ready, _ = ray.wait([self.ref], timeout=timeout_s)
         if not ready:
+            self._check_heartbeat()
             return []
         ref, self.ref = self.ref, None
+        self._watch = None
         try:
             outcome = ray.get(ref)
         except ray.exceptions.RayError as e:
@@ -227,15 +244,50 @@ class EvalDriver:
         if not self.every:
             return []
         deadline = time.monotonic() + timeout_s
-        out = self.poll(timeout_s=timeout_s)
-        for _ in range(2):  # a second try on an evaluator actor when the host died under the first
+        out = self._wait(deadline)
+        for _ in range(2):  # a second try on an evaluator actor when the host died (or it hung) under the first
             if self.ref is not None or self.evaluated >= version or time.monotonic() > deadline:
                 break
             self._submit()
-            out += self.poll(timeout_s=max(deadline - time.monotonic(), 1.0))
+            out += self._wait(max(deadline, time.monotonic() + 1.0))
         if self.ref is not None:
             log.warning("distrl: the final evaluation did not finish within %.0f s; dropped", timeout_s)
         return out
+
+    def _wait(self, deadline: float) -> list[EvalResult]:
+        """:meth:`poll` until the evaluation in flight is done, dropped as hung, or ``deadline`` passes."""
+        out: list[EvalResult] = []
+        while self.ref is not None and (left := deadline - time.monotonic()) > 0:
+            out += self.poll(timeout_s=min(left, WATCH_EVERY_S))
+        return out
+
+    def _check_heartbeat(self) -> None:
+        """While an evaluator actor plays (not the host: the runtime watches that one), ask its heartbeat every
+        :data:`WATCH_EVERY_S`; kill it when an env call has run for ``runtime.actor_stuck_timeout_s`` or the
+        heartbeat has gone unanswered for that long (at most 30 s). Never waits."""
+        if self.ref_on_host or self.handle is None or not self.stuck_limit > 0:
+            return
+        now = time.monotonic()
+        stuck, silent = 0.0, False
+        if self._watch is not None:
+            ready, _ = ray.wait([self._watch], timeout=0)
+            if ready:
+                try:
+                    stuck = float(ray.get(self._watch))
+                except ray.exceptions.RayError:
+                    return  # the actor died: the evaluation's own call fails and poll() replaces it
+                self._watch, self._answered = None, True
+            elif self._answered and now - self._watch_sent > min(30.0, self.stuck_limit):
+                stuck, silent = now - self._watch_sent, True  # (not while it starts: it never answered yet)
+        if stuck > self.stuck_limit or silent:
+            self.evaluators_hung += 1
+            log.warning("distrl: the evaluator actor has been %s for %.0f s (runtime.actor_stuck_timeout_s=%g): "
+                        "killed, this evaluation dropped; a fresh evaluator runs the next one",
+                        "silent" if silent else "inside one env call", stuck, self.stuck_limit)
+            self._kill()
+            return
+        if self._watch is None and now - self._watch_sent >= WATCH_EVERY_S:
+            self._watch, self._watch_sent = self.handle.stuck_for.remote(), now
 
     def _kill(self) -> None:
         if self.handle is not None:
@@ -245,6 +297,7 @@ class EvalDriver:
                 pass
         self.handle = None
         self.ref = None
+        self._watch, self._answered = None, False
 
     def close(self) -> None:
         """Close the evaluator actor, if one is up (a host env actor is the runtime's to close)."""

@@ -110,3 +110,65 @@ def test_an_evaluation_env_that_hangs_in_env_actor_0_gets_it_restarted(ray_clust
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     evals_after = [r for r in rows if any(k.startswith("eval/") for k in r) and r.get("time", 0) > fault_time[0] + 10]
     assert evals_after, "no evaluation finished after the hung one"
+
+
+def test_a_hung_evaluator_actor_is_killed_and_a_fresh_one_evaluates(ray_cluster, tmp_path):
+    """eval.host=evaluator: an evaluation whose env call never returns (every step of the envs the evaluator
+    actor builds from then on) gets that actor killed by its heartbeat after runtime.actor_stuck_timeout_s; the
+    evaluation is dropped, a fresh evaluator actor plays the next ones, training is not restarted, and the end of
+    the run does not wait out the final evaluation's timeout (300 s)."""
+    def hang_evaluation_envs(ray_evaluator) -> float:
+        """Runs inside the evaluator actor (``__ray_call__``, after the evaluation it is playing): the envs its
+        evaluator builds from now on hang on step."""
+        import time as _time
+
+        from distrl.runtime import evaluate
+
+        build = evaluate.Evaluator._env
+
+        class Hung:
+            def __init__(self, env) -> None:
+                self.env = env
+
+            def __getattr__(self, name):
+                return getattr(self.env, name)
+
+            def step(self, action):
+                _time.sleep(3600)
+
+        evaluate.Evaluator._env = lambda self, render: Hung(build(self, render))
+        ray_evaluator.evaluator._envs.clear()
+        return _time.time()
+
+    cfg, run_dir, _ = prepare_run(MEMORY, [f"runtime.run_dir={tmp_path}", "logging.wandb=disabled",
+                                           "logging.progress=false", "logging.log_every_s=1",
+                                           "runtime.actor_stuck_timeout_s=10", "eval.host=evaluator",
+                                           "eval.every_updates=5", "eval.episodes=2", "eval.video=false",
+                                           "runtime.total_env_steps=1000000000", "runtime.max_wall_time_s=60"])
+    runtime = RayRuntime(cfg, run_dir)
+
+    def fault() -> float:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            driver = getattr(runtime, "eval_driver", None)
+            handle = None if driver is None else driver.handle
+            if handle is not None:
+                return ray_cluster.get(handle.__ray_call__.remote(hang_evaluation_envs), timeout=60)
+            time.sleep(0.2)
+        raise TimeoutError("no evaluator actor started within 60 s")
+
+    t, faulted = at_env_steps(runtime, run_dir, 2000, fault)
+    start = time.monotonic()
+    summary = runtime.train()
+    took = time.monotonic() - start
+    t.join(5)
+    assert "steps" in faulted, f"the test never faulted the evaluator: {faulted}"
+    driver = runtime.eval_driver
+    assert driver.evaluators_hung == 1, (driver.evaluators_hung, summary)
+    assert driver.evaluators_started >= 2
+    assert summary["actor_restarts"] == 0 and summary["learner_restarts"] == 0, summary
+    assert took < 200, f"the run took {took:.0f} s: its end waited for the hung evaluation"
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    hung_at = faulted["value"]
+    evals_after = [r for r in rows if any(k.startswith("eval/") for k in r) and r.get("time", 0) > hung_at + 10]
+    assert evals_after, "no evaluation finished after the hung one"
