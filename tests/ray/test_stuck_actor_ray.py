@@ -46,6 +46,36 @@ def _one_fault_one_restart(ray_cluster, tmp_path, overrides, fault) -> Path:
     return run_dir
 
 
+def _evaluation_envs_hang(evaluator_of):
+    """A function for ``handle.__ray_call__`` (nested, so it travels by value): in that actor, every env an
+    Evaluator builds from then on hangs on step; the envs ``evaluator_of(actor)`` (an Evaluator or None) built
+    before are dropped, so its next evaluation builds hung ones. Returns the time it was applied."""
+    def hang(actor) -> float:
+        import time as _time
+
+        from distrl.runtime import evaluate
+
+        build = evaluate.Evaluator._env
+
+        class Hung:
+            def __init__(self, env) -> None:
+                self.env = env
+
+            def __getattr__(self, name):
+                return getattr(self.env, name)
+
+            def step(self, action):
+                _time.sleep(3600)
+
+        evaluate.Evaluator._env = lambda self, render: Hung(build(self, render))
+        evaluator = evaluator_of(actor)
+        if evaluator is not None:
+            evaluator._envs.clear()
+        return _time.time()
+
+    return hang
+
+
 def test_a_hung_env_actor_is_killed_and_restarted(ray_cluster, tmp_path):
     def hang_next_step(env_actor) -> None:
         """Runs inside the RayEnvActor (``__ray_call__``; nested, so it travels by value): its next step never
@@ -70,31 +100,8 @@ def test_an_evaluation_env_that_hangs_in_env_actor_0_gets_it_restarted(ray_clust
     """eval.host=env_actor: an evaluation whose env call never returns (here: every step of the evaluator's env,
     in env actor 0's process only) is seen by the heartbeat as that actor being stuck; the actor is restarted
     once, and evaluations go on after it (the restarted process has a healthy evaluator)."""
-    def hang_evaluation_envs(env_actor) -> float:
-        """Runs inside env actor 0 (``__ray_call__``): the envs its evaluator builds from now on hang on step."""
-        import time as _time
-
-        from distrl.runtime import evaluate
-
-        build = evaluate.Evaluator._env
-
-        class Hung:
-            def __init__(self, env) -> None:
-                self.env = env
-
-            def __getattr__(self, name):
-                return getattr(self.env, name)
-
-            def step(self, action):
-                _time.sleep(3600)
-
-        def hung_env(self, render):
-            return Hung(build(self, render))
-
-        evaluate.Evaluator._env = hung_env
-        if env_actor._evaluator is not None:  # envs an earlier evaluation built: the next one hangs too
-            env_actor._evaluator.evaluator._envs.clear()
-        return _time.time()
+    hang_evaluation_envs = _evaluation_envs_hang(
+        lambda env_actor: None if env_actor._evaluator is None else env_actor._evaluator.evaluator)
 
     fault_time: list[float] = []
 
@@ -117,28 +124,7 @@ def test_a_hung_evaluator_actor_is_killed_and_a_fresh_one_evaluates(ray_cluster,
     actor builds from then on) gets that actor killed by its heartbeat after runtime.actor_stuck_timeout_s; the
     evaluation is dropped, a fresh evaluator actor plays the next ones, training is not restarted, and the end of
     the run does not wait out the final evaluation's timeout (300 s)."""
-    def hang_evaluation_envs(ray_evaluator) -> float:
-        """Runs inside the evaluator actor (``__ray_call__``, after the evaluation it is playing): the envs its
-        evaluator builds from now on hang on step."""
-        import time as _time
-
-        from distrl.runtime import evaluate
-
-        build = evaluate.Evaluator._env
-
-        class Hung:
-            def __init__(self, env) -> None:
-                self.env = env
-
-            def __getattr__(self, name):
-                return getattr(self.env, name)
-
-            def step(self, action):
-                _time.sleep(3600)
-
-        evaluate.Evaluator._env = lambda self, render: Hung(build(self, render))
-        ray_evaluator.evaluator._envs.clear()
-        return _time.time()
+    hang_evaluation_envs = _evaluation_envs_hang(lambda ray_evaluator: ray_evaluator.evaluator)
 
     cfg, run_dir, _ = prepare_run(MEMORY, [f"runtime.run_dir={tmp_path}", "logging.wandb=disabled",
                                            "logging.progress=false", "logging.log_every_s=1",

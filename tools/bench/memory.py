@@ -13,8 +13,9 @@ Learning: one ``distrl train --local`` subprocess per (task, delay, core, seed),
 default; delays above 40 put the cue outside every training sequence that holds its query), the same learner
 settings for both cores. HCAM: hidden 64, 2 layers, chunk 8, 16 chunks, top-8, 4 heads; LSTM: one layer of
 width 112 (about the same parameter count; each line reports both counts). Each run prints one JSON line
-``{"kind": "learning", ...}`` with its success-rate curve against env steps and the chance level
-(``1 / places`` or ``1 / dancers``); a final ``{"kind": "summary", ...}`` line holds the table rows.
+``{"kind": "learning", ...}`` with its success-rate curve against env steps, the chance level
+(``1 / places`` or ``1 / dancers``) and the config overrides given on the command line; a final
+``{"kind": "summary", ...}`` line holds the table rows.
 
 Cost (``{"kind": "cost", ...}`` lines): act time per env step at the actor's batch, for each core through the
 policy an env actor builds (``actor.inference=auto``: the NumPy path, for both cores) and through PyTorch, all
@@ -127,7 +128,7 @@ def learning_run(task: str, delay: Delay, core: str, seed: int, steps: int, root
     wall = time.time() - t0
     out: dict[str, Any] = {"kind": "learning", "task": task, "env": env_name(task, delay), "delay": delay,
                            "core": core, "seed": seed, "steps": steps, "chance": chance_of(task),
-                           "wall_s": round(wall, 1), "rc": proc.returncode}
+                           "wall_s": round(wall, 1), "rc": proc.returncode, "overrides": list(overrides)}
     metrics = root / name / "metrics.jsonl"
     if proc.returncode != 0 or not metrics.is_file():
         out["error"] = (proc.stderr or proc.stdout)[-2000:]
