@@ -17,7 +17,8 @@ Metrics (``extras/reconstruction/``): ``loss`` (scaled by the cost, as added to 
 
 Usage::
 
-    distrl train configs/ballet.yaml learner.reconstruction_cost=1.0     # switches this extra on by itself
+    distrl train configs/fake_memory.yaml learner.reconstruction_cost=1.0    # switches this extra on by itself
+    distrl train configs/ballet_hcam.yaml                                    # HCAM on Ballet, with it
 """
 
 from __future__ import annotations
@@ -49,7 +50,6 @@ class Reconstruction(LearnerExtra):
             raise ConfigError(f"learner.reconstruction_keys lists a key twice: {list(keys)}")
         self.keys = keys
         self.scale: dict[str, float] = {}
-        sizes = []
         for k in keys:
             if k not in spec.obs:
                 raise ConfigError(f"learner.reconstruction_keys: {k!r} is not an observation of {spec.name} "
@@ -65,11 +65,10 @@ class Reconstruction(LearnerExtra):
                     "a squared error cannot predict; leave it out with learner.reconstruction_keys=[...] (float, "
                     "uint8, int8 and bool leaves can be reconstructed)"
                 )
-            sizes.append(int(np.prod(spec.obs[k].shape)))
-        self.sizes = tuple(sizes)
         self.shapes = {k: tuple(spec.obs[k].shape) for k in keys}
+        self.sizes = tuple(int(np.prod(s)) for s in self.shapes.values())
         width = agent.core.out_dim
-        self.decoder = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, sum(sizes)))
+        self.decoder = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, sum(self.sizes)))
 
     def target(self, obs: dict[str, Tensor], steps: int) -> Tensor:
         """The first ``steps`` observations of the leaves, flattened, scaled and concatenated: ``[steps, B, N]``."""

@@ -62,6 +62,12 @@ def next_checkpoint(version: int, every: int) -> int:
     return 0 if every <= 0 else (version // every + 1) * every
 
 
+def heartbeat_answer_s(stuck_timeout_s: float) -> float:
+    """How long an actor may take to answer a heartbeat call before it is taken for hung: its stuck timeout
+    (``runtime.actor_stuck_timeout_s``), at most 30 s (also when that is 0, never stuck)."""
+    return min(30.0, stuck_timeout_s or 30.0)
+
+
 def n_fresh(cfg: ExperimentConfig) -> int:
     return round(cfg.learner.online_fraction * cfg.learner.batch_size)
 

@@ -20,7 +20,8 @@ stored config.
   the game's end and reports the full-game score.
 * **Heartbeat**: :meth:`Evaluator.in_env_for` says how long the current env call (build, reset, step, render)
   has been running, from any thread; env actor 0 adds it to its own heartbeat, so an evaluation env that hangs
-  there gets that actor restarted like a hung training env (``runtime.actor_stuck_timeout_s``).
+  there gets that actor restarted like a hung training env (``runtime.actor_stuck_timeout_s``), and an evaluator
+  actor answers it to the driver, which kills a hung one (:class:`distrl.runtime.ray_eval.EvalDriver`).
 
 Usage::
 

@@ -69,7 +69,7 @@ from distrl import storage
 from distrl.bonuses.counts import load_count_state, save_count_state
 from distrl.config import ExperimentConfig
 from distrl.envs.registry import env_spec
-from distrl.runtime.common import RunMonitor, RunPaths, next_checkpoint
+from distrl.runtime.common import RunMonitor, RunPaths, heartbeat_answer_s, next_checkpoint
 from distrl.runtime.ray_counts import RayCounts, make_count_actors
 from distrl.runtime.ray_env_actor import EnvActorHandle, restart_env_actor, start_env_actors
 from distrl.runtime.ray_eval import EvalDriver
@@ -457,7 +457,7 @@ class RayRuntime:
         loop has been in one step for that long, is taken for stuck."""
         cfg = self.cfg
         stuck_limit = cfg.runtime.actor_stuck_timeout_s if restart else 0.0
-        answer_s = min(30.0, cfg.runtime.actor_stuck_timeout_s or 30.0)
+        answer_s = heartbeat_answer_s(cfg.runtime.actor_stuck_timeout_s)
         start_err = {k: self._start_error(h) for k, h in enumerate(actors) if not h.ready}
         polled = [k for k, h in enumerate(actors) if h.ready]
         refs = {k: actors[k].handle.stats.remote() for k in polled}

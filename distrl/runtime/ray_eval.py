@@ -51,7 +51,7 @@ import ray
 
 from distrl.config import ExperimentConfig
 from distrl.envs.base import EnvSpec
-from distrl.runtime.common import next_checkpoint
+from distrl.runtime.common import heartbeat_answer_s, next_checkpoint
 from distrl.types import EvalResult
 
 log = logging.getLogger(__name__)
@@ -277,7 +277,7 @@ class EvalDriver:
                 except ray.exceptions.RayError:
                     return  # the actor died: the evaluation's own call fails and poll() replaces it
                 self._watch, self._answered = None, True
-            elif self._answered and now - self._watch_sent > min(30.0, self.stuck_limit):
+            elif self._answered and now - self._watch_sent > heartbeat_answer_s(self.stuck_limit):
                 stuck, silent = now - self._watch_sent, True  # (not while it starts: it never answered yet)
         if stuck > self.stuck_limit or silent:
             self.evaluators_hung += 1
