@@ -526,6 +526,9 @@ class ExperimentConfig:
              f"model.hidden_size ({self.model.hidden_size}) must be a multiple of model.hcam_heads "
              f"({self.model.hcam_heads})"),
             *self._bonus_checks(),
+            (not self.learner.reconstruction_keys or self.learner.reconstruction_cost > 0,
+             "learner.reconstruction_keys is set but learner.reconstruction_cost is 0: the loss is off; set the cost "
+             "> 0 to switch it on"),
             (self.runtime.total_env_steps > 0, "runtime.total_env_steps must be > 0"),
             (self.runtime.placement_timeout_s >= 0, "runtime.placement_timeout_s must be >= 0 (0 = no limit)"),
             (self.actor.num_cpus >= 0, "actor.num_cpus must be >= 0 (0 = 1 + env workers)"),

@@ -158,6 +158,8 @@ def test_bad_reconstruction_configs_are_refused_by_name():
         _cfg("learner.reconstruction_cost=-1")
     with pytest.raises(ConfigError, match="reconstruction_cost is 0"):
         Learner(_cfg("learner.extras=[reconstruction]"), SPEC, device="cpu")
+    with pytest.raises(ConfigError, match=r"reconstruction_keys is set but learner\.reconstruction_cost is 0"):
+        _cfg("learner.reconstruction_keys=[x]")
     with pytest.raises(ConfigError, match="'nope' is not an observation"):
         Learner(_cfg("learner.reconstruction_cost=1", "learner.reconstruction_keys=[nope]"), SPEC, device="cpu")
     glyphs = EnvSpec(name="fake:glyphs", obs={"glyphs": ArraySpec((3, 3), np.dtype(np.int16)),
