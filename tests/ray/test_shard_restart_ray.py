@@ -19,10 +19,13 @@ MEMORY = str(REPO / "configs/fake_memory.yaml")
 
 
 def test_killed_replay_shard_is_restarted_and_lost_inserts_are_counted(ray_cluster, tmp_path):
+    # A run of fixed wall time, not env steps: on an idle box the fake env steps at ~8,000 a second, so a run of
+    # 24,000 steps ended 3.6 s in, before the shard killed after 6,000 steps (and a checkpoint, and 1.3 s more)
+    # could be found dead and restarted.
     cfg, run_dir, _ = prepare_run(MEMORY, [f"runtime.run_dir={tmp_path}", "logging.wandb=disabled",
                                            "logging.progress=false", "logging.log_every_s=1",
-                                           "eval.every_updates=0", "runtime.total_env_steps=24000",
-                                           "replay.checkpoint_every_s=2"])
+                                           "eval.every_updates=0", "runtime.total_env_steps=1000000000",
+                                           "runtime.max_wall_time_s=40", "replay.checkpoint_every_s=2"])
     runtime = RayRuntime(cfg, run_dir)
     killed: dict[str, float] = {}
 
